@@ -1,0 +1,507 @@
+//! Taking a recovery point.
+//!
+//! Per disk, a pipeline keeps both cores busy:
+//!
+//! ```text
+//! reader thread ──blocks──▶ workers (hash, compare, compress) ──▶ this thread (pack writer, map builder)
+//! ```
+//!
+//! The reader walks the disk in block order, reading only blocks that touch a
+//! data range of the source (holes are all-zero blocks, never read), and tags
+//! each block with the id it had in the previous point of the item. A worker
+//! hashes the block; if the id equals the previous one, or is all-zero, or is
+//! already stored, the block costs that hash and nothing else. Only new
+//! content is compressed and handed to this thread, which appends it to the
+//! current pack and feeds ids, in order, to the map builder.
+//!
+//! Packs are committed to the index as they fill (so memory stays flat); the
+//! point itself is committed last, after its manifest is durable. Killing the
+//! process at any moment leaves earlier points intact and at most
+//! unreferenced chunks, which gc reclaims.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::catalog::{now_ms, Catalog, PointRow};
+use crate::error::{Error, IoContext, Result};
+use crate::id::ChunkId;
+use crate::image::{open_source, DiskSource};
+use crate::progress::Progress;
+use crate::recovery_point::{ConfigEntry, DiskEntry, MapBuilder, MapReader, Manifest};
+use crate::store::{encode_chunk, ChunkKind, EncodedChunk, PackWriter};
+use crate::timefmt::rfc3339_ms;
+use crate::vault::Vault;
+
+/// Largest configuration file accepted (they are libvirt XMLs and the like).
+const MAX_CONFIG_BYTES: u64 = 64 << 20;
+/// Blocks in flight between the reader and the workers, per worker.
+const QUEUE_PER_WORKER: usize = 16;
+
+pub struct BackupRequest {
+    pub item: String,
+    pub disks: Vec<(String, PathBuf)>,
+    pub configs: Vec<PathBuf>,
+    pub consistency: String,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DiskStats {
+    pub name: String,
+    pub size: u64,
+    pub bytes_read: u64,
+    pub blocks_changed: u64,
+    pub new_bytes: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BackupReport {
+    pub item: String,
+    pub id: String,
+    pub time: String,
+    pub disks: Vec<DiskStats>,
+    /// Raw bytes of chunks this backup added to the vault.
+    pub new_bytes: u64,
+    /// Bytes those chunks (and map pages, manifest) take in packs.
+    pub stored_bytes: u64,
+    pub logical_size: u64,
+    pub seconds: f64,
+}
+
+pub struct Options {
+    pub pack_target: u64,
+    pub zstd_level: i32,
+    pub workers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+        // KLUIS_PACK_SIZE lets tests make many small packs (more crash points).
+        let pack_target = std::env::var("KLUIS_PACK_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(128 << 20);
+        Options { pack_target, zstd_level: 3, workers }
+    }
+}
+
+/// Checks names and paths before anything is written.
+pub fn validate(req: &BackupRequest) -> Result<()> {
+    check_name("item", &req.item)?;
+    if req.disks.is_empty() {
+        return Err(Error::InvalidInput(format!("backup of {}: no disks given (use --disk NAME=PATH)", req.item)));
+    }
+    let mut seen = HashSet::new();
+    for (name, path) in &req.disks {
+        check_name("disk", name)?;
+        if !seen.insert(name) {
+            return Err(Error::InvalidInput(format!("disk name {name:?} is given twice")));
+        }
+        if !path.exists() {
+            return Err(Error::NotFound(format!("disk {name}: {} does not exist", path.display())));
+        }
+    }
+    let mut cfg_names = HashSet::new();
+    for c in &req.configs {
+        let name = config_name(c)?;
+        if !cfg_names.insert(name.clone()) {
+            return Err(Error::InvalidInput(format!("two config files are named {name:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// Item and disk names become directory and file names in the mount.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !name.starts_with('.');
+    if ok { Ok(()) } else {
+        Err(Error::InvalidInput(format!("{what} name {name:?}: use letters, digits, '-', '_' and '.', not starting with '.'")))
+    }
+}
+
+fn config_name(p: &Path) -> Result<String> {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::InvalidInput(format!("config file {}: no usable file name", p.display())))
+}
+
+/// Session state shared by workers: ids written by this backup that the
+/// index does not have yet (their pack is still open).
+struct Pending(Mutex<HashSet<ChunkId>>);
+
+/// Appends chunks to packs, committing each pack to the index when it fills.
+struct PackSink<'a> {
+    vault: &'a Vault,
+    writer: Option<PackWriter>,
+    pending: Arc<Pending>,
+    opts: &'a Options,
+    stored_bytes: u64,
+    new_bytes: u64,
+}
+
+impl PackSink<'_> {
+    fn append(&mut self, chunk: &EncodedChunk) -> Result<()> {
+        if self.writer.is_none() {
+            self.writer = Some(PackWriter::create(self.vault.root())?);
+        }
+        let w = self.writer.as_mut().unwrap();
+        w.append(chunk)?;
+        self.stored_bytes += chunk.frame_len();
+        self.new_bytes += chunk.header.raw_len as u64;
+        if w.len() >= self.opts.pack_target {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Stores `raw` unless this backup or the index already has it.
+    fn put(&mut self, kind: ChunkKind, raw: &[u8], index: &Catalog) -> Result<ChunkId> {
+        let id = ChunkId::of(raw);
+        if self.pending.0.lock().unwrap().contains(&id) || index.has_chunk(&id)? {
+            return Ok(id);
+        }
+        let enc = encode_chunk(id, kind, raw, self.opts.zstd_level)?;
+        self.pending.0.lock().unwrap().insert(id);
+        self.append(&enc)?;
+        Ok(id)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if let Some(w) = self.writer.take() {
+            if w.is_empty() {
+                return Ok(());
+            }
+            let pack = w.finish()?;
+            self.vault.catalog().commit_pack(&pack)?;
+            let mut pending = self.pending.0.lock().unwrap();
+            for f in &pack.frames {
+                pending.remove(&f.header.id);
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Job {
+    index: u64,
+    data: Option<Vec<u8>>, // None: the block lies in a hole
+    prev: ChunkId,
+}
+
+struct Done {
+    index: u64,
+    id: ChunkId,
+    encoded: Option<EncodedChunk>,
+}
+
+pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cancel: &AtomicBool) -> Result<BackupReport> {
+    validate(req)?;
+    let started = Instant::now();
+    let opts = Options::default();
+    let sources: Vec<(String, PathBuf, Box<dyn DiskSource>)> = req
+        .disks
+        .iter()
+        .map(|(n, p)| Ok((n.clone(), p.clone(), open_source(p).map_err(|e| prefix_disk(n, e))?)))
+        .collect::<Result<_>>()?;
+    let configs: Vec<(String, Vec<u8>)> = req.configs.iter().map(|p| read_config(p)).collect::<Result<_>>()?;
+
+    let _lock = vault.lock(false, || log::warn!("waiting for a running gc to finish"))?;
+    let time_ms = next_time(vault, &req.item)?;
+    let previous = vault.catalog().points(Some(&req.item), false)?.pop();
+    let prev_manifest = previous.as_ref().map(|p| Manifest::parse(&p.manifest)).transpose()?;
+    let fetch = vault.fetcher()?;
+
+    let pending = Arc::new(Pending(Mutex::new(HashSet::new())));
+    let mut sink = PackSink { vault, writer: None, pending: pending.clone(), opts: &opts, stored_bytes: 0, new_bytes: 0 };
+    let mut disks = Vec::new();
+    let mut stats = Vec::new();
+    let bs = vault.block_size();
+    for (name, path, source) in &sources {
+        let prev = prev_manifest.as_ref().and_then(|m| m.disks.iter().find(|d| &d.name == name && d.block_size == bs)).cloned();
+        let prev_map = prev.map(|d| Ok::<_, Error>(MapReader::new(d.depth, d.root_id()?, d.blocks(), fetch.clone()))).transpose()?;
+        progress.start(&format!("{}/{}", req.item, name), source.size());
+        let (entry, st) = backup_disk(vault, name, path, source.as_ref(), prev_map, &mut sink, &opts, progress, cancel)
+            .map_err(|e| prefix_disk(name, e))?;
+        progress.finish();
+        disks.push(entry);
+        stats.push(st);
+    }
+
+    let index = vault.catalog();
+    let index_ref: &Catalog = &index;
+    let mut config_entries = Vec::new();
+    for (name, bytes) in &configs {
+        let mut chunks = Vec::new();
+        for part in bytes.chunks(bs as usize) {
+            chunks.push(sink.put(ChunkKind::Config, part, index_ref)?.to_hex());
+        }
+        config_entries.push(ConfigEntry { name: name.clone(), size: bytes.len() as u64, chunks });
+    }
+    let manifest = Manifest {
+        version: crate::recovery_point::MANIFEST_VERSION,
+        item: req.item.clone(),
+        time: rfc3339_ms(time_ms),
+        consistency: req.consistency.clone(),
+        disks,
+        configs: config_entries,
+    };
+    let bytes = manifest.to_bytes();
+    let id = sink.put(ChunkKind::Manifest, &bytes, index_ref)?;
+    drop(index);
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Interrupted);
+    }
+    sink.flush()?;
+    let logical_size = manifest.disks.iter().map(|d| d.size).sum();
+    let row = PointRow {
+        id: crate::id::RecoveryPointId(id),
+        item: req.item.clone(),
+        time_ms,
+        consistency: req.consistency.clone(),
+        manifest: String::from_utf8(bytes).unwrap(),
+        logical_size,
+        new_bytes: sink.new_bytes,
+        stored_bytes: sink.stored_bytes,
+        deleted_ms: None,
+    };
+    vault.catalog().insert_point(&row)?;
+    Ok(BackupReport {
+        item: req.item.clone(),
+        id: id.to_hex(),
+        time: crate::timefmt::rfc3339_s(time_ms),
+        disks: stats,
+        new_bytes: sink.new_bytes,
+        stored_bytes: sink.stored_bytes,
+        logical_size,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn prefix_disk(name: &str, e: Error) -> Error {
+    match e {
+        Error::Io { context, source } => Error::Io { context: format!("disk {name}: {context}"), source },
+        Error::Corrupt(m) => Error::Corrupt(format!("disk {name}: {m}")),
+        Error::InvalidInput(m) => Error::InvalidInput(format!("disk {name}: {m}")),
+        Error::NotFound(m) => Error::NotFound(format!("disk {name}: {m}")),
+        other => other,
+    }
+}
+
+/// A point's time is now, but always after the item's previous point, so
+/// points of one item are strictly ordered even if the clock stepped back.
+fn next_time(vault: &Vault, item: &str) -> Result<i64> {
+    let now = now_ms();
+    let last = vault.catalog().points(Some(item), true)?.iter().map(|p| p.time_ms).max();
+    Ok(match last {
+        Some(l) if l >= now => l + 1,
+        _ => now,
+    })
+}
+
+fn read_config(p: &Path) -> Result<(String, Vec<u8>)> {
+    let name = config_name(p)?;
+    let mut f = File::open(p).map_err(|e| Error::io_path("cannot open config file", p, e))?;
+    let len = f.metadata().ctx(|| format!("stat {}", p.display()))?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(Error::InvalidInput(format!("config file {} is {len} bytes; the limit is {MAX_CONFIG_BYTES}", p.display())));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.read_to_end(&mut bytes).ctx(|| format!("read {}", p.display()))?;
+    Ok((name, bytes))
+}
+
+/// Which blocks of a disk touch a data range: the rest are holes.
+struct HoleMap {
+    ranges: Vec<Range<u64>>,
+    next: usize,
+}
+
+impl HoleMap {
+    /// Blocks must be asked for in increasing order.
+    fn block_has_data(&mut self, start: u64, end: u64) -> bool {
+        while self.next < self.ranges.len() && self.ranges[self.next].end <= start {
+            self.next += 1;
+        }
+        self.next < self.ranges.len() && self.ranges[self.next].start < end
+    }
+}
+
+fn is_all_zero(b: &[u8]) -> bool {
+    let (pre, mid, post) = unsafe { b.align_to::<u128>() };
+    pre.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && post.iter().all(|&x| x == 0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backup_disk(
+    vault: &Vault,
+    name: &str,
+    path: &Path,
+    source: &dyn DiskSource,
+    prev: Option<MapReader>,
+    sink: &mut PackSink,
+    opts: &Options,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<(DiskEntry, DiskStats)> {
+    let size = source.size();
+    let bs = vault.block_size() as u64;
+    let blocks = size.div_ceil(bs);
+    let mut holes = HoleMap { ranges: source.data_ranges()?, next: 0 };
+    let mut st = DiskStats { name: name.to_owned(), size, ..Default::default() };
+    let failed = AtomicBool::new(false);
+
+    let (job_tx, job_rx) = bounded::<Job>(opts.workers * QUEUE_PER_WORKER);
+    let (done_tx, done_rx) = bounded::<Result<Done>>(opts.workers * QUEUE_PER_WORKER);
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(opts.workers * QUEUE_PER_WORKER * 2 + 8);
+
+    let result = std::thread::scope(|s| -> Result<(DiskEntry, DiskStats)> {
+        // Reader: blocks in order, holes without I/O.
+        let reader = s.spawn(|| -> Result<u64> {
+            let job_tx = job_tx;
+            let mut read = 0u64;
+            for index in 0..blocks {
+                if cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
+                    return Ok(read);
+                }
+                let start = index * bs;
+                let len = bs.min(size - start);
+                let prev_id = match &prev {
+                    Some(m) if index < m.blocks() => m.block(index)?,
+                    _ => ChunkId::ZERO,
+                };
+                let data = if holes.block_has_data(start, start + len) {
+                    let mut buf = free_rx.try_recv().unwrap_or_default();
+                    buf.resize(len as usize, 0);
+                    source.read_at(&mut buf, start)?;
+                    read += len;
+                    Some(buf)
+                } else {
+                    None
+                };
+                if job_tx.send(Job { index, data, prev: prev_id }).is_err() {
+                    break;
+                }
+            }
+            Ok(read)
+        });
+
+        for _ in 0..opts.workers {
+            let (job_rx, done_tx, free_tx) = (job_rx.clone(), done_tx.clone(), free_tx.clone());
+            let pending = sink.pending.clone();
+            let index_path = vault.index_path();
+            let level = opts.zstd_level;
+            let failed = &failed;
+            s.spawn(move || {
+                let index = match Catalog::open_reader(&index_path) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        let _ = done_tx.send(Err(e));
+                        return;
+                    }
+                };
+                worker(&index, &pending, level, job_rx, done_tx, free_tx, failed);
+            });
+        }
+        drop((job_rx, done_tx, free_tx));
+
+        // This thread: reorder results, write new chunks, build the map.
+        let index = Catalog::open_reader(&vault.index_path())?;
+        let mut builder = MapBuilder::new(blocks);
+        // Results arrive out of order; the map takes ids in block order.
+        let mut ready: HashMap<u64, ChunkId> = HashMap::new();
+        let mut next = 0u64;
+        let mut changed = 0u64;
+        let mut step = |msg: Result<Done>, sink: &mut PackSink| -> Result<()> {
+            let d = msg?;
+            if let Some(enc) = d.encoded {
+                changed += 1;
+                sink.append(&enc)?;
+            }
+            ready.insert(d.index, d.id);
+            while let Some(id) = ready.remove(&next) {
+                builder.push(id, &mut |page: &[u8]| sink.put(ChunkKind::MapPage, page, &index))?;
+                next += 1;
+            }
+            progress.advance(bs);
+            Ok(())
+        };
+        let mut outcome: Result<()> = Ok(());
+        for msg in done_rx.iter() {
+            if let Err(e) = step(msg, sink) {
+                failed.store(true, Ordering::Relaxed);
+                outcome = Err(e);
+                break;
+            }
+        }
+        // Drain so that no thread blocks on a full channel after a failure.
+        if outcome.is_err() {
+            for _ in done_rx.iter() {}
+        }
+        let read = reader.join().expect("reader thread panicked");
+        outcome?;
+        st.bytes_read = read?;
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        if next != blocks {
+            return Err(Error::Corrupt(format!("internal: {next} of {blocks} blocks processed")));
+        }
+        st.blocks_changed = changed;
+        let (depth, root) = builder.finish(&mut |page: &[u8]| sink.put(ChunkKind::MapPage, page, &index))?;
+        let entry = DiskEntry {
+            name: name.to_owned(),
+            size,
+            block_size: bs as u32,
+            depth,
+            root: root.to_hex(),
+            source: path.display().to_string(),
+            source_kind: source.kind().to_owned(),
+        };
+        Ok((entry, st))
+    })?;
+    Ok(result)
+}
+
+fn worker(
+    index: &Catalog,
+    pending: &Pending,
+    level: i32,
+    jobs: Receiver<Job>,
+    done: Sender<Result<Done>>,
+    free: Sender<Vec<u8>>,
+    failed: &AtomicBool,
+) {
+    for job in jobs.iter() {
+        let r = (|| -> Result<Done> {
+            let Some(data) = job.data else {
+                return Ok(Done { index: job.index, id: ChunkId::ZERO, encoded: None });
+            };
+            let id = if is_all_zero(&data) { ChunkId::ZERO } else { ChunkId::of(&data) };
+            let mut encoded = None;
+            if !id.is_zero() && id != job.prev && !pending.0.lock().unwrap().contains(&id) && !index.has_chunk(&id)? {
+                // Claim it so that another worker with the same content skips it.
+                if pending.0.lock().unwrap().insert(id) {
+                    encoded = Some(encode_chunk(id, ChunkKind::Data, &data, level)?);
+                }
+            }
+            let _ = free.try_send(data);
+            Ok(Done { index: job.index, id, encoded })
+        })();
+        if r.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        if done.send(r).is_err() {
+            return;
+        }
+    }
+}

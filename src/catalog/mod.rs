@@ -1,0 +1,268 @@
+//! The SQLite index: a cache of what the packs say (chunk locations) plus the
+//! vault's bookkeeping (recovery points, items, jobs). Knows nothing of pack
+//! bytes. Opened in WAL mode so readers (mounts, verify) never block a backup.
+//!
+//! The schema is documented in docs/format.md; `SCHEMA_VERSION` is bumped with
+//! a migration whenever it changes.
+
+mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, RecoveryPointId};
+use crate::store::FinishedPack;
+
+pub use schema::SCHEMA_VERSION;
+
+/// Where a chunk lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub pack: String,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+}
+
+/// One recovery point as the index keeps it.
+#[derive(Clone, Debug)]
+pub struct PointRow {
+    pub id: RecoveryPointId,
+    pub item: String,
+    /// Unix time in milliseconds, UTC.
+    pub time_ms: i64,
+    pub consistency: String,
+    pub manifest: String,
+    pub logical_size: u64,
+    pub new_bytes: u64,
+    pub stored_bytes: u64,
+    pub deleted_ms: Option<i64>,
+}
+
+pub struct PackRow {
+    pub id: i64,
+    pub name: String,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub item: Option<String>,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    pub status: String,
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+    pub error: Option<String>,
+}
+
+pub struct Catalog {
+    conn: Connection,
+}
+
+fn id_blob(id: &ChunkId) -> &[u8] {
+    &id.0[..]
+}
+
+fn blob_id(b: Vec<u8>) -> rusqlite::Result<ChunkId> {
+    ChunkId::from_slice(&b).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, "id".into(), rusqlite::types::Type::Blob))
+}
+
+impl Catalog {
+    /// Opens (and with `create`, creates) the index at `path`.
+    pub fn open(path: &Path, create: bool) -> Result<Catalog> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(Duration::from_secs(60))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut c = Catalog { conn };
+        schema::migrate(&mut c.conn, create)?;
+        Ok(c)
+    }
+
+    /// A second connection for reading only (worker threads, mounts).
+    pub fn open_reader(path: &Path) -> Result<Catalog> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        conn.busy_timeout(Duration::from_secs(60))?;
+        Ok(Catalog { conn })
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    // ---- chunks and packs ----
+
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+        Ok(st.exists([id_blob(id)])?)
+    }
+
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT p.name, c.offset, c.stored_len, c.raw_len FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?1",
+        )?;
+        Ok(st
+            .query_row([id_blob(id)], |r| {
+                Ok(ChunkLocation { pack: r.get(0)?, offset: r.get(1)?, stored_len: r.get(2)?, raw_len: r.get(3)? })
+            })
+            .optional()?)
+    }
+
+    /// Records a durable pack and its frames in one transaction. A chunk that
+    /// is already indexed elsewhere keeps its old location (the duplicate
+    /// frame is garbage for gc).
+    pub fn commit_pack(&mut self, pack: &FinishedPack) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("INSERT INTO packs(name, size, created_ms) VALUES (?1, ?2, ?3)", params![pack.name, pack.size, now_ms()])?;
+        let pack_id = tx.last_insert_rowid();
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO chunks(id, pack, offset, stored_len, raw_len, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for f in &pack.frames {
+                st.execute(params![id_blob(&f.header.id), pack_id, f.offset, f.header.stored_len, f.header.raw_len, f.header.kind as u8])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn packs(&self) -> Result<Vec<PackRow>> {
+        let mut st = self.conn.prepare("SELECT id, name, size FROM packs ORDER BY id")?;
+        let rows = st.query_map([], |r| Ok(PackRow { id: r.get(0)?, name: r.get(1)?, size: r.get(2)? }))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Chunks of one pack: (id, offset, stored_len).
+    pub fn chunks_in_pack(&self, pack_id: i64) -> Result<Vec<(ChunkId, u64, u32)>> {
+        let mut st = self.conn.prepare_cached("SELECT id, offset, stored_len FROM chunks WHERE pack = ?1 ORDER BY offset")?;
+        let rows = st.query_map([pack_id], |r| Ok((blob_id(r.get(0)?)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn chunk_count(&self) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))?)
+    }
+
+    // ---- recovery points ----
+
+    pub fn insert_point(&mut self, p: &PointRow) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO points(id, item, time_ms, consistency, manifest, logical_size, new_bytes, stored_bytes, deleted_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![id_blob(&p.id.0), p.item, p.time_ms, p.consistency, p.manifest, p.logical_size, p.new_bytes, p.stored_bytes, p.deleted_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Points, oldest first; `item` filters; deleted ones only with `deleted`.
+    pub fn points(&self, item: Option<&str>, deleted: bool) -> Result<Vec<PointRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, item, time_ms, consistency, manifest, logical_size, new_bytes, stored_bytes, deleted_ms FROM points
+             WHERE (?1 IS NULL OR item = ?1) AND ((deleted_ms IS NULL) OR ?2) ORDER BY item, time_ms, id",
+        )?;
+        let rows = st.query_map(params![item, deleted], |r| {
+            Ok(PointRow {
+                id: RecoveryPointId(blob_id(r.get(0)?)?),
+                item: r.get(1)?,
+                time_ms: r.get(2)?,
+                consistency: r.get(3)?,
+                manifest: r.get(4)?,
+                logical_size: r.get(5)?,
+                new_bytes: r.get(6)?,
+                stored_bytes: r.get(7)?,
+                deleted_ms: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn remove_point(&mut self, id: &RecoveryPointId) -> Result<bool> {
+        Ok(self.conn.execute("DELETE FROM points WHERE id = ?1", [id_blob(&id.0)])? > 0)
+    }
+
+    pub fn set_point_deleted(&mut self, id: &RecoveryPointId, deleted_ms: Option<i64>) -> Result<bool> {
+        Ok(self.conn.execute("UPDATE points SET deleted_ms = ?2 WHERE id = ?1", params![id_blob(&id.0), deleted_ms])? > 0)
+    }
+
+    pub fn items(&self) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare("SELECT DISTINCT item FROM points ORDER BY item")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---- jobs ----
+
+    pub fn job_start(&mut self, kind: &str, item: Option<&str>) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO jobs(kind, item, started_ms, status, bytes_read, bytes_stored) VALUES (?1, ?2, ?3, 'running', 0, 0)",
+            params![kind, item, now_ms()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn job_finish(&mut self, id: i64, status: &str, bytes_read: u64, bytes_stored: u64, error: Option<&str>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE jobs SET ended_ms = ?2, status = ?3, bytes_read = ?4, bytes_stored = ?5, error = ?6 WHERE id = ?1",
+            params![id, now_ms(), status, bytes_read, bytes_stored, error],
+        )?;
+        Ok(())
+    }
+
+    pub fn jobs(&self, item: Option<&str>, failed_only: bool) -> Result<Vec<JobRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, kind, item, started_ms, ended_ms, status, bytes_read, bytes_stored, error FROM jobs
+             WHERE (?1 IS NULL OR item = ?1) AND (NOT ?2 OR status = 'failed') ORDER BY id",
+        )?;
+        let rows = st.query_map(params![item, failed_only], |r| {
+            Ok(JobRow {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                item: r.get(2)?,
+                started_ms: r.get(3)?,
+                ended_ms: r.get(4)?,
+                status: r.get(5)?,
+                bytes_read: r.get(6)?,
+                bytes_stored: r.get(7)?,
+                error: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+}
+
+/// Wall-clock now in Unix milliseconds; `KLUIS_NOW` (RFC 3339) overrides it
+/// so that schedules and retention can be tested without waiting.
+pub fn now_ms() -> i64 {
+    if let Ok(s) = std::env::var("KLUIS_NOW") {
+        if let Ok(ts) = s.parse::<jiff::Timestamp>() {
+            return ts.as_millisecond();
+        }
+    }
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl From<&Error> for Error {
+    fn from(e: &Error) -> Error {
+        Error::Corrupt(e.to_string())
+    }
+}

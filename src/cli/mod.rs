@@ -1,0 +1,219 @@
+//! Command-line interface: clap structs, running commands, printing results
+//! for humans or as JSON (`--json`). Only the binary uses this module.
+
+mod output;
+mod progress;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, Subcommand};
+
+use kluis::backup::{self, BackupRequest};
+use kluis::image::TargetFormat;
+use kluis::vault::{Vault, DEFAULT_BLOCK_SIZE};
+use kluis::{Error, Result};
+
+pub use output::Out;
+
+#[derive(Parser, Debug)]
+#[command(name = "kluis", version, about = "Backup and disaster-recovery vault for virtual-machine disks")]
+pub struct Cli {
+    /// Vault directory [default: $KLUIS_VAULT, else $XDG_DATA_HOME/kluis, else ~/.local/share/kluis]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub vault: Option<PathBuf>,
+    /// Machine-readable output (JSON) on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v info, -vv debug)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// No progress bars even on a terminal
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new, empty vault
+    Init {
+        /// Block size in bytes (a power of two, 4 KiB to 4 MiB); 64 KiB is the benchmarked default
+        #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE)]
+        block_size: u32,
+    },
+    /// Take a recovery point of all disks (and config files) of ITEM
+    Backup {
+        item: String,
+        /// A disk as NAME=PATH (raw image, VHD or block device); repeat for each disk
+        #[arg(long = "disk", value_name = "NAME=PATH", required = true)]
+        disks: Vec<String>,
+        /// A configuration file to keep with the point (libvirt XML, ...); repeatable
+        #[arg(long = "config", value_name = "FILE")]
+        configs: Vec<PathBuf>,
+    },
+    /// List recovery points
+    Points {
+        item: Option<String>,
+        /// Include deleted points
+        #[arg(long)]
+        deleted: bool,
+    },
+    /// Write a disk of a recovery point to a file or block device
+    Restore {
+        /// ITEM@latest, ITEM@<UTC time> or ITEM@<id prefix>
+        point: String,
+        #[arg(long)]
+        disk: String,
+        #[arg(long)]
+        to: PathBuf,
+        /// raw (sparse), vhd (fixed) or vhd-dynamic
+        #[arg(long, default_value = "raw")]
+        format: String,
+        /// Overwrite an existing target
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check the vault (all points, or one); --read-data re-hashes every chunk
+    Verify {
+        point: Option<String>,
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Delete a recovery point (its data is reclaimed by gc)
+    Delete { point: String },
+    /// Reclaim space no recovery point uses
+    Gc,
+}
+
+/// Set by SIGINT/SIGTERM; long operations stop at the next block and clean up.
+pub static CANCEL: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    if CANCEL.swap(true, Ordering::SeqCst) {
+        // Second signal: the user insists.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+pub fn install_signal_handlers() {
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+pub fn default_vault() -> Result<PathBuf> {
+    if let Some(v) = std::env::var_os("KLUIS_VAULT").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(v));
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("kluis"));
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(h).join(".local/share/kluis"));
+    }
+    Err(Error::InvalidInput("no vault given: use --vault DIR or set KLUIS_VAULT".into()))
+}
+
+/// What a command leaves for the exit code besides errors.
+pub enum Outcome {
+    Ok,
+    /// verify found damage
+    Damaged,
+}
+
+pub fn run(cli: Cli) -> Result<Outcome> {
+    let out = Out::new(cli.json);
+    let vault_dir = match &cli.vault {
+        Some(v) => v.clone(),
+        None => default_vault()?,
+    };
+    let bars = progress::Bars::new(!cli.no_progress && !cli.quiet);
+    match cli.command {
+        Command::Init { block_size } => {
+            let v = Vault::init(&vault_dir, block_size)?;
+            out.result(&serde_json::json!({"vault": vault_dir, "id": v.header.id, "block_size": block_size}), || {
+                format!("initialized vault {} (block size {block_size})", vault_dir.display())
+            })?;
+        }
+        Command::Backup { item, disks, configs } => {
+            let disks = disks.iter().map(|d| parse_disk_arg(d)).collect::<Result<Vec<_>>>()?;
+            let req = BackupRequest { item, disks, configs, consistency: "crash".into() };
+            backup::validate(&req)?;
+            let vault = Vault::open(&vault_dir)?;
+            let rep = backup::backup(&vault, &req, &bars, &CANCEL)?;
+            out.result(&rep, || {
+                let read: u64 = rep.disks.iter().map(|d| d.bytes_read).sum();
+                format!(
+                    "{}@{} ({}) {} disk(s), {} read, {} new, {} stored, {:.1}s",
+                    rep.item,
+                    rep.time,
+                    &rep.id[..8],
+                    rep.disks.len(),
+                    output::bytes(read),
+                    output::bytes(rep.new_bytes),
+                    output::bytes(rep.stored_bytes),
+                    rep.seconds
+                )
+            })?;
+        }
+        Command::Points { item, deleted } => {
+            let vault = Vault::open(&vault_dir)?;
+            output::points(&out, &vault, item.as_deref(), deleted)?;
+        }
+        Command::Restore { point, disk, to, format, force } => {
+            let format: TargetFormat = format.parse()?;
+            let vault = Vault::open(&vault_dir)?;
+            let p = vault.select(&point, false)?;
+            let rep = kluis::restore::restore(&vault, &p, &disk, &to, format, force, &bars, &CANCEL)?;
+            out.result(&rep, || format!("restored {}/{} to {} ({}, {:.1}s)", rep.item, rep.disk, rep.target, output::bytes(rep.size), rep.seconds))?;
+        }
+        Command::Verify { point, read_data } => {
+            let vault = Vault::open(&vault_dir)?;
+            let p = point.map(|s| vault.select(&s, true)).transpose()?;
+            let rep = kluis::verify::verify(&vault, p.as_ref(), read_data, &bars)?;
+            output::verify(&out, &rep)?;
+            if !rep.is_clean() {
+                return Ok(Outcome::Damaged);
+            }
+        }
+        Command::Delete { point } => {
+            let vault = Vault::open(&vault_dir)?;
+            let p = vault.select(&point, false)?;
+            vault.catalog().remove_point(&p.id)?;
+            let name = kluis::timefmt::rfc3339_s(p.time_ms);
+            out.result(&serde_json::json!({"deleted": p.id.to_hex(), "item": p.item, "time": name}), || {
+                format!("deleted {}@{} ({}); run `kluis gc` to reclaim space", p.item, name, p.id)
+            })?;
+        }
+        Command::Gc => {
+            let vault = Vault::open(&vault_dir)?;
+            let rep = kluis::gc::gc(&vault, &bars)?;
+            out.result(&rep, || {
+                format!(
+                    "gc: {} chunks removed, {} packs deleted, {} rewritten, {} freed, {} live chunks",
+                    rep.chunks_removed,
+                    rep.packs_deleted,
+                    rep.packs_rewritten,
+                    output::bytes(rep.bytes_freed),
+                    rep.live_chunks
+                )
+            })?;
+        }
+    }
+    std::io::stdout().flush().map_err(|e| Error::io("write output", e))?;
+    Ok(Outcome::Ok)
+}
+
+fn parse_disk_arg(s: &str) -> Result<(String, PathBuf)> {
+    match s.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_owned(), PathBuf::from(p))),
+        _ => Err(Error::InvalidInput(format!("--disk {s:?}: expected NAME=PATH"))),
+    }
+}

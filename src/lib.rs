@@ -1,0 +1,18 @@
+//! kluis: a backup and disaster-recovery vault for virtual-machine disks.
+
+pub mod error;
+pub mod id;
+pub mod image;
+pub mod store;
+pub mod catalog;
+pub mod recovery_point;
+pub mod timefmt;
+pub mod vault;
+pub mod progress;
+pub mod backup;
+pub mod restore;
+pub mod verify;
+pub mod gc;
+
+pub use error::{Error, Result};
+pub use id::{ChunkId, RecoveryPointId};

@@ -1,0 +1,36 @@
+//! The `kluis` binary: parse arguments, set up logging, run, map the outcome
+//! to an exit code (0 ok, 1 error, 2 usage, 3 verify found damage).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let level = match (args.quiet, args.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    cli::install_signal_handlers();
+    match cli::run(args) {
+        Ok(cli::Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(cli::Outcome::Damaged) => ExitCode::from(3),
+        Err(kluis::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.is_no_space() {
+                eprintln!("kluis: error: {e} (the vault's filesystem is full; earlier recovery points are intact, run `kluis gc` after freeing space)");
+            } else {
+                eprintln!("kluis: error: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

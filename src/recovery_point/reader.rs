@@ -1,0 +1,71 @@
+//! Reading a disk of a recovery point at any offset.
+
+use std::sync::Arc;
+
+use super::map::MapReader;
+use super::manifest::DiskEntry;
+use crate::error::Result;
+use crate::id::ChunkId;
+
+/// Gives a chunk's plaintext by id, verified against the id. Implemented by
+/// the vault (index + packs) and by the mount's location cache.
+pub trait ChunkFetcher: Send + Sync {
+    fn fetch(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>>;
+}
+
+/// A disk of a recovery point as a byte array.
+pub struct DiskReader {
+    pub entry: DiskEntry,
+    map: MapReader,
+    fetch: Arc<dyn ChunkFetcher>,
+}
+
+impl DiskReader {
+    pub fn new(entry: DiskEntry, fetch: Arc<dyn ChunkFetcher>) -> Result<DiskReader> {
+        let map = MapReader::new(entry.depth, entry.root_id()?, entry.blocks(), fetch.clone());
+        Ok(DiskReader { entry, map, fetch })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.entry.size
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.entry.block_size as u64
+    }
+
+    pub fn map(&self) -> &MapReader {
+        &self.map
+    }
+
+    /// Chunk id of the block holding byte `offset`.
+    pub fn block_id(&self, index: u64) -> Result<ChunkId> {
+        self.map.block(index)
+    }
+
+    /// Fills `buf` from `offset`; returns the bytes read (short only at the end of the disk).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let size = self.size();
+        if offset >= size {
+            return Ok(0);
+        }
+        let len = buf.len().min((size - offset) as usize);
+        let bs = self.block_size();
+        let mut done = 0usize;
+        while done < len {
+            let pos = offset + done as u64;
+            let (index, within) = (pos / bs, (pos % bs) as usize);
+            let n = (bs as usize - within).min(len - done);
+            let id = self.map.block(index)?;
+            let out = &mut buf[done..done + n];
+            if id.is_zero() {
+                out.fill(0);
+            } else {
+                let data = self.fetch.fetch(&id)?;
+                out.copy_from_slice(&data[within..within + n]);
+            }
+            done += n;
+        }
+        Ok(len)
+    }
+}

@@ -1,0 +1,31 @@
+//! Pack files: where chunk bytes live. This module knows nothing of SQL.
+//!
+//! # Layout
+//!
+//! ```text
+//! VAULT/packs/tmp/NAME.tmp       a pack being written (never read)
+//! VAULT/packs/NN/NAME.pack       a finished pack; NN = first two hex chars of NAME
+//! ```
+//!
+//! A pack is a 16-byte header followed by frames; each frame is a 56-byte
+//! header carrying the chunk's id, raw and stored length, codec flags and a
+//! header checksum, then the stored bytes. A pack can therefore be re-indexed
+//! and verified from its own bytes (see docs/format.md).
+//!
+//! # Write order (crash safety)
+//!
+//! 1. frames are appended to `tmp/NAME.tmp`;
+//! 2. the file is fsynced, renamed to `NN/NAME.pack`, and the directory fsynced;
+//! 3. only then does the caller commit index rows pointing into the pack.
+//!
+//! A crash before 3 leaves either a temp file or a pack no index row points
+//! to; `gc` removes both. Packs are immutable once renamed; `gc` rewrites the
+//! live frames of a mostly-dead pack into a new pack, commits the new
+//! locations, and only then unlinks the old pack (readers holding it open keep
+//! reading it, which Unix allows).
+
+mod frame;
+mod pack;
+
+pub use frame::{decode_payload, encode_chunk, ChunkKind, EncodedChunk, FrameHeader, Codec, FRAME_HEADER_SIZE, PACK_HEADER, PACK_HEADER_SIZE};
+pub use pack::{pack_path, scan_pack, FinishedPack, PackFiles, PackWriter, ScannedFrame, packs_on_disk};

@@ -1,0 +1,265 @@
+//! A vault: one directory holding everything.
+//!
+//! ```text
+//! VAULT/kluis.vault     header (text): format version, vault id, block size
+//! VAULT/index.sqlite    the index (WAL mode; -wal and -shm beside it)
+//! VAULT/packs/…         pack files (see crate::store)
+//! VAULT/lock            flock(2) target, see the lock table below
+//! ```
+//!
+//! # Locks
+//!
+//! | operation            | lock on VAULT/lock |
+//! |----------------------|--------------------|
+//! | backup               | shared             |
+//! | restore, verify, mount, points, delete | none (readers; SQLite WAL isolates them) |
+//! | gc                   | exclusive          |
+//!
+//! gc needs exclusivity because a running backup reuses chunks that no
+//! committed point references yet (its own freshly committed packs, and old
+//! chunks it deduplicated against); gc would otherwise see them as garbage.
+//! gc waits for running backups; a backup waits for a running gc.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::catalog::{Catalog, PointRow};
+use crate::error::{Error, IoContext, Result};
+use crate::id::ChunkId;
+use crate::recovery_point::{ChunkFetcher, DiskReader, Manifest};
+use crate::store::PackFiles;
+
+pub const HEADER_FILE: &str = "kluis.vault";
+pub const FORMAT_VERSION: u32 = 1;
+pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultHeader {
+    pub format: u32,
+    pub id: String,
+    pub block_size: u32,
+}
+
+impl VaultHeader {
+    /// ```text
+    /// kluis-vault 1
+    /// id 5f1c…(32 hex)
+    /// block-size 65536
+    /// ```
+    pub fn to_text(&self) -> String {
+        format!("kluis-vault {}\nid {}\nblock-size {}\n", self.format, self.id, self.block_size)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<VaultHeader> {
+        let bad = || Error::InvalidInput(format!("{} is not a kluis vault (bad header {})", path.display(), HEADER_FILE));
+        let mut lines = text.lines();
+        let format = lines.next().and_then(|l| l.strip_prefix("kluis-vault ")).and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        if format != FORMAT_VERSION {
+            return Err(Error::InvalidInput(format!(
+                "{}: vault format {format} is not supported by this kluis (knows {FORMAT_VERSION})",
+                path.display()
+            )));
+        }
+        let mut id = None;
+        let mut block_size = None;
+        for l in lines {
+            match l.split_once(' ') {
+                Some(("id", v)) => id = Some(v.to_owned()),
+                Some(("block-size", v)) => block_size = v.parse().ok(),
+                _ => {} // unknown keys are allowed: newer minor settings
+            }
+        }
+        let block_size: u32 = block_size.ok_or_else(bad)?;
+        if !block_size.is_power_of_two() || !(4096..=4 << 20).contains(&block_size) {
+            return Err(bad());
+        }
+        Ok(VaultHeader { format, id: id.ok_or_else(bad)?, block_size })
+    }
+}
+
+/// Held for the life of an operation; released on drop (or process death).
+pub struct VaultLock(#[allow(dead_code)] File);
+
+pub struct Vault {
+    root: PathBuf,
+    pub header: VaultHeader,
+    catalog: Mutex<Catalog>,
+    packs: Arc<PackFiles>,
+}
+
+impl Vault {
+    pub fn init(root: &Path, block_size: u32) -> Result<Vault> {
+        if root.join(HEADER_FILE).exists() {
+            return Err(Error::AlreadyExists(format!("{} is already a kluis vault", root.display())));
+        }
+        if root.exists() && fs::read_dir(root).ctx(|| format!("list {}", root.display()))?.next().is_some() {
+            return Err(Error::InvalidInput(format!("{} exists and is not empty; choose an empty or new directory", root.display())));
+        }
+        if !block_size.is_power_of_two() || !(4096..=4 << 20).contains(&block_size) {
+            return Err(Error::InvalidInput(format!("block size {block_size} must be a power of two between 4096 and 4194304")));
+        }
+        fs::create_dir_all(root.join("packs/tmp")).ctx(|| format!("create vault {}", root.display()))?;
+        let header = VaultHeader { format: FORMAT_VERSION, id: new_vault_id(), block_size };
+        Catalog::open(&root.join("index.sqlite"), true)?;
+        // The header goes last: a directory without it is not a vault, so a
+        // crash during init leaves nothing that pretends to be one.
+        let tmp = root.join(format!("{HEADER_FILE}.tmp"));
+        fs::write(&tmp, header.to_text()).ctx(|| format!("write {}", tmp.display()))?;
+        File::open(&tmp).and_then(|f| f.sync_all()).ctx(|| format!("fsync {}", tmp.display()))?;
+        fs::rename(&tmp, root.join(HEADER_FILE)).ctx(|| format!("write {}", root.display()))?;
+        File::open(root).and_then(|d| d.sync_all()).ctx(|| format!("fsync {}", root.display()))?;
+        Vault::open(root)
+    }
+
+    pub fn open(root: &Path) -> Result<Vault> {
+        let hp = root.join(HEADER_FILE);
+        let text = match fs::read_to_string(&hp) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!("{} is not a kluis vault (run `kluis init` first)", root.display())));
+            }
+            Err(e) => return Err(Error::io_path("read", &hp, e)),
+        };
+        let header = VaultHeader::parse(&text, root)?;
+        let catalog = Catalog::open(&root.join("index.sqlite"), false)
+            .map_err(|e| Error::Corrupt(format!("{}: cannot open index: {e}", root.display())))?;
+        Ok(Vault { root: root.to_owned(), header, catalog: Mutex::new(catalog), packs: Arc::new(PackFiles::new(root)) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.root.join("index.sqlite")
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.header.block_size
+    }
+
+    pub fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        self.catalog.lock().unwrap()
+    }
+
+    pub fn packs(&self) -> &Arc<PackFiles> {
+        &self.packs
+    }
+
+    /// Takes the vault lock, shared or exclusive, waiting for it; `on_wait`
+    /// is called once if the lock is not free at once (to tell the user).
+    pub fn lock(&self, exclusive: bool, on_wait: impl FnOnce()) -> Result<VaultLock> {
+        let path = self.root.join("lock");
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
+        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+            on_wait();
+            loop {
+                if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(Error::io_path("lock", &path, e));
+                }
+            }
+        }
+        Ok(VaultLock(f))
+    }
+
+    /// A fetcher reading chunks through the index and the packs. Each call
+    /// looks the location up in SQLite; fine for restore and verify.
+    pub fn fetcher(&self) -> Result<Arc<dyn ChunkFetcher>> {
+        Ok(Arc::new(IndexFetcher { index: Mutex::new(Catalog::open_reader(&self.index_path())?), packs: self.packs.clone() }))
+    }
+
+    pub fn disk_reader(&self, point: &PointRow, disk: &str) -> Result<DiskReader> {
+        let m = Manifest::parse(&point.manifest)?;
+        DiskReader::new(m.disk(disk)?.clone(), self.fetcher()?)
+    }
+
+    /// Resolves `ITEM@latest`, `ITEM@<UTC time>` or `ITEM@<id prefix>`
+    /// (`ITEM` alone means latest). Deleted points resolve only with `deleted`.
+    pub fn select(&self, selector: &str, deleted: bool) -> Result<PointRow> {
+        let (item, which) = selector.split_once('@').unwrap_or((selector, "latest"));
+        let points = self.catalog().points(Some(item), deleted)?;
+        let points: Vec<_> = points.into_iter().filter(|p| deleted || p.deleted_ms.is_none()).collect();
+        if points.is_empty() {
+            return Err(Error::NotFound(format!("no recovery points for item {item:?}")));
+        }
+        select_point(points, item, which)
+    }
+}
+
+fn select_point(mut points: Vec<PointRow>, item: &str, which: &str) -> Result<PointRow> {
+    if which == "latest" {
+        return Ok(points.pop().unwrap());
+    }
+    if let Some(t) = parse_time_ms(which) {
+        // A time names the point taken at that time, or the newest before it,
+        // like "restore to how it was at 04:00".
+        let exact: Vec<_> = points.iter().filter(|p| crate::timefmt::point_name_matches(p.time_ms, which)).cloned().collect();
+        if exact.len() == 1 {
+            return Ok(exact.into_iter().next().unwrap());
+        }
+        return points
+            .into_iter()
+            .rev()
+            .find(|p| p.time_ms <= t)
+            .ok_or_else(|| Error::NotFound(format!("item {item} has no recovery point at or before {which}")));
+    }
+    let lower = which.to_ascii_lowercase();
+    if lower.len() >= 4 && lower.chars().all(|c| c.is_ascii_hexdigit()) {
+        let found: Vec<_> = points.into_iter().filter(|p| p.id.to_hex().starts_with(&lower)).collect();
+        return match found.len() {
+            1 => Ok(found.into_iter().next().unwrap()),
+            0 => Err(Error::NotFound(format!("item {item} has no recovery point with id {which}"))),
+            n => Err(Error::InvalidInput(format!("id prefix {which} matches {n} recovery points of {item}; give more digits"))),
+        };
+    }
+    Err(Error::InvalidInput(format!("{item}@{which}: expected latest, a UTC time like 2026-11-21T04:00:00Z, or an id prefix (4+ hex digits)")))
+}
+
+fn parse_time_ms(s: &str) -> Option<i64> {
+    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond())
+}
+
+fn new_vault_id() -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    if let Ok(b) = fs::read("/proc/sys/kernel/random/uuid") {
+        h.update(&b);
+    }
+    crate::id::hex(&h.finalize().as_bytes()[..16])
+}
+
+struct IndexFetcher {
+    index: Mutex<Catalog>,
+    packs: Arc<PackFiles>,
+}
+
+impl ChunkFetcher for IndexFetcher {
+    fn fetch(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+        let loc = self.index.lock().unwrap().chunk_location(id)?;
+        let loc = loc.ok_or_else(|| Error::Corrupt(format!("chunk {id} is referenced but missing from the index")))?;
+        Ok(Arc::new(self.packs.read_chunk(&loc.pack, loc.offset, loc.stored_len, *id)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_golden() {
+        let h = VaultHeader { format: 1, id: "00112233445566778899aabbccddeeff".into(), block_size: 65536 };
+        assert_eq!(h.to_text(), "kluis-vault 1\nid 00112233445566778899aabbccddeeff\nblock-size 65536\n");
+        assert_eq!(VaultHeader::parse(&h.to_text(), Path::new("v")).unwrap(), h);
+        assert!(VaultHeader::parse("kluis-vault 2\nid x\nblock-size 65536\n", Path::new("v")).is_err());
+        assert!(VaultHeader::parse("hello", Path::new("v")).is_err());
+        assert!(VaultHeader::parse("kluis-vault 1\nid x\nblock-size 1000\n", Path::new("v")).is_err());
+    }
+}

@@ -1,0 +1,257 @@
+//! Checking a vault: the index against the packs, every recovery point's
+//! Merkle tree against the index, and with `read_data` every chunk's bytes
+//! against its hash. Each damaged chunk is reported with the points, disks
+//! and byte ranges it affects, so the operator knows what is lost.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use crate::catalog::PointRow;
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+use crate::progress::Progress;
+use crate::recovery_point::{Manifest, FANOUT, PAGE_BYTES};
+use crate::store::{decode_payload, pack_path, FrameHeader, FRAME_HEADER_SIZE};
+use crate::timefmt::rfc3339_s;
+use crate::vault::Vault;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Affected {
+    pub item: String,
+    pub point: String,
+    pub point_id: String,
+    /// `disk NAME`, `config NAME` or `manifest`.
+    pub part: String,
+    /// Byte ranges [start, end) of the disk or file.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Damage {
+    pub chunk: String,
+    pub location: String,
+    pub error: String,
+    pub affects: Vec<Affected>,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub points: usize,
+    pub packs: usize,
+    pub chunks_checked: u64,
+    pub bytes_read: u64,
+    pub damaged: Vec<Damage>,
+    /// Chunks in the index that no point references (gc reclaims them).
+    pub unreferenced_chunks: u64,
+    /// Pack files the index does not know (left by an interrupted run; gc removes them).
+    pub orphan_packs: usize,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.damaged.is_empty()
+    }
+}
+
+/// A reference from a point to a chunk: which part, and which byte range.
+#[derive(Clone)]
+struct Use {
+    point: usize,
+    part: String,
+    range: (u64, u64),
+}
+
+pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress: &dyn Progress) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let points: Vec<PointRow> = match only {
+        Some(p) => vec![p.clone()],
+        None => vault.catalog().points(None, true)?,
+    };
+    report.points = points.len();
+    let mut damaged: HashMap<ChunkId, (String, String)> = HashMap::new();
+
+    // 1. Every index row against the frame it points to.
+    let packs = vault.catalog().packs()?;
+    report.packs = packs.len();
+    let known: HashSet<String> = packs.iter().map(|p| p.name.clone()).collect();
+    report.orphan_packs = crate::store::packs_on_disk(vault.root())?.into_iter().filter(|n| !known.contains(n)).count();
+    let total: u64 = packs.iter().map(|p| p.size).sum();
+    progress.start(if read_data { "verify data" } else { "verify index" }, total);
+    let mut buf = Vec::new();
+    for pack in &packs {
+        let rows = vault.catalog().chunks_in_pack(pack.id)?;
+        let path = pack_path(vault.root(), &pack.name);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                for (id, off, _) in rows {
+                    damaged.insert(id, (format!("pack {} offset {off}", pack.name), format!("pack file missing: {e}")));
+                }
+                continue;
+            }
+        };
+        let actual = file.metadata().map(|m| m.len()).unwrap_or(0);
+        for (id, off, stored_len) in rows {
+            report.chunks_checked += 1;
+            let want = FRAME_HEADER_SIZE + if read_data { stored_len as usize } else { 0 };
+            buf.resize(want, 0);
+            let loc = format!("pack {} offset {off}", pack.name);
+            let r = if off + FRAME_HEADER_SIZE as u64 + stored_len as u64 > actual {
+                Err(Error::Corrupt("frame runs past the end of the pack (truncated)".into()))
+            } else {
+                file.read_exact_at(&mut buf, off).map_err(|e| Error::io("read", e)).and_then(|_| {
+                    let h = FrameHeader::parse(&buf[..FRAME_HEADER_SIZE], &"frame")?;
+                    if h.id != id || h.stored_len != stored_len {
+                        return Err(Error::Corrupt(format!("frame holds chunk {} instead", h.id)));
+                    }
+                    if read_data {
+                        decode_payload(&h, &buf[FRAME_HEADER_SIZE..], &format_args!("pack {}", pack.name))?;
+                    }
+                    Ok(())
+                })
+            };
+            report.bytes_read += want as u64;
+            progress.advance((FRAME_HEADER_SIZE + stored_len as usize) as u64);
+            if let Err(e) = r {
+                let msg = e.to_string();
+                let msg = msg.rsplit(": ").next().unwrap_or(&msg).to_owned();
+                damaged.insert(id, (loc, msg));
+            }
+        }
+    }
+    progress.finish();
+
+    // 2. Every point's tree against the index; record where each chunk is used.
+    let fetch = vault.fetcher()?;
+    let index = crate::catalog::Catalog::open_reader(&vault.index_path())?;
+    let mut uses: HashMap<ChunkId, Vec<Use>> = HashMap::new();
+    let mut referenced: HashSet<ChunkId> = HashSet::new();
+    let interesting = |id: &ChunkId, damaged: &HashMap<ChunkId, (String, String)>| damaged.contains_key(id);
+    for (pi, p) in points.iter().enumerate() {
+        let bytes = p.manifest.as_bytes();
+        if Manifest::id_of(bytes) != p.id {
+            damaged.insert(p.id.0, ("index".into(), "manifest does not hash to the point id".into()));
+        }
+        referenced.insert(p.id.0);
+        if !index.has_chunk(&p.id.0)? {
+            damaged.entry(p.id.0).or_insert(("index".into(), "manifest chunk missing from the vault".into()));
+        }
+        uses.entry(p.id.0).or_default().push(Use { point: pi, part: "manifest".into(), range: (0, bytes.len() as u64) });
+        let m = Manifest::parse(&p.manifest)?;
+        for c in &m.configs {
+            let bs = vault.block_size() as u64;
+            for (i, h) in c.chunks.iter().enumerate() {
+                let id = ChunkId::from_hex(h).ok_or_else(|| Error::Corrupt(format!("config {}: bad chunk id", c.name)))?;
+                referenced.insert(id);
+                if !index.has_chunk(&id)? {
+                    damaged.entry(id).or_insert(("index".into(), "chunk missing from the vault".into()));
+                }
+                let s = i as u64 * bs;
+                uses.entry(id).or_default().push(Use { point: pi, part: format!("config {}", c.name), range: (s, (s + bs).min(c.size)) });
+            }
+        }
+        for d in &m.disks {
+            let root = d.root_id()?;
+            if d.depth == 0 || root.is_zero() {
+                continue;
+            }
+            let span = (FANOUT as u64).pow(d.depth as u32 - 1);
+            let mut ctx = Walk { fetch: fetch.as_ref(), index: &index, point: pi, part: format!("disk {}", d.name), bs: d.block_size as u64, size: d.size };
+            ctx.walk(root, d.depth - 1, 0, span, &mut damaged, &mut uses, &mut referenced, &interesting)?;
+        }
+    }
+    if only.is_none() {
+        report.unreferenced_chunks = vault.catalog().chunk_count()?.saturating_sub(referenced.len() as u64);
+    }
+
+    // 3. Damage, with what it affects; damage no point uses is still reported.
+    let mut list: Vec<_> = damaged.into_iter().filter(|(id, _)| only.is_none() || referenced.contains(id)).collect();
+    list.sort_by(|a, b| a.1 .0.cmp(&b.1 .0));
+    for (id, (loc, err)) in list {
+        let mut affects: Vec<Affected> = Vec::new();
+        for u in uses.get(&id).map(|v| v.as_slice()).unwrap_or(&[]) {
+            let p = &points[u.point];
+            match affects.iter_mut().find(|a| a.point_id == p.id.to_hex() && a.part == u.part) {
+                Some(a) => match a.ranges.last_mut() {
+                    Some(last) if last.1 == u.range.0 => last.1 = u.range.1,
+                    _ => a.ranges.push(u.range),
+                },
+                None => affects.push(Affected {
+                    item: p.item.clone(),
+                    point: rfc3339_s(p.time_ms),
+                    point_id: p.id.to_hex(),
+                    part: u.part.clone(),
+                    ranges: vec![u.range],
+                }),
+            }
+        }
+        report.damaged.push(Damage { chunk: id.to_hex(), location: loc, error: err, affects });
+    }
+    Ok(report)
+}
+
+struct Walk<'a> {
+    fetch: &'a dyn crate::recovery_point::ChunkFetcher,
+    index: &'a crate::catalog::Catalog,
+    point: usize,
+    part: String,
+    bs: u64,
+    size: u64,
+}
+
+impl Walk<'_> {
+    /// Visits the page `id` at `level` whose first block is `first` and whose
+    /// entries each cover `span` blocks.
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        &mut self,
+        id: ChunkId,
+        level: u8,
+        first: u64,
+        span: u64,
+        damaged: &mut HashMap<ChunkId, (String, String)>,
+        uses: &mut HashMap<ChunkId, Vec<Use>>,
+        referenced: &mut HashSet<ChunkId>,
+        interesting: &dyn Fn(&ChunkId, &HashMap<ChunkId, (String, String)>) -> bool,
+    ) -> Result<()> {
+        referenced.insert(id);
+        let covered = (first * self.bs, ((first + span * FANOUT as u64) * self.bs).min(self.size));
+        let page = match self.fetch.fetch(&id) {
+            Ok(p) if p.len() == PAGE_BYTES => p,
+            Ok(_) => {
+                damaged.entry(id).or_insert(("map".into(), "map page has the wrong size".into()));
+                uses.entry(id).or_default().push(Use { point: self.point, part: self.part.clone(), range: covered });
+                return Ok(());
+            }
+            Err(e) => {
+                damaged.entry(id).or_insert(("map".into(), e.to_string()));
+                uses.entry(id).or_default().push(Use { point: self.point, part: self.part.clone(), range: covered });
+                return Ok(());
+            }
+        };
+        if interesting(&id, damaged) {
+            uses.entry(id).or_default().push(Use { point: self.point, part: self.part.clone(), range: covered });
+        }
+        for (i, c) in page.chunks_exact(32).enumerate() {
+            let child = ChunkId::from_slice(c).unwrap();
+            if child.is_zero() {
+                continue;
+            }
+            let child_first = first + i as u64 * span;
+            if level > 0 {
+                self.walk(child, level - 1, child_first, span / FANOUT as u64, damaged, uses, referenced, interesting)?;
+                continue;
+            }
+            let fresh = referenced.insert(child);
+            if fresh && !self.index.has_chunk(&child)? {
+                damaged.entry(child).or_insert(("index".into(), "chunk missing from the vault".into()));
+            }
+            if interesting(&child, damaged) {
+                let s = child_first * self.bs;
+                uses.entry(child).or_default().push(Use { point: self.point, part: self.part.clone(), range: (s, (s + self.bs).min(self.size)) });
+            }
+        }
+        Ok(())
+    }
+}
