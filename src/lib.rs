@@ -13,6 +13,8 @@ pub mod backup;
 pub mod restore;
 pub mod verify;
 pub mod gc;
+pub mod browse;
+pub mod fuse;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, RecoveryPointId};

@@ -15,7 +15,9 @@ fn main() -> ExitCode {
         (_, 1) => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+    // fuser logs unimplemented requests and benign unmount races at warn.
+    let filter = format!("{level},fuser=error");
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
         .format_timestamp(None)
         .format_target(false)
         .init();

@@ -68,6 +68,9 @@ pub fn restore(
     if is_device && format != TargetFormat::Raw {
         return Err(Error::InvalidInput(format!("{} is a block device: only --format raw can be written to it", to.display())));
     }
+    if format != TargetFormat::Raw && size > vhd::MAX_SIZE {
+        return Err(Error::InvalidInput(format!("disk {disk} is {size} bytes; VHD holds at most {} (use --format raw)", vhd::MAX_SIZE)));
+    }
     let tmp = if is_device { to.to_owned() } else { temp_name(to) };
     let out = if is_device {
         OpenOptions::new().write(true).open(to).map_err(|e| Error::io_path("cannot open", to, e))?

@@ -1,6 +1,7 @@
 //! Command-line interface: clap structs, running commands, printing results
 //! for humans or as JSON (`--json`). Only the binary uses this module.
 
+mod mount;
 mod output;
 mod progress;
 
@@ -89,6 +90,15 @@ pub enum Command {
     Delete { point: String },
     /// Reclaim space no recovery point uses
     Gc,
+    /// Show every recovery point as a read-only folder (foreground until unmounted or Ctrl-C)
+    Mount {
+        mountpoint: PathBuf,
+        /// Let other users in (turns on the kernel's permission checks)
+        #[arg(long)]
+        allow_other: bool,
+    },
+    /// Unmount a `kluis mount`
+    Umount { mountpoint: PathBuf },
 }
 
 /// Set by SIGINT/SIGTERM; long operations stop at the next block and clean up.
@@ -205,6 +215,13 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                     rep.live_chunks
                 )
             })?;
+        }
+        Command::Mount { mountpoint, allow_other } => {
+            mount::run(&vault_dir, &mountpoint, allow_other, &out)?;
+        }
+        Command::Umount { mountpoint } => {
+            mount::umount(&mountpoint)?;
+            out.result(&serde_json::json!({"unmounted": mountpoint}), || format!("unmounted {}", mountpoint.display()))?;
         }
     }
     std::io::stdout().flush().map_err(|e| Error::io("write output", e))?;

@@ -175,6 +175,38 @@ impl MapReader {
     }
 }
 
+/// Every block id of a map, in order, fetching each page once through
+/// `fetch` (which need not be thread-safe, unlike a [`ChunkFetcher`]).
+pub fn collect_blocks(depth: u8, root: ChunkId, blocks: u64, fetch: &mut dyn FnMut(&ChunkId) -> Result<Vec<u8>>) -> Result<Vec<ChunkId>> {
+    let mut out = Vec::with_capacity(blocks as usize);
+    if depth > 0 {
+        collect_from(root, depth - 1, blocks, fetch, &mut out)?;
+    }
+    out.resize(blocks as usize, ChunkId::ZERO);
+    Ok(out)
+}
+
+fn collect_from(id: ChunkId, level: u8, blocks: u64, fetch: &mut dyn FnMut(&ChunkId) -> Result<Vec<u8>>, out: &mut Vec<ChunkId>) -> Result<()> {
+    let span = (FANOUT as u64).pow(level as u32 + 1);
+    let want = (blocks - out.len() as u64).min(span);
+    if id.is_zero() {
+        out.resize(out.len() + want as usize, ChunkId::ZERO);
+        return Ok(());
+    }
+    let ids = parse_page(&fetch(&id)?, &id)?;
+    for child in ids {
+        if out.len() as u64 >= blocks {
+            break;
+        }
+        if level == 0 {
+            out.push(child);
+        } else {
+            collect_from(child, level - 1, blocks, fetch, out)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +258,8 @@ mod tests {
                 assert_eq!(r.block(i).unwrap(), ids[i as usize], "n={n} i={i}");
             }
             assert!(r.block(n).is_err());
+            let all = collect_blocks(depth, root, n, &mut |id| Ok(store.fetch(id)?.to_vec())).unwrap();
+            assert_eq!(all, ids);
         }
     }
 

@@ -18,5 +18,5 @@ mod map;
 mod reader;
 
 pub use manifest::{ConfigEntry, DiskEntry, Manifest, MANIFEST_VERSION};
-pub use map::{depth_for, MapBuilder, MapReader, FANOUT, PAGE_BYTES};
+pub use map::{collect_blocks, depth_for, MapBuilder, MapReader, FANOUT, PAGE_BYTES};
 pub use reader::{ChunkFetcher, DiskReader};

@@ -1,0 +1,187 @@
+//! A disk of a recovery point opened for random reads, as the mount needs it:
+//! every block's chunk location and every pack file are resolved when the
+//! disk is opened, so reads never touch SQLite, and the packs stay readable
+//! through their open descriptors even if gc rewrites or deletes them later.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+use crate::recovery_point::{collect_blocks, DiskEntry};
+use crate::store::{decode_payload, pack_path, FrameHeader, FRAME_HEADER_SIZE};
+
+/// Decompressed chunks shared by all open disks of a mount.
+pub type ChunkCache = quick_cache::sync::Cache<ChunkId, Arc<Vec<u8>>>;
+
+#[derive(Clone, Copy)]
+struct Loc {
+    pack: u32,
+    offset: u64,
+    stored_len: u32,
+}
+
+/// Where every chunk a disk needs is, plus its packs held open.
+struct Locations {
+    by_id: HashMap<ChunkId, Loc>,
+    packs: Vec<(String, Arc<File>)>,
+}
+
+impl Locations {
+    fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.by_id.get(id).ok_or_else(|| Error::Corrupt(format!("chunk {id} is not in the vault index")))?;
+        let (name, file) = &self.packs[loc.pack as usize];
+        let mut buf = vec![0u8; FRAME_HEADER_SIZE + loc.stored_len as usize];
+        file.read_exact_at(&mut buf, loc.offset).map_err(|e| Error::io(format!("read chunk {id} from pack {name}"), e))?;
+        let h = FrameHeader::parse(&buf[..FRAME_HEADER_SIZE], &format_args!("pack {name} offset {}", loc.offset))?;
+        if h.id != *id {
+            return Err(Error::Corrupt(format!("chunk {id} in pack {name}: frame holds chunk {} instead", h.id)));
+        }
+        decode_payload(&h, &buf[FRAME_HEADER_SIZE..], &format_args!("pack {name}"))
+    }
+}
+
+pub struct OpenDisk {
+    pub entry: DiskEntry,
+    /// Chunk id of every block, in order (ZERO for holes).
+    blocks: Vec<ChunkId>,
+    locs: Locations,
+    cache: Arc<ChunkCache>,
+}
+
+/// Reads a chunk by looking it up in the index: used only while opening.
+fn fetch_via_index(vault: &std::path::Path, index: &Catalog, id: &ChunkId) -> Result<Vec<u8>> {
+    let loc = index.chunk_location(id)?.ok_or_else(|| Error::Corrupt(format!("map page {id} is not in the vault index")))?;
+    let f = File::open(pack_path(vault, &loc.pack)).map_err(|e| Error::io(format!("open pack {}", loc.pack), e))?;
+    let mut buf = vec![0u8; FRAME_HEADER_SIZE + loc.stored_len as usize];
+    f.read_exact_at(&mut buf, loc.offset).map_err(|e| Error::io(format!("read pack {}", loc.pack), e))?;
+    let h = FrameHeader::parse(&buf[..FRAME_HEADER_SIZE], &format_args!("pack {}", loc.pack))?;
+    decode_payload(&h, &buf[FRAME_HEADER_SIZE..], &format_args!("pack {}", loc.pack))
+}
+
+impl OpenDisk {
+    /// Loads the map and the locations of its chunks. A concurrent gc may
+    /// move chunks between our lookup and our open(2) of the pack; then the
+    /// open fails with ENOENT and we look again.
+    pub fn open(vault: &std::path::Path, index: &Catalog, entry: DiskEntry, cache: Arc<ChunkCache>) -> Result<OpenDisk> {
+        let mut last_err = None;
+        for _ in 0..5 {
+            match Self::try_open(vault, index, &entry) {
+                Ok((blocks, locs)) => return Ok(OpenDisk { entry, blocks, locs, cache }),
+                Err(e @ Error::Io { .. }) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap())
+    }
+
+    fn try_open(vault: &std::path::Path, index: &Catalog, entry: &DiskEntry) -> Result<(Vec<ChunkId>, Locations)> {
+        let blocks = collect_blocks(entry.depth, entry.root_id()?, entry.blocks(), &mut |id| fetch_via_index(vault, index, id))?;
+        let mut by_id = HashMap::new();
+        let mut pack_index: HashMap<String, u32> = HashMap::new();
+        let mut packs = Vec::new();
+        for id in blocks.iter().filter(|i| !i.is_zero()) {
+            if by_id.contains_key(id) {
+                continue;
+            }
+            let loc = index.chunk_location(id)?.ok_or_else(|| Error::Corrupt(format!("disk {}: chunk {id} is not in the vault index", entry.name)))?;
+            let p = match pack_index.get(&loc.pack) {
+                Some(p) => *p,
+                None => {
+                    let f = File::open(pack_path(vault, &loc.pack)).map_err(|e| Error::io(format!("open pack {}", loc.pack), e))?;
+                    packs.push((loc.pack.clone(), Arc::new(f)));
+                    pack_index.insert(loc.pack.clone(), (packs.len() - 1) as u32);
+                    (packs.len() - 1) as u32
+                }
+            };
+            by_id.insert(*id, Loc { pack: p, offset: loc.offset, stored_len: loc.stored_len });
+        }
+        Ok((blocks, Locations { by_id, packs }))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.entry.size
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.entry.block_size as u64
+    }
+
+    pub fn block_count(&self) -> u64 {
+        self.blocks.len() as u64
+    }
+
+    pub fn block_id(&self, index: u64) -> ChunkId {
+        self.blocks.get(index as usize).copied().unwrap_or(ChunkId::ZERO)
+    }
+
+    /// The plaintext of block `index` (None for a hole), via the cache.
+    pub fn block(&self, index: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        let id = self.block_id(index);
+        if id.is_zero() {
+            return Ok(None);
+        }
+        if let Some(d) = self.cache.get(&id) {
+            return Ok(Some(d));
+        }
+        let data = Arc::new(self.locs.read(&id).map_err(|e| {
+            let s = index * self.block_size();
+            let msg = format!("disk {} bytes {s}..{}: {e}", self.entry.name, (s + self.block_size()).min(self.size()));
+            match e {
+                Error::Io { source, .. } => Error::io(msg, source),
+                _ => Error::Corrupt(msg),
+            }
+        })?);
+        self.cache.insert(id, data.clone());
+        Ok(Some(data))
+    }
+
+    pub fn is_cached(&self, index: u64) -> bool {
+        let id = self.block_id(index);
+        id.is_zero() || self.cache.get(&id).is_some()
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; short only at the end.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let size = self.size();
+        if offset >= size {
+            return Ok(0);
+        }
+        let len = buf.len().min((size - offset) as usize);
+        let bs = self.block_size();
+        let mut done = 0;
+        while done < len {
+            let pos = offset + done as u64;
+            let (index, within) = (pos / bs, (pos % bs) as usize);
+            let n = (bs as usize - within).min(len - done);
+            match self.block(index)? {
+                None => buf[done..done + n].fill(0),
+                Some(d) => buf[done..done + n].copy_from_slice(&d[within..within + n]),
+            }
+            done += n;
+        }
+        Ok(len)
+    }
+
+    /// SEEK_DATA / SEEK_HOLE over the block map: the first offset ≥ `from`
+    /// that starts data (`data`) or a hole. None when there is no more data.
+    pub fn seek(&self, from: u64, data: bool) -> Option<u64> {
+        let size = self.size();
+        if from >= size {
+            return None;
+        }
+        let bs = self.block_size();
+        let mut i = from / bs;
+        while i < self.block_count() {
+            if self.block_id(i).is_zero() != data {
+                return Some((i * bs).max(from));
+            }
+            i += 1;
+        }
+        // The end of the file counts as a hole.
+        if data { None } else { Some(size) }
+    }
+}

@@ -1,0 +1,516 @@
+//! The vault as a read-only tree of items, recovery points, disks and config
+//! files, independent of FUSE (the adapter in crate::fuse maps it to the
+//! kernel; `kluis files` can walk it without a mount).
+//!
+//! ```text
+//! /ITEM/latest -> <newest point name>
+//! /ITEM/<point name>/recovery-point.json
+//! /ITEM/<point name>/disks/NAME.raw | NAME.vhd
+//! /ITEM/<point name>/config/FILE
+//! ```
+//!
+//! The list of items and points is a snapshot of the index refreshed at
+//! most every [`REFRESH`], so new points appear and deleted ones vanish in a
+//! live mount. Everything inside a point is immutable.
+
+pub mod disk;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Sender};
+
+use crate::catalog::{Catalog, PointRow};
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, RecoveryPointId};
+use crate::image::vhd;
+use crate::recovery_point::Manifest;
+use crate::timefmt::point_names;
+use disk::{ChunkCache, OpenDisk};
+
+/// How stale the list of items and points may be.
+pub const REFRESH: Duration = Duration::from_millis(1000);
+/// Decompressed chunks kept in memory (64 KiB each by default: 64 MiB).
+const CACHE_CHUNKS: usize = 1024;
+/// Blocks fetched ahead of a sequential reader.
+const READAHEAD_BLOCKS: u64 = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DiskFormat {
+    Raw,
+    Vhd,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Node {
+    Root,
+    Item(String),
+    Latest(String),
+    Point(RecoveryPointId),
+    PointJson(RecoveryPointId),
+    DisksDir(RecoveryPointId),
+    Disk(RecoveryPointId, String, DiskFormat),
+    ConfigDir(RecoveryPointId),
+    Config(RecoveryPointId, String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    pub kind: Kind,
+    pub size: u64,
+    /// Bytes actually backed by data (for `du` and sparse copies).
+    pub allocated: u64,
+    pub mode: u16,
+    pub mtime_ms: i64,
+    pub nlink: u32,
+}
+
+struct PointInfo {
+    row: PointRow,
+    name: String,
+    manifest: Manifest,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    items: BTreeMap<String, Vec<Arc<PointInfo>>>,
+    by_id: HashMap<RecoveryPointId, Arc<PointInfo>>,
+}
+
+/// Inode numbers: stable for the life of the mount, one per node.
+#[derive(Default)]
+struct Inodes {
+    by_node: HashMap<Node, u64>,
+    by_ino: Vec<Node>,
+}
+
+pub struct VaultTree {
+    root: PathBuf,
+    index: Mutex<Catalog>,
+    snap: RwLock<(Instant, Arc<Snapshot>)>,
+    inodes: Mutex<Inodes>,
+    cache: Arc<ChunkCache>,
+    open_disks: Mutex<HashMap<(RecoveryPointId, String), Weak<OpenDisk>>>,
+    prefetch: Sender<(Arc<OpenDisk>, u64)>,
+    started_ms: i64,
+}
+
+impl VaultTree {
+    pub fn new(vault_root: &Path) -> Result<Arc<VaultTree>> {
+        let vault = crate::vault::Vault::open(vault_root)?; // validates the header
+        let index = Catalog::open_reader(&vault.index_path())?;
+        let (tx, rx) = bounded::<(Arc<OpenDisk>, u64)>(256);
+        for _ in 0..2 {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name("kluis-readahead".into())
+                .spawn(move || {
+                    for (disk, block) in rx.iter() {
+                        // Errors surface on the real read, with its context.
+                        let _ = disk.block(block);
+                    }
+                })
+                .map_err(|e| Error::io("start readahead thread", e))?;
+        }
+        let mut inodes = Inodes::default();
+        inodes.by_ino.push(Node::Root); // placeholder for ino 0
+        inodes.by_ino.push(Node::Root);
+        inodes.by_node.insert(Node::Root, 1);
+        let tree = VaultTree {
+            root: vault_root.to_owned(),
+            index: Mutex::new(index),
+            snap: RwLock::new((Instant::now() - REFRESH * 2, Arc::new(Snapshot::default()))),
+            inodes: Mutex::new(inodes),
+            cache: Arc::new(ChunkCache::new(CACHE_CHUNKS)),
+            open_disks: Mutex::new(HashMap::new()),
+            prefetch: tx,
+            started_ms: crate::catalog::now_ms(),
+        };
+        tree.snapshot()?;
+        Ok(Arc::new(tree))
+    }
+
+    fn snapshot(&self) -> Result<Arc<Snapshot>> {
+        {
+            let s = self.snap.read().unwrap();
+            if s.0.elapsed() < REFRESH {
+                return Ok(s.1.clone());
+            }
+        }
+        let rows = self.index.lock().unwrap().points(None, false)?;
+        let mut snap = Snapshot::default();
+        let mut grouped: BTreeMap<String, Vec<PointRow>> = BTreeMap::new();
+        for r in rows {
+            grouped.entry(r.item.clone()).or_default().push(r);
+        }
+        for (item, rows) in grouped {
+            let names = point_names(&rows.iter().map(|r| r.time_ms).collect::<Vec<_>>());
+            let mut list = Vec::new();
+            for (row, name) in rows.into_iter().zip(names) {
+                let manifest = match Manifest::parse(&row.manifest) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        log::error!("recovery point {} of {item}: {e}; not shown", row.id);
+                        continue;
+                    }
+                };
+                let p = Arc::new(PointInfo { row, name, manifest });
+                snap.by_id.insert(p.row.id, p.clone());
+                list.push(p);
+            }
+            snap.items.insert(item, list);
+        }
+        let snap = Arc::new(snap);
+        *self.snap.write().unwrap() = (Instant::now(), snap.clone());
+        Ok(snap)
+    }
+
+    pub fn ino(&self, node: &Node) -> u64 {
+        let mut i = self.inodes.lock().unwrap();
+        if let Some(n) = i.by_node.get(node) {
+            return *n;
+        }
+        let n = i.by_ino.len() as u64;
+        i.by_ino.push(node.clone());
+        i.by_node.insert(node.clone(), n);
+        n
+    }
+
+    pub fn node(&self, ino: u64) -> Option<Node> {
+        if ino == 0 {
+            return None;
+        }
+        self.inodes.lock().unwrap().by_ino.get(ino as usize).cloned()
+    }
+
+    fn point(&self, id: &RecoveryPointId) -> Result<Arc<PointInfo>> {
+        self.snapshot()?.by_id.get(id).cloned().ok_or_else(|| Error::NotFound("recovery point is gone".into()))
+    }
+
+    /// True for nodes whose content can change (directories listing points).
+    pub fn is_dynamic(node: &Node) -> bool {
+        matches!(node, Node::Root | Node::Item(_) | Node::Latest(_))
+    }
+
+    pub fn attr(&self, node: &Node) -> Result<Attr> {
+        let dir = |mtime_ms| Attr { kind: Kind::Dir, size: 0, allocated: 0, mode: 0o555, mtime_ms, nlink: 2 };
+        let file = |size, allocated, mtime_ms| Attr { kind: Kind::File, size, allocated, mode: 0o444, mtime_ms, nlink: 1 };
+        Ok(match node {
+            Node::Root => dir(self.started_ms),
+            Node::Item(item) => {
+                let snap = self.snapshot()?;
+                let list = snap.items.get(item).ok_or_else(|| Error::NotFound(format!("no item {item}")))?;
+                dir(list.last().map(|p| p.row.time_ms).unwrap_or(self.started_ms))
+            }
+            Node::Latest(item) => {
+                let target = self.readlink(node)?;
+                let t = self.snapshot()?.items.get(item).and_then(|l| l.last().map(|p| p.row.time_ms)).unwrap_or(0);
+                Attr { kind: Kind::Symlink, size: target.len() as u64, allocated: 0, mode: 0o777, mtime_ms: t, nlink: 1 }
+            }
+            Node::Point(id) | Node::DisksDir(id) | Node::ConfigDir(id) => dir(self.point(id)?.row.time_ms),
+            Node::PointJson(id) => {
+                let p = self.point(id)?;
+                let n = point_json(&p).len() as u64;
+                file(n, n, p.row.time_ms)
+            }
+            Node::Disk(id, name, fmt) => {
+                let p = self.point(id)?;
+                let d = p.manifest.disk(name)?;
+                let size = match fmt {
+                    DiskFormat::Raw => d.size,
+                    DiskFormat::Vhd => vhd::vhd_data_size(d.size) + vhd::FOOTER_SIZE,
+                };
+                // Allocation is estimated from the new data the point stored;
+                // exact numbers need the map, which stat must not load.
+                file(size, size, p.row.time_ms)
+            }
+            Node::Config(id, name) => {
+                let p = self.point(id)?;
+                let c = p.manifest.configs.iter().find(|c| &c.name == name).ok_or_else(|| Error::NotFound(name.clone()))?;
+                file(c.size, c.size, p.row.time_ms)
+            }
+        })
+    }
+
+    pub fn lookup(&self, parent: &Node, name: &str) -> Result<Node> {
+        let not_found = || Error::NotFound(name.to_owned());
+        Ok(match parent {
+            Node::Root => {
+                if self.snapshot()?.items.contains_key(name) { Node::Item(name.to_owned()) } else { return Err(not_found()) }
+            }
+            Node::Item(item) => {
+                if name == "latest" {
+                    return Ok(Node::Latest(item.clone()));
+                }
+                let snap = self.snapshot()?;
+                let list = snap.items.get(item).ok_or_else(not_found)?;
+                Node::Point(list.iter().find(|p| p.name == name).ok_or_else(not_found)?.row.id)
+            }
+            Node::Point(id) => match name {
+                "recovery-point.json" => Node::PointJson(*id),
+                "disks" => Node::DisksDir(*id),
+                "config" => Node::ConfigDir(*id),
+                _ => return Err(not_found()),
+            },
+            Node::DisksDir(id) => {
+                let p = self.point(id)?;
+                let (stem, fmt) = if let Some(s) = name.strip_suffix(".raw") {
+                    (s, DiskFormat::Raw)
+                } else if let Some(s) = name.strip_suffix(".vhd") {
+                    (s, DiskFormat::Vhd)
+                } else {
+                    return Err(not_found());
+                };
+                let d = p.manifest.disks.iter().find(|d| d.name == stem).ok_or_else(not_found)?;
+                if fmt == DiskFormat::Vhd && d.size > vhd::MAX_SIZE {
+                    return Err(not_found());
+                }
+                Node::Disk(*id, stem.to_owned(), fmt)
+            }
+            Node::ConfigDir(id) => {
+                let p = self.point(id)?;
+                p.manifest.configs.iter().find(|c| c.name == name).ok_or_else(not_found)?;
+                Node::Config(*id, name.to_owned())
+            }
+            _ => return Err(Error::InvalidInput(format!("{name}: not a directory"))),
+        })
+    }
+
+    /// Entries of a directory, in a stable order.
+    pub fn children(&self, dir: &Node) -> Result<Vec<(String, Node)>> {
+        Ok(match dir {
+            Node::Root => self.snapshot()?.items.keys().map(|i| (i.clone(), Node::Item(i.clone()))).collect(),
+            Node::Item(item) => {
+                let snap = self.snapshot()?;
+                let list = snap.items.get(item).ok_or_else(|| Error::NotFound(item.clone()))?;
+                let mut v = vec![("latest".to_owned(), Node::Latest(item.clone()))];
+                v.extend(list.iter().map(|p| (p.name.clone(), Node::Point(p.row.id))));
+                v
+            }
+            Node::Point(id) => {
+                self.point(id)?;
+                vec![
+                    ("recovery-point.json".into(), Node::PointJson(*id)),
+                    ("disks".into(), Node::DisksDir(*id)),
+                    ("config".into(), Node::ConfigDir(*id)),
+                ]
+            }
+            Node::DisksDir(id) => {
+                let p = self.point(id)?;
+                let mut v = Vec::new();
+                for d in &p.manifest.disks {
+                    v.push((format!("{}.raw", d.name), Node::Disk(*id, d.name.clone(), DiskFormat::Raw)));
+                    if d.size <= vhd::MAX_SIZE {
+                        v.push((format!("{}.vhd", d.name), Node::Disk(*id, d.name.clone(), DiskFormat::Vhd)));
+                    }
+                }
+                v
+            }
+            Node::ConfigDir(id) => {
+                let p = self.point(id)?;
+                p.manifest.configs.iter().map(|c| (c.name.clone(), Node::Config(*id, c.name.clone()))).collect()
+            }
+            _ => return Err(Error::InvalidInput("not a directory".into())),
+        })
+    }
+
+    pub fn parent(&self, node: &Node) -> Node {
+        match node {
+            Node::Root | Node::Item(_) => Node::Root,
+            Node::Latest(i) => Node::Item(i.clone()),
+            Node::Point(id) => self.point(id).map(|p| Node::Item(p.row.item.clone())).unwrap_or(Node::Root),
+            Node::PointJson(id) | Node::DisksDir(id) | Node::ConfigDir(id) => Node::Point(*id),
+            Node::Disk(id, ..) => Node::DisksDir(*id),
+            Node::Config(id, _) => Node::ConfigDir(*id),
+        }
+    }
+
+    pub fn readlink(&self, node: &Node) -> Result<String> {
+        match node {
+            Node::Latest(item) => {
+                let snap = self.snapshot()?;
+                let list = snap.items.get(item).ok_or_else(|| Error::NotFound(item.clone()))?;
+                Ok(list.last().ok_or_else(|| Error::NotFound(item.clone()))?.name.clone())
+            }
+            _ => Err(Error::InvalidInput("not a symlink".into())),
+        }
+    }
+
+    pub fn open(&self, node: &Node) -> Result<Handle> {
+        match node {
+            Node::PointJson(id) => Ok(Handle::bytes(point_json(&self.point(id)?).into_bytes())),
+            Node::Config(id, name) => {
+                let p = self.point(id)?;
+                let c = p.manifest.configs.iter().find(|c| &c.name == name).ok_or_else(|| Error::NotFound(name.clone()))?;
+                let vault = crate::vault::Vault::open(&self.root)?;
+                let fetch = vault.fetcher()?;
+                let mut bytes = Vec::with_capacity(c.size as usize);
+                for h in &c.chunks {
+                    let cid = ChunkId::from_hex(h).ok_or_else(|| Error::Corrupt(format!("config {name}: bad chunk id")))?;
+                    bytes.extend_from_slice(&fetch.fetch(&cid)?);
+                }
+                Ok(Handle::bytes(bytes))
+            }
+            Node::Disk(id, name, fmt) => {
+                let p = self.point(id)?;
+                let disk = self.open_disk(&p, name)?;
+                let footer = match fmt {
+                    DiskFormat::Raw => None,
+                    DiskFormat::Vhd => {
+                        let (uid, ts) = crate::restore::vhd_identity(&p.row, name);
+                        Some(vhd::fixed_footer(disk.size(), uid, ts))
+                    }
+                };
+                Ok(Handle::Disk(DiskHandle { disk, footer, next: AtomicU64::new(u64::MAX), prefetch: self.prefetch.clone() }))
+            }
+            _ => Err(Error::InvalidInput("not a file".into())),
+        }
+    }
+
+    /// One OpenDisk per (point, disk) while any handle holds it.
+    fn open_disk(&self, p: &PointInfo, name: &str) -> Result<Arc<OpenDisk>> {
+        let key = (p.row.id, name.to_owned());
+        if let Some(d) = self.open_disks.lock().unwrap().get(&key).and_then(Weak::upgrade) {
+            return Ok(d);
+        }
+        let entry = p.manifest.disk(name)?.clone();
+        let d = Arc::new(OpenDisk::open(&self.root, &self.index.lock().unwrap(), entry, self.cache.clone())?);
+        let mut open = self.open_disks.lock().unwrap();
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(key, Arc::downgrade(&d));
+        Ok(d)
+    }
+}
+
+fn point_json(p: &Arc<PointInfo>) -> String {
+    let m = &p.manifest;
+    let v = serde_json::json!({
+        "id": p.row.id.to_hex(),
+        "item": m.item,
+        "name": p.name,
+        "time": m.time,
+        "consistency": p.row.consistency,
+        "root_hash": p.row.id.to_hex(),
+        "logical_size": p.row.logical_size,
+        "new_bytes": p.row.new_bytes,
+        "stored_bytes": p.row.stored_bytes,
+        "disks": m.disks.iter().map(|d| serde_json::json!({
+            "name": d.name, "size": d.size, "block_size": d.block_size, "map_root": d.root,
+            "source": d.source, "source_kind": d.source_kind,
+        })).collect::<Vec<_>>(),
+        "configs": m.configs.iter().map(|c| serde_json::json!({"name": c.name, "size": c.size})).collect::<Vec<_>>(),
+    });
+    let mut s = serde_json::to_string_pretty(&v).expect("json");
+    s.push('\n');
+    s
+}
+
+pub struct DiskHandle {
+    disk: Arc<OpenDisk>,
+    /// Set for NAME.vhd: the data is padded to a sector and followed by this footer.
+    footer: Option<[u8; 512]>,
+    /// Where the next sequential read would start; drives readahead.
+    next: AtomicU64,
+    prefetch: Sender<(Arc<OpenDisk>, u64)>,
+}
+
+pub enum Handle {
+    Bytes(Arc<Vec<u8>>),
+    Disk(DiskHandle),
+}
+
+impl Handle {
+    fn bytes(b: Vec<u8>) -> Handle {
+        Handle::Bytes(Arc::new(b))
+    }
+
+    pub fn size(&self) -> u64 {
+        match self {
+            Handle::Bytes(b) => b.len() as u64,
+            Handle::Disk(h) => match h.footer {
+                None => h.disk.size(),
+                Some(_) => vhd::vhd_data_size(h.disk.size()) + vhd::FOOTER_SIZE,
+            },
+        }
+    }
+
+    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let size = self.size();
+        if offset >= size {
+            return Ok(Vec::new());
+        }
+        let len = len.min((size - offset) as usize);
+        let mut buf = vec![0u8; len];
+        match self {
+            Handle::Bytes(b) => buf.copy_from_slice(&b[offset as usize..offset as usize + len]),
+            Handle::Disk(h) => {
+                let dsize = h.disk.size();
+                if offset < dsize {
+                    let n = len.min((dsize - offset) as usize);
+                    h.disk.read_at(&mut buf[..n], offset)?;
+                }
+                if let Some(footer) = &h.footer {
+                    let fstart = vhd::vhd_data_size(dsize);
+                    // Padding between the disk's end and the footer stays zero.
+                    let end = offset + len as u64;
+                    if end > fstart {
+                        let from = offset.max(fstart);
+                        let src = &footer[(from - fstart) as usize..(end - fstart) as usize];
+                        let at = (from - offset) as usize;
+                        buf[at..at + src.len()].copy_from_slice(src);
+                    }
+                }
+                h.readahead(offset, len as u64);
+            }
+        }
+        Ok(buf)
+    }
+
+    /// SEEK_DATA (`data`) / SEEK_HOLE from `offset`.
+    pub fn seek(&self, offset: u64, data: bool) -> Option<u64> {
+        let size = self.size();
+        if offset >= size {
+            return None;
+        }
+        match self {
+            Handle::Bytes(_) => Some(if data { offset } else { size }),
+            Handle::Disk(h) => {
+                let dsize = h.disk.size();
+                match (h.footer.is_some(), h.disk.seek(offset.min(dsize), data)) {
+                    (_, Some(p)) if p < dsize => Some(p.max(offset)),
+                    // Past the disk's data: for a VHD the footer is data.
+                    (true, _) => Some(if data { vhd::vhd_data_size(dsize).max(offset) } else { size }),
+                    (false, r) => r,
+                }
+            }
+        }
+    }
+}
+
+impl DiskHandle {
+    /// On a sequential read, queue the following blocks for the readahead
+    /// threads so that decompression overlaps with the reader's own work.
+    fn readahead(&self, offset: u64, len: u64) {
+        let expected = self.next.swap(offset + len, Ordering::Relaxed);
+        if expected != offset {
+            return;
+        }
+        let bs = self.disk.block_size();
+        let first = (offset + len).div_ceil(bs);
+        for b in first..(first + READAHEAD_BLOCKS).min(self.disk.block_count()) {
+            if !self.disk.is_cached(b) && self.prefetch.try_send((self.disk.clone(), b)).is_err() {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! `kluis mount` / `kluis umount`: run the FUSE session in the foreground
+//! until it is unmounted (by `kluis umount`, `fusermount3 -u`) or the user
+//! presses Ctrl-C, and always leave the mountpoint clean.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fuser::{Config, MountOption};
+
+use kluis::browse::VaultTree;
+use kluis::fuse::KluisFs;
+use kluis::{Error, Result};
+
+use super::{Out, CANCEL};
+
+/// FUSE worker threads: enough to overlap decompression with kernel I/O.
+const FUSE_THREADS: usize = 4;
+
+pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, out: &Out) -> Result<()> {
+    if !mountpoint.is_dir() {
+        return Err(Error::InvalidInput(format!("mountpoint {} is not a directory", mountpoint.display())));
+    }
+    let tree = VaultTree::new(vault)?;
+    let mut options = vec![
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::FSName(format!("kluis:{}", vault.display())),
+        MountOption::Subtype("kluis".into()),
+    ];
+    let mut config = Config::default();
+    if allow_other {
+        config.acl = fuser::SessionACL::All;
+        options.push(MountOption::DefaultPermissions);
+    }
+    config.mount_options = options;
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = true;
+    let session = fuser::spawn_mount(KluisFs::new(tree), mountpoint, &config)
+        .map_err(|e| Error::io(format!("cannot mount at {}", mountpoint.display()), e))?;
+    out.result(&serde_json::json!({"mounted": mountpoint, "vault": vault}), || {
+        format!("mounted {} at {}; `kluis umount {}` or Ctrl-C to stop", vault.display(), mountpoint.display(), mountpoint.display())
+    })?;
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    loop {
+        if session.guard.is_finished() {
+            // Unmounted from outside (kluis umount, fusermount3 -u).
+            return session.join().map_err(|e| Error::io("FUSE session", e));
+        }
+        if CANCEL.load(Ordering::Relaxed) {
+            log::info!("unmounting {}", mountpoint.display());
+            return session.umount_and_join().map_err(|e| Error::io(format!("unmount {}", mountpoint.display()), e));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn umount(mountpoint: &Path) -> Result<()> {
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            let want = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_owned());
+            m.lines().any(|l| l.split(' ').nth(1).map(|p| Path::new(&p.replace("\\040", " ")) == want).unwrap_or(false))
+        })
+        .unwrap_or(true);
+    if !mounted {
+        return Err(Error::InvalidInput(format!("{} is not mounted", mountpoint.display())));
+    }
+    let status = Command::new("fusermount3").arg("-u").arg(mountpoint).status();
+    if matches!(status, Ok(s) if s.success()) {
+        return Ok(());
+    }
+    // No fusermount3 (or it refused): root can unmount directly.
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()).map_err(|_| Error::InvalidInput("bad path".into()))?;
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    Err(Error::io(format!("cannot unmount {}", mountpoint.display()), std::io::Error::last_os_error()))
+}

@@ -1,0 +1,299 @@
+//! The fuser adapter: maps kernel requests onto crate::browse::VaultTree.
+//! Each method is one match from a helper's `Result` to a reply; errors keep
+//! their meaning (not found → ENOENT, I/O → its errno, corruption → EIO with
+//! an error log naming the chunk and byte range). Everything is read-only:
+//! the mount is `ro`, and every modifying request answers EROFS.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, Request,
+};
+
+use crate::browse::{Attr, Handle, Kind, Node, VaultTree};
+use crate::error::{Error, Result};
+
+/// Inside a recovery point nothing ever changes: let the kernel cache it.
+const TTL_IMMUTABLE: Duration = Duration::from_secs(3600);
+/// The lists of items and points change with backups and deletes.
+const TTL_DYNAMIC: Duration = Duration::from_secs(1);
+/// Largest read the kernel may send (and readahead it may do).
+pub const MAX_READ: u32 = 1 << 20;
+
+pub struct KluisFs {
+    tree: Arc<VaultTree>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    uid: u32,
+    gid: u32,
+}
+
+impl KluisFs {
+    pub fn new(tree: Arc<VaultTree>) -> KluisFs {
+        KluisFs {
+            tree,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
+        self.tree.node(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    fn file_attr(&self, node: &Node, a: &Attr) -> FileAttr {
+        let t = UNIX_EPOCH + Duration::from_millis(a.mtime_ms.max(0) as u64);
+        FileAttr {
+            ino: INodeNo(self.tree.ino(node)),
+            size: a.size,
+            blocks: a.allocated.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: match a.kind {
+                Kind::Dir => FileType::Directory,
+                Kind::File => FileType::RegularFile,
+                Kind::Symlink => FileType::Symlink,
+            },
+            perm: a.mode,
+            nlink: a.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 65536,
+            flags: 0,
+        }
+    }
+
+    fn ttl(node: &Node) -> Duration {
+        if VaultTree::is_dynamic(node) || matches!(node, Node::Point(_)) { TTL_DYNAMIC } else { TTL_IMMUTABLE }
+    }
+
+    fn lookup_(&self, parent: INodeNo, name: &OsStr) -> Result<(Node, FileAttr), Errno> {
+        let parent = self.node(parent)?;
+        let name = name.to_str().ok_or(Errno::ENOENT)?;
+        let node = self.tree.lookup(&parent, name).map_err(errno)?;
+        let attr = self.tree.attr(&node).map_err(errno)?;
+        Ok((node.clone(), self.file_attr(&node, &attr)))
+    }
+
+    fn getattr_(&self, ino: INodeNo) -> Result<(Node, FileAttr), Errno> {
+        let node = self.node(ino)?;
+        let attr = self.tree.attr(&node).map_err(errno)?;
+        Ok((node.clone(), self.file_attr(&node, &attr)))
+    }
+
+    fn open_(&self, ino: INodeNo, flags: OpenFlags) -> Result<u64, Errno> {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(Errno::EROFS);
+        }
+        let node = self.node(ino)?;
+        let h = self.tree.open(&node).map_err(errno)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, Arc::new(h));
+        Ok(fh)
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        self.handles.lock().unwrap().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn read_(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let h = self.handle(fh)?;
+        h.read(offset, size as usize).map_err(errno)
+    }
+
+    fn readdir_(&self, ino: INodeNo, offset: u64, reply: &mut ReplyDirectory) -> Result<(), Errno> {
+        let node = self.node(ino)?;
+        let mut entries = vec![(".".to_owned(), node.clone()), ("..".to_owned(), self.tree.parent(&node))];
+        entries.extend(self.tree.children(&node).map_err(errno)?);
+        for (i, (name, child)) in entries.into_iter().enumerate().skip(offset as usize) {
+            let kind = match child {
+                Node::Latest(_) => FileType::Symlink,
+                Node::PointJson(_) | Node::Disk(..) | Node::Config(..) => FileType::RegularFile,
+                _ => FileType::Directory,
+            };
+            // The offset handed back is that of the next entry.
+            if reply.add(INodeNo(self.tree.ino(&child)), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn lseek_(&self, fh: FileHandle, offset: i64, whence: i32) -> Result<i64, Errno> {
+        let h = self.handle(fh)?;
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return Err(Errno::EINVAL),
+        };
+        if offset < 0 {
+            return Err(Errno::EINVAL);
+        }
+        h.seek(offset as u64, data).map(|o| o as i64).ok_or(Errno::ENXIO)
+    }
+}
+
+/// Error → errno, logging what the caller cannot see (corruption, I/O).
+fn errno(e: Error) -> Errno {
+    match &e {
+        Error::NotFound(_) => {}
+        Error::Corrupt(_) | Error::Io { .. } | Error::Sqlite(_) => log::error!("{e}"),
+        _ => log::warn!("{e}"),
+    }
+    Errno::from_i32(e.errno())
+}
+
+impl Filesystem for KluisFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(MAX_READ);
+        let _ = config.set_max_write(MAX_READ);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.lookup_(parent, name) {
+            Ok((node, attr)) => reply.entry(&Self::ttl(&node), &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.getattr_(ino) {
+            Ok((node, attr)) => reply.attr(&Self::ttl(&node), &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino).and_then(|n| self.tree.readlink(&n).map_err(errno)) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.open_(ino, flags) {
+            // Content never changes while open: keep the page cache across opens.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.read_(fh, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.readdir_(ino, offset, &mut reply) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        match self.lseek_(fh, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 { reply.size(0) } else { reply.data(&[]) }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(0, 0, 0, 0, 0, 65536, 255, 65536);
+    }
+
+    // Every modification: the vault is read-only through the mount.
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+    fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _r: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _l: &Path, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+    fn rename(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _np: INodeNo, _nn: &OsStr, _f: fuser::RenameFlags, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+    fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+    fn create(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _f: i32, reply: fuser::ReplyCreate) {
+        reply.error(Errno::EROFS);
+    }
+}
