@@ -236,7 +236,9 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
         stats.push(st);
     }
 
-    let index = vault.catalog();
+    // A reader of our own: `sink.put` may fill a pack and commit it through
+    // the vault's writer connection, which must not be held here.
+    let index = Catalog::open_reader(&vault.index_path())?;
     let index_ref: &Catalog = &index;
     let mut config_entries = Vec::new();
     for (name, bytes) in &configs {

@@ -200,9 +200,11 @@ fn select_point(mut points: Vec<PointRow>, item: &str, which: &str) -> Result<Po
     if let Some(t) = parse_time_ms(which) {
         // A time names the point taken at that time, or the newest before it,
         // like "restore to how it was at 04:00".
-        let exact: Vec<_> = points.iter().filter(|p| crate::timefmt::point_name_matches(p.time_ms, which)).cloned().collect();
-        if exact.len() == 1 {
-            return Ok(exact.into_iter().next().unwrap());
+        // Points are oldest first; a name to the second belongs to the first
+        // point of that second (later ones get milliseconds, see
+        // timefmt::point_names), so the first match is the one so named.
+        if let Some(p) = points.iter().find(|p| crate::timefmt::point_name_matches(p.time_ms, which)) {
+            return Ok(p.clone());
         }
         return points
             .into_iter()

@@ -271,7 +271,9 @@ def cmd_tsv2json(path):
     with open(path) as f:
         header = f.readline().rstrip("\n").split("\t")
         for line in f:
-            rows.append(dict(zip(header, line.rstrip("\n").split("\t"))))
+            row = dict(zip(header, line.rstrip("\n").split("\t")))
+            row["figure"] = row["figure"].strip()  # indentation is for the table only
+            rows.append(row)
     print(json.dumps(rows, indent=2))
 
 
