@@ -45,11 +45,18 @@ const MAX_CONFIG_BYTES: u64 = 64 << 20;
 /// Blocks in flight between the reader and the workers, per worker.
 const QUEUE_PER_WORKER: usize = 16;
 
+#[derive(Clone, Debug, Default)]
 pub struct BackupRequest {
     pub item: String,
     pub disks: Vec<(String, PathBuf)>,
     pub configs: Vec<PathBuf>,
     pub consistency: String,
+    /// Point-in-time copies to read instead of a disk's source (a reflink
+    /// copy or a snapshot made by a script, see crate::consistency), by disk
+    /// name. The manifest still names the source the copy was made of.
+    pub read_from: Vec<(String, PathBuf)>,
+    /// How the disks were captured, recorded with the point.
+    pub capture: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -104,6 +111,11 @@ pub fn validate(req: &BackupRequest) -> Result<()> {
         }
         if !path.exists() {
             return Err(Error::NotFound(format!("disk {name}: {} does not exist", path.display())));
+        }
+    }
+    for (name, _) in &req.read_from {
+        if !req.disks.iter().any(|(d, _)| d == name) {
+            return Err(Error::InvalidInput(format!("point-in-time copy given for {name:?}, which is not a disk of {}", req.item)));
         }
     }
     let mut cfg_names = HashSet::new();
@@ -210,7 +222,10 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
     let sources: Vec<(String, PathBuf, Box<dyn DiskSource>)> = req
         .disks
         .iter()
-        .map(|(n, p)| Ok((n.clone(), p.clone(), open_source(p).map_err(|e| prefix_disk(n, e))?)))
+        .map(|(n, p)| {
+            let from = req.read_from.iter().find(|(d, _)| d == n).map_or(p, |(_, c)| c);
+            Ok((n.clone(), p.clone(), open_source(from).map_err(|e| prefix_disk(n, e))?))
+        })
         .collect::<Result<_>>()?;
     let configs: Vec<(String, Vec<u8>)> = req.configs.iter().map(|p| read_config(p)).collect::<Result<_>>()?;
 
@@ -274,6 +289,7 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
         new_bytes: sink.new_bytes,
         stored_bytes: sink.stored_bytes,
         deleted_ms: None,
+        capture: req.capture.clone(),
     };
     vault.catalog().insert_point(&row)?;
     Ok(BackupReport {

@@ -25,6 +25,9 @@ pub enum Error {
     Sqlite(#[from] rusqlite::Error),
     #[error("interrupted")]
     Interrupted,
+    /// A pre- or post-script failed (crate::consistency).
+    #[error("{0}")]
+    Script(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,8 +5,11 @@
 //! Runs under the exclusive vault lock (see crate::vault), so no backup is
 //! adding chunks meanwhile. Order of operations, each step crash-safe:
 //!
+//! 0. purge the rows of soft-deleted points whose window (the vault setting
+//!    `soft-delete-days`, see crate::settings) has passed; points deleted
+//!    more recently stay live, so `kluis undelete` can bring them back;
 //! 1. remove leftover temporary packs and pack files the index does not know;
-//! 2. mark: walk every point's manifest, configs and map pages;
+//! 2. mark: walk every remaining point's manifest, configs and map pages;
 //! 3. one transaction deletes dead chunk rows and dead pack rows; then the
 //!    dead pack files are unlinked (a crash in between leaves orphan files,
 //!    which step 1 of the next run removes);
@@ -34,6 +37,8 @@ const REWRITE_BELOW: f64 = 0.5;
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct GcReport {
+    /// Soft-deleted points past their window whose rows were removed.
+    pub points_purged: u64,
     pub live_chunks: u64,
     pub chunks_removed: u64,
     pub packs_deleted: u64,
@@ -70,6 +75,10 @@ pub fn gc(vault: &Vault, progress: &dyn Progress) -> Result<GcReport> {
     let started = Instant::now();
     let _lock = vault.lock(true, || log::warn!("waiting for running backups to finish before gc"))?;
     let mut report = GcReport::default();
+
+    // 0. Soft-deleted points past the window.
+    let cutoff = crate::catalog::now_ms() - crate::settings::soft_delete_ms(vault)?;
+    report.points_purged = vault.catalog().purge_deleted_before(cutoff)? as u64;
 
     // 1. Leftovers of interrupted runs.
     let tmp = vault.root().join("packs/tmp");

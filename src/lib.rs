@@ -15,6 +15,13 @@ pub mod verify;
 pub mod gc;
 pub mod browse;
 pub mod fuse;
+pub mod settings;
+pub mod jobs;
+pub mod policy;
+pub mod protect;
+pub mod consistency;
+pub mod scheduler;
+pub mod guestfs;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, RecoveryPointId};

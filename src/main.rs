@@ -15,8 +15,9 @@ fn main() -> ExitCode {
         (_, 1) => "info",
         _ => "debug",
     };
-    // fuser logs unimplemented requests and benign unmount races at warn.
-    let filter = format!("{level},fuser=error");
+    // fuser logs unimplemented requests and benign unmount races at warn;
+    // fatfs warns about harmless BPB oddities of guest volumes.
+    let filter = format!("{level},fuser=error,fatfs=error");
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
         .format_timestamp(None)
         .format_target(false)

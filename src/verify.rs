@@ -46,6 +46,9 @@ pub struct VerifyReport {
     pub unreferenced_chunks: u64,
     /// Pack files the index does not know (left by an interrupted run; gc removes them).
     pub orphan_packs: usize,
+    /// Map pages that could not be read: the chunks below them are unknown,
+    /// so a damaged chunk with no `affects` may still be used by a point.
+    pub unreadable_map_pages: u64,
 }
 
 impl VerifyReport {
@@ -157,8 +160,9 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
                 continue;
             }
             let span = (FANOUT as u64).pow(d.depth as u32 - 1);
-            let mut ctx = Walk { fetch: fetch.as_ref(), index: &index, point: pi, part: format!("disk {}", d.name), bs: d.block_size as u64, size: d.size };
+            let mut ctx = Walk { fetch: fetch.as_ref(), index: &index, point: pi, part: format!("disk {}", d.name), bs: d.block_size as u64, size: d.size, unreadable: 0 };
             ctx.walk(root, d.depth - 1, 0, span, &mut damaged, &mut uses, &mut referenced, &interesting)?;
+            report.unreadable_map_pages += ctx.unreadable;
         }
     }
     if only.is_none() {
@@ -198,6 +202,8 @@ struct Walk<'a> {
     part: String,
     bs: u64,
     size: u64,
+    /// Pages of this disk's map that could not be read.
+    unreadable: u64,
 }
 
 impl Walk<'_> {
@@ -220,11 +226,13 @@ impl Walk<'_> {
         let page = match self.fetch.fetch(&id) {
             Ok(p) if p.len() == PAGE_BYTES => p,
             Ok(_) => {
+                self.unreadable += 1;
                 damaged.entry(id).or_insert(("map".into(), "map page has the wrong size".into()));
                 uses.entry(id).or_default().push(Use { point: self.point, part: self.part.clone(), range: covered });
                 return Ok(());
             }
             Err(e) => {
+                self.unreadable += 1;
                 damaged.entry(id).or_insert(("map".into(), e.to_string()));
                 uses.entry(id).or_default().push(Use { point: self.point, part: self.part.clone(), range: covered });
                 return Ok(());

@@ -7,6 +7,7 @@
 //! /ITEM/<point name>/recovery-point.json
 //! /ITEM/<point name>/disks/NAME.raw | NAME.vhd
 //! /ITEM/<point name>/config/FILE
+//! /ITEM/<point name>/files/NAME/pN/...   (see guest.rs)
 //! ```
 //!
 //! The list of items and points is a snapshot of the index refreshed at
@@ -14,6 +15,7 @@
 //! live mount. Everything inside a point is immutable.
 
 pub mod disk;
+mod guest;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ use crate::image::vhd;
 use crate::recovery_point::Manifest;
 use crate::timefmt::point_names;
 use disk::{ChunkCache, OpenDisk};
+pub use guest::{parse_part, GuestHandle, GuestMeta};
 
 /// How stale the list of items and points may be.
 pub const REFRESH: Duration = Duration::from_millis(1000);
@@ -55,6 +58,14 @@ pub enum Node {
     Disk(RecoveryPointId, String, DiskFormat),
     ConfigDir(RecoveryPointId),
     Config(RecoveryPointId, String),
+    /// `files/`, `files/NAME`, a guest path (empty = the root of `pN`),
+    /// `pN.txt` for an unsupported partition, `README.txt` for a disk
+    /// with nothing we can read.
+    FilesDir(RecoveryPointId),
+    FilesDisk(RecoveryPointId, String),
+    Guest(RecoveryPointId, String, u32, Vec<u8>),
+    PartNote(RecoveryPointId, String, u32),
+    DiskNote(RecoveryPointId, String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +73,10 @@ pub enum Kind {
     Dir,
     File,
     Symlink,
+    CharDev,
+    BlockDev,
+    Fifo,
+    Socket,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +88,8 @@ pub struct Attr {
     pub mode: u16,
     pub mtime_ms: i64,
     pub nlink: u32,
+    /// Set for files inside a guest filesystem: their owner, exact mtime, inode.
+    pub guest: Option<GuestMeta>,
 }
 
 struct PointInfo {
@@ -100,6 +117,7 @@ pub struct VaultTree {
     snap: RwLock<(Instant, Arc<Snapshot>)>,
     inodes: Mutex<Inodes>,
     cache: Arc<ChunkCache>,
+    guests: guest::GuestCache,
     open_disks: Mutex<HashMap<(RecoveryPointId, String), Weak<OpenDisk>>>,
     prefetch: Sender<(Arc<OpenDisk>, u64)>,
     started_ms: i64,
@@ -132,6 +150,7 @@ impl VaultTree {
             snap: RwLock::new((Instant::now() - REFRESH * 2, Arc::new(Snapshot::default()))),
             inodes: Mutex::new(inodes),
             cache: Arc::new(ChunkCache::new(CACHE_CHUNKS)),
+            guests: Default::default(),
             open_disks: Mutex::new(HashMap::new()),
             prefetch: tx,
             started_ms: crate::catalog::now_ms(),
@@ -203,8 +222,8 @@ impl VaultTree {
     }
 
     pub fn attr(&self, node: &Node) -> Result<Attr> {
-        let dir = |mtime_ms| Attr { kind: Kind::Dir, size: 0, allocated: 0, mode: 0o555, mtime_ms, nlink: 2 };
-        let file = |size, allocated, mtime_ms| Attr { kind: Kind::File, size, allocated, mode: 0o444, mtime_ms, nlink: 1 };
+        let dir = |mtime_ms| Attr { kind: Kind::Dir, size: 0, allocated: 0, mode: 0o555, mtime_ms, nlink: 2, guest: None };
+        let file = |size, allocated, mtime_ms| Attr { kind: Kind::File, size, allocated, mode: 0o444, mtime_ms, nlink: 1, guest: None };
         Ok(match node {
             Node::Root => dir(self.started_ms),
             Node::Item(item) => {
@@ -215,7 +234,7 @@ impl VaultTree {
             Node::Latest(item) => {
                 let target = self.readlink(node)?;
                 let t = self.snapshot()?.items.get(item).and_then(|l| l.last().map(|p| p.row.time_ms)).unwrap_or(0);
-                Attr { kind: Kind::Symlink, size: target.len() as u64, allocated: 0, mode: 0o777, mtime_ms: t, nlink: 1 }
+                Attr { kind: Kind::Symlink, size: target.len() as u64, allocated: 0, mode: 0o777, mtime_ms: t, nlink: 1, guest: None }
             }
             Node::Point(id) | Node::DisksDir(id) | Node::ConfigDir(id) => dir(self.point(id)?.row.time_ms),
             Node::PointJson(id) => {
@@ -239,10 +258,20 @@ impl VaultTree {
                 let c = p.manifest.configs.iter().find(|c| &c.name == name).ok_or_else(|| Error::NotFound(name.clone()))?;
                 file(c.size, c.size, p.row.time_ms)
             }
+            Node::FilesDir(_) | Node::FilesDisk(..) | Node::Guest(..) | Node::PartNote(..) | Node::DiskNote(..) => self.guest_attr(node)?,
         })
     }
 
     pub fn lookup(&self, parent: &Node, name: &str) -> Result<Node> {
+        self.lookup_bytes(parent, name.as_bytes())
+    }
+
+    /// Guest names are bytes (ext4 allows any but `/` and NUL).
+    pub fn lookup_bytes(&self, parent: &Node, name: &[u8]) -> Result<Node> {
+        if matches!(parent, Node::FilesDir(_) | Node::FilesDisk(..) | Node::Guest(..)) {
+            return self.guest_lookup(parent, name);
+        }
+        let name = std::str::from_utf8(name).map_err(|_| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
         let not_found = || Error::NotFound(name.to_owned());
         Ok(match parent {
             Node::Root => {
@@ -260,6 +289,7 @@ impl VaultTree {
                 "recovery-point.json" => Node::PointJson(*id),
                 "disks" => Node::DisksDir(*id),
                 "config" => Node::ConfigDir(*id),
+                "files" => Node::FilesDir(*id),
                 _ => return Err(not_found()),
             },
             Node::DisksDir(id) => {
@@ -286,8 +316,33 @@ impl VaultTree {
         })
     }
 
-    /// Entries of a directory, in a stable order.
+    /// Entries of a directory, in a stable order (names lossily as UTF-8;
+    /// [`VaultTree::entries`] has the exact bytes).
     pub fn children(&self, dir: &Node) -> Result<Vec<(String, Node)>> {
+        Ok(self.entries(dir)?.into_iter().map(|(n, node, _)| (String::from_utf8_lossy(&n).into_owned(), node)).collect())
+    }
+
+    /// Entries of a directory with their kinds, in a stable order.
+    pub fn entries(&self, dir: &Node) -> Result<Vec<(Vec<u8>, Node, Kind)>> {
+        if matches!(dir, Node::FilesDir(_) | Node::FilesDisk(..) | Node::Guest(..)) {
+            return self.guest_entries(dir);
+        }
+        let kind = |n: &Node| match n {
+            Node::Latest(_) => Kind::Symlink,
+            Node::PointJson(_) | Node::Disk(..) | Node::Config(..) => Kind::File,
+            _ => Kind::Dir,
+        };
+        Ok(self
+            .vault_children(dir)?
+            .into_iter()
+            .map(|(n, node)| {
+                let k = kind(&node);
+                (n.into_bytes(), node, k)
+            })
+            .collect())
+    }
+
+    fn vault_children(&self, dir: &Node) -> Result<Vec<(String, Node)>> {
         Ok(match dir {
             Node::Root => self.snapshot()?.items.keys().map(|i| (i.clone(), Node::Item(i.clone()))).collect(),
             Node::Item(item) => {
@@ -303,6 +358,7 @@ impl VaultTree {
                     ("recovery-point.json".into(), Node::PointJson(*id)),
                     ("disks".into(), Node::DisksDir(*id)),
                     ("config".into(), Node::ConfigDir(*id)),
+                    ("files".into(), Node::FilesDir(*id)),
                 ]
             }
             Node::DisksDir(id) => {
@@ -332,15 +388,22 @@ impl VaultTree {
             Node::PointJson(id) | Node::DisksDir(id) | Node::ConfigDir(id) => Node::Point(*id),
             Node::Disk(id, ..) => Node::DisksDir(*id),
             Node::Config(id, _) => Node::ConfigDir(*id),
+            Node::FilesDir(_) | Node::FilesDisk(..) | Node::Guest(..) | Node::PartNote(..) | Node::DiskNote(..) => Self::guest_parent(node),
         }
     }
 
     pub fn readlink(&self, node: &Node) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.readlink_bytes(node)?).into_owned())
+    }
+
+    /// A symlink's target as stored (guest targets are bytes).
+    pub fn readlink_bytes(&self, node: &Node) -> Result<Vec<u8>> {
         match node {
+            Node::Guest(..) => self.guest_readlink(node),
             Node::Latest(item) => {
                 let snap = self.snapshot()?;
                 let list = snap.items.get(item).ok_or_else(|| Error::NotFound(item.clone()))?;
-                Ok(list.last().ok_or_else(|| Error::NotFound(item.clone()))?.name.clone())
+                Ok(list.last().ok_or_else(|| Error::NotFound(item.clone()))?.name.clone().into_bytes())
             }
             _ => Err(Error::InvalidInput("not a symlink".into())),
         }
@@ -373,6 +436,7 @@ impl VaultTree {
                 };
                 Ok(Handle::Disk(DiskHandle { disk, footer, next: AtomicU64::new(u64::MAX), prefetch: self.prefetch.clone() }))
             }
+            Node::Guest(..) | Node::PartNote(..) | Node::DiskNote(..) => self.guest_open(node),
             _ => Err(Error::InvalidInput("not a file".into())),
         }
     }
@@ -427,6 +491,7 @@ pub struct DiskHandle {
 pub enum Handle {
     Bytes(Arc<Vec<u8>>),
     Disk(DiskHandle),
+    Guest(GuestHandle),
 }
 
 impl Handle {
@@ -441,6 +506,7 @@ impl Handle {
                 None => h.disk.size(),
                 Some(_) => vhd::vhd_data_size(h.disk.size()) + vhd::FOOTER_SIZE,
             },
+            Handle::Guest(g) => g.size(),
         }
     }
 
@@ -451,6 +517,11 @@ impl Handle {
         }
         let len = len.min((size - offset) as usize);
         let mut buf = vec![0u8; len];
+        if let Handle::Guest(g) = self {
+            let n = g.file.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            return Ok(buf);
+        }
         match self {
             Handle::Bytes(b) => buf.copy_from_slice(&b[offset as usize..offset as usize + len]),
             Handle::Disk(h) => {
@@ -472,6 +543,7 @@ impl Handle {
                 }
                 h.readahead(offset, len as u64);
             }
+            Handle::Guest(_) => unreachable!(),
         }
         Ok(buf)
     }
@@ -483,13 +555,14 @@ impl Handle {
             return None;
         }
         match self {
-            Handle::Bytes(_) => Some(if data { offset } else { size }),
+            Handle::Bytes(_) | Handle::Guest(_) => Some(if data { offset } else { size }),
             Handle::Disk(h) => {
                 let dsize = h.disk.size();
                 match (h.footer.is_some(), h.disk.seek(offset.min(dsize), data)) {
                     (_, Some(p)) if p < dsize => Some(p.max(offset)),
-                    // Past the disk's data: for a VHD the footer is data.
-                    (true, _) => Some(if data { vhd::vhd_data_size(dsize).max(offset) } else { size }),
+                    // Past the disk's data: for a VHD the padding and the
+                    // footer are data (as SEEK_HOLE says: no hole before the end).
+                    (true, _) => Some(if data { dsize.max(offset) } else { size }),
                     (false, r) => r,
                 }
             }

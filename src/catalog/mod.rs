@@ -5,6 +5,7 @@
 //! The schema is documented in docs/format.md; `SCHEMA_VERSION` is bumped with
 //! a migration whenever it changes.
 
+mod items;
 mod schema;
 
 use std::path::Path;
@@ -16,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, RecoveryPointId};
 use crate::store::FinishedPack;
 
+pub use items::{ItemRow, PolicyRow};
 pub use schema::SCHEMA_VERSION;
 
 /// Where a chunk lives.
@@ -40,6 +42,9 @@ pub struct PointRow {
     pub new_bytes: u64,
     pub stored_bytes: u64,
     pub deleted_ms: Option<i64>,
+    /// How the disks were captured (`reflink`, `snapshot`, `held-freeze`,
+    /// `live`, ...; see crate::consistency); None for points of schema 1.
+    pub capture: Option<String>,
 }
 
 pub struct PackRow {
@@ -59,6 +64,9 @@ pub struct JobRow {
     pub bytes_read: u64,
     pub bytes_stored: u64,
     pub error: Option<String>,
+    /// JSON: what the job did step by step (scripts, freeze, copies), its point.
+    pub detail: Option<String>,
+    pub pid: Option<i64>,
 }
 
 pub struct Catalog {
@@ -163,9 +171,9 @@ impl Catalog {
 
     pub fn insert_point(&mut self, p: &PointRow) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO points(id, item, time_ms, consistency, manifest, logical_size, new_bytes, stored_bytes, deleted_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![id_blob(&p.id.0), p.item, p.time_ms, p.consistency, p.manifest, p.logical_size, p.new_bytes, p.stored_bytes, p.deleted_ms],
+            "INSERT INTO points(id, item, time_ms, consistency, manifest, logical_size, new_bytes, stored_bytes, deleted_ms, capture)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![id_blob(&p.id.0), p.item, p.time_ms, p.consistency, p.manifest, p.logical_size, p.new_bytes, p.stored_bytes, p.deleted_ms, p.capture],
         )?;
         Ok(())
     }
@@ -173,7 +181,7 @@ impl Catalog {
     /// Points, oldest first; `item` filters; deleted ones only with `deleted`.
     pub fn points(&self, item: Option<&str>, deleted: bool) -> Result<Vec<PointRow>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT id, item, time_ms, consistency, manifest, logical_size, new_bytes, stored_bytes, deleted_ms FROM points
+            "SELECT id, item, time_ms, consistency, manifest, logical_size, new_bytes, stored_bytes, deleted_ms, capture FROM points
              WHERE (?1 IS NULL OR item = ?1) AND ((deleted_ms IS NULL) OR ?2) ORDER BY item, time_ms, id",
         )?;
         let rows = st.query_map(params![item, deleted], |r| {
@@ -187,6 +195,7 @@ impl Catalog {
                 new_bytes: r.get(6)?,
                 stored_bytes: r.get(7)?,
                 deleted_ms: r.get(8)?,
+                capture: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -210,24 +219,38 @@ impl Catalog {
 
     pub fn job_start(&mut self, kind: &str, item: Option<&str>) -> Result<i64> {
         self.conn.execute(
-            "INSERT INTO jobs(kind, item, started_ms, status, bytes_read, bytes_stored) VALUES (?1, ?2, ?3, 'running', 0, 0)",
-            params![kind, item, now_ms()],
+            "INSERT INTO jobs(kind, item, started_ms, status, bytes_read, bytes_stored, pid) VALUES (?1, ?2, ?3, 'running', 0, 0, ?4)",
+            params![kind, item, now_ms(), std::process::id()],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
 
     pub fn job_finish(&mut self, id: i64, status: &str, bytes_read: u64, bytes_stored: u64, error: Option<&str>) -> Result<()> {
+        self.job_finish_detail(id, status, bytes_read, bytes_stored, error, None)
+    }
+
+    pub fn job_finish_detail(
+        &mut self,
+        id: i64,
+        status: &str,
+        bytes_read: u64,
+        bytes_stored: u64,
+        error: Option<&str>,
+        detail: Option<&str>,
+    ) -> Result<()> {
         self.conn.execute(
-            "UPDATE jobs SET ended_ms = ?2, status = ?3, bytes_read = ?4, bytes_stored = ?5, error = ?6 WHERE id = ?1",
-            params![id, now_ms(), status, bytes_read, bytes_stored, error],
+            "UPDATE jobs SET ended_ms = ?2, status = ?3, bytes_read = ?4, bytes_stored = ?5, error = ?6, detail = ?7 WHERE id = ?1",
+            params![id, now_ms(), status, bytes_read, bytes_stored, error, detail],
         )?;
         Ok(())
     }
 
+    /// Jobs, oldest first; `failed_only` keeps those that did not end `ok`
+    /// (failed, interrupted, died, warning) and are not running.
     pub fn jobs(&self, item: Option<&str>, failed_only: bool) -> Result<Vec<JobRow>> {
         let mut st = self.conn.prepare(
-            "SELECT id, kind, item, started_ms, ended_ms, status, bytes_read, bytes_stored, error FROM jobs
-             WHERE (?1 IS NULL OR item = ?1) AND (NOT ?2 OR status = 'failed') ORDER BY id",
+            "SELECT id, kind, item, started_ms, ended_ms, status, bytes_read, bytes_stored, error, detail, pid FROM jobs
+             WHERE (?1 IS NULL OR item = ?1) AND (NOT ?2 OR status NOT IN ('ok', 'running')) ORDER BY id",
         )?;
         let rows = st.query_map(params![item, failed_only], |r| {
             Ok(JobRow {
@@ -240,6 +263,8 @@ impl Catalog {
                 bytes_read: r.get(6)?,
                 bytes_stored: r.get(7)?,
                 error: r.get(8)?,
+                detail: r.get(9)?,
+                pid: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 pub const SCHEMA_V1: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,22 +48,93 @@ CREATE TABLE jobs(
 );
 ";
 
+/// Version 2: protected items, policies, settings, job details, the capture
+/// method of a point. Only adds tables and nullable columns, so a version 1
+/// index upgrades in place and its rows keep their meaning.
+pub const MIGRATE_V2: &str = "
+CREATE TABLE items(
+    name TEXT PRIMARY KEY,
+    policy TEXT,
+    definition TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE policies(
+    name TEXT PRIMARY KEY,
+    schedule TEXT NOT NULL,
+    keep_last INTEGER NOT NULL,
+    keep_daily INTEGER NOT NULL,
+    keep_weekly INTEGER NOT NULL,
+    keep_monthly INTEGER NOT NULL,
+    keep_yearly INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+ALTER TABLE points ADD COLUMN capture TEXT;
+ALTER TABLE jobs ADD COLUMN detail TEXT;
+ALTER TABLE jobs ADD COLUMN pid INTEGER;
+CREATE INDEX jobs_by_item ON jobs(item, kind, id);
+";
+
+/// Steps from each version to the next; `MIGRATIONS[i]` goes from i+1 to i+2.
+const MIGRATIONS: &[&str] = &[MIGRATE_V2];
+
 pub fn migrate(conn: &mut Connection, create: bool) -> Result<()> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let mut version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::InvalidInput(format!(
+            "index.sqlite has schema version {version}; this kluis knows up to {SCHEMA_VERSION}: upgrade kluis"
+        )));
+    }
     if version == 0 {
         if !create {
             return Err(Error::Corrupt("index.sqlite has no kluis schema".into()));
         }
         let tx = conn.transaction()?;
         tx.execute_batch(SCHEMA_V1)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.pragma_update(None, "user_version", 1)?;
         tx.commit()?;
-        return Ok(());
+        version = 1;
     }
-    if version > SCHEMA_VERSION {
-        return Err(Error::InvalidInput(format!(
-            "index.sqlite has schema version {version}; this kluis knows up to {SCHEMA_VERSION}: upgrade kluis"
-        )));
+    // A fresh index runs the same steps as an upgraded one, so the two can
+    // never differ. Each step commits with its version number, so a crash
+    // between steps resumes at the next one.
+    while version < SCHEMA_VERSION {
+        let tx = conn.transaction()?;
+        // Re-read inside the write transaction: another process may have
+        // migrated meanwhile.
+        let now: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if now == version {
+            tx.execute_batch(MIGRATIONS[(version - 1) as usize])?;
+            tx.pragma_update(None, "user_version", version + 1)?;
+        }
+        tx.commit()?;
+        version = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_upgrades_to_fresh_schema() {
+        let dump = |c: &Connection| -> Vec<String> {
+            let mut st = c.prepare("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name").unwrap();
+            st.query_map([], |r| r.get::<_, String>(0)).unwrap().map(|r| r.unwrap()).collect()
+        };
+        let mut fresh = Connection::open_in_memory().unwrap();
+        migrate(&mut fresh, true).unwrap();
+        let mut old = Connection::open_in_memory().unwrap();
+        old.execute_batch(SCHEMA_V1).unwrap();
+        old.pragma_update(None, "user_version", 1).unwrap();
+        old.execute("INSERT INTO jobs(kind, started_ms, status, bytes_read, bytes_stored) VALUES ('gc', 1, 'ok', 0, 0)", []).unwrap();
+        migrate(&mut old, false).unwrap();
+        assert_eq!(dump(&fresh), dump(&old));
+        let v: i64 = old.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let n: i64 = old.query_row("SELECT count(*) FROM jobs WHERE detail IS NULL", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+    }
 }

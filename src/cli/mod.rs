@@ -1,9 +1,11 @@
 //! Command-line interface: clap structs, running commands, printing results
 //! for humans or as JSON (`--json`). Only the binary uses this module.
 
+mod files;
 mod mount;
 mod output;
 mod progress;
+mod protect;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
-use kluis::backup::{self, BackupRequest};
 use kluis::image::TargetFormat;
 use kluis::vault::{Vault, DEFAULT_BLOCK_SIZE};
 use kluis::{Error, Result};
@@ -51,8 +52,8 @@ pub enum Command {
     /// Take a recovery point of all disks (and config files) of ITEM
     Backup {
         item: String,
-        /// A disk as NAME=PATH (raw image, VHD or block device); repeat for each disk
-        #[arg(long = "disk", value_name = "NAME=PATH", required = true)]
+        /// A disk as NAME=PATH (raw image, VHD or block device); repeat for each disk (not for a protected item)
+        #[arg(long = "disk", value_name = "NAME=PATH")]
         disks: Vec<String>,
         /// A configuration file to keep with the point (libvirt XML, ...); repeatable
         #[arg(long = "config", value_name = "FILE")]
@@ -86,7 +87,7 @@ pub enum Command {
         #[arg(long)]
         read_data: bool,
     },
-    /// Delete a recovery point (its data is reclaimed by gc)
+    /// Delete a recovery point (soft: `undelete` brings it back until gc reclaims it after the soft-delete window)
     Delete { point: String },
     /// Reclaim space no recovery point uses
     Gc,
@@ -99,6 +100,13 @@ pub enum Command {
     },
     /// Unmount a `kluis mount`
     Umount { mountpoint: PathBuf },
+    /// Files inside the disks of a recovery point, without FUSE (ITEM@RP NAME:pN/path)
+    Files {
+        #[command(subcommand)]
+        cmd: files::FilesCmd,
+    },
+    #[command(flatten)]
+    Protected(protect::Cmd),
 }
 
 /// Set by SIGINT/SIGTERM; long operations stop at the next block and clean up.
@@ -106,7 +114,8 @@ pub static CANCEL: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     if CANCEL.swap(true, Ordering::SeqCst) {
-        // Second signal: the user insists.
+        // Second signal: the user insists. Never leave a file system frozen.
+        kluis::consistency::emergency_thaw();
         unsafe { libc::_exit(130) };
     }
 }
@@ -153,25 +162,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             })?;
         }
         Command::Backup { item, disks, configs } => {
-            let disks = disks.iter().map(|d| parse_disk_arg(d)).collect::<Result<Vec<_>>>()?;
-            let req = BackupRequest { item, disks, configs, consistency: "crash".into() };
-            backup::validate(&req)?;
-            let vault = Vault::open(&vault_dir)?;
-            let rep = backup::backup(&vault, &req, &bars, &CANCEL)?;
-            out.result(&rep, || {
-                let read: u64 = rep.disks.iter().map(|d| d.bytes_read).sum();
-                format!(
-                    "{}@{} ({}) {} disk(s), {} read, {} new, {} stored, {:.1}s",
-                    rep.item,
-                    rep.time,
-                    &rep.id[..8],
-                    rep.disks.len(),
-                    output::bytes(read),
-                    output::bytes(rep.new_bytes),
-                    output::bytes(rep.stored_bytes),
-                    rep.seconds
-                )
-            })?;
+            protect::backup(&vault_dir, item, disks, configs, &out, &bars)?;
         }
         Command::Points { item, deleted } => {
             let vault = Vault::open(&vault_dir)?;
@@ -180,31 +171,31 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Restore { point, disk, to, format, force } => {
             let format: TargetFormat = format.parse()?;
             let vault = Vault::open(&vault_dir)?;
-            let p = vault.select(&point, false)?;
-            let rep = kluis::restore::restore(&vault, &p, &disk, &to, format, force, &bars, &CANCEL)?;
+            let item = point.split_once('@').map_or(point.as_str(), |(i, _)| i);
+            let rep = kluis::jobs::run(&vault, "restore", Some(item), |_| {
+                let p = vault.select(&point, false)?;
+                kluis::restore::restore(&vault, &p, &disk, &to, format, force, &bars, &CANCEL)
+            })?;
             out.result(&rep, || format!("restored {}/{} to {} ({}, {:.1}s)", rep.item, rep.disk, rep.target, output::bytes(rep.size), rep.seconds))?;
         }
         Command::Verify { point, read_data } => {
             let vault = Vault::open(&vault_dir)?;
-            let p = point.map(|s| vault.select(&s, true)).transpose()?;
-            let rep = kluis::verify::verify(&vault, p.as_ref(), read_data, &bars)?;
+            let item = point.as_deref().map(|s| s.split_once('@').map_or(s, |(i, _)| i));
+            let rep = kluis::jobs::run(&vault, "verify", item, |_| {
+                let p = point.as_deref().map(|s| vault.select(s, true)).transpose()?;
+                kluis::verify::verify(&vault, p.as_ref(), read_data, &bars)
+            })?;
             output::verify(&out, &rep)?;
             if !rep.is_clean() {
                 return Ok(Outcome::Damaged);
             }
         }
         Command::Delete { point } => {
-            let vault = Vault::open(&vault_dir)?;
-            let p = vault.select(&point, false)?;
-            vault.catalog().remove_point(&p.id)?;
-            let name = kluis::timefmt::rfc3339_s(p.time_ms);
-            out.result(&serde_json::json!({"deleted": p.id.to_hex(), "item": p.item, "time": name}), || {
-                format!("deleted {}@{} ({}); run `kluis gc` to reclaim space", p.item, name, p.id)
-            })?;
+            protect::delete(&vault_dir, &point, &out)?;
         }
         Command::Gc => {
             let vault = Vault::open(&vault_dir)?;
-            let rep = kluis::gc::gc(&vault, &bars)?;
+            let rep = kluis::jobs::run(&vault, "gc", None, |_| kluis::gc::gc(&vault, &bars))?;
             out.result(&rep, || {
                 format!(
                     "gc: {} chunks removed, {} packs deleted, {} rewritten, {} freed, {} live chunks",
@@ -223,6 +214,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             mount::umount(&mountpoint)?;
             out.result(&serde_json::json!({"unmounted": mountpoint}), || format!("unmounted {}", mountpoint.display()))?;
         }
+        Command::Files { cmd } => files::run(&vault_dir, cmd, &out)?,
+        Command::Protected(cmd) => protect::run(cmd, &vault_dir, &out, &bars)?,
     }
     std::io::stdout().flush().map_err(|e| Error::io("write output", e))?;
     Ok(Outcome::Ok)

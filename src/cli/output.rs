@@ -65,7 +65,11 @@ struct PointOut {
     logical_size: u64,
     new_bytes: u64,
     stored_bytes: u64,
+    /// How the disks were captured (reflink, snapshot, held-freeze, live).
+    capture: Option<String>,
     deleted: Option<String>,
+    /// When gc may reclaim a deleted point (end of the soft-delete window).
+    purge_after: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -82,6 +86,7 @@ pub fn points(out: &Out, vault: &Vault, item: Option<&str>, deleted: bool) -> Re
             return Err(Error::NotFound(format!("no recovery points for item {i:?}")));
         }
     }
+    let window = kluis::settings::soft_delete_ms(vault)?;
     let mut list = Vec::new();
     let mut by_item: std::collections::BTreeMap<&str, Vec<&kluis::catalog::PointRow>> = Default::default();
     for r in &rows {
@@ -102,7 +107,9 @@ pub fn points(out: &Out, vault: &Vault, item: Option<&str>, deleted: bool) -> Re
                 logical_size: p.logical_size,
                 new_bytes: p.new_bytes,
                 stored_bytes: p.stored_bytes,
+                capture: p.capture.clone(),
                 deleted: p.deleted_ms.map(kluis::timefmt::rfc3339_s),
+                purge_after: p.deleted_ms.map(|d| kluis::timefmt::rfc3339_s(d + window)),
             });
         }
     }
@@ -121,7 +128,7 @@ pub fn points(out: &Out, vault: &Vault, item: Option<&str>, deleted: bool) -> Re
             bytes(p.logical_size),
             bytes(p.new_bytes),
             disks.join(" "),
-            if p.deleted.is_some() { "  [deleted]" } else { "" }
+            p.purge_after.as_ref().map(|t| format!("  [deleted; undelete before {t}]")).unwrap_or_default()
         ))?;
     }
     Ok(())
@@ -134,7 +141,8 @@ pub fn verify(out: &Out, rep: &VerifyReport) -> Result<()> {
     for d in &rep.damaged {
         let mut line = format!("damaged: chunk {} ({}): {}", &d.chunk[..8], d.location, d.error);
         if d.affects.is_empty() {
-            line.push_str("; no recovery point uses it");
+            // Its users are unknown when a map page above it is unreadable.
+            line.push_str(if rep.unreadable_map_pages > 0 { "; no readable block map uses it" } else { "; no recovery point uses it" });
         }
         out.line(&line)?;
         for a in &d.affects {

@@ -3,8 +3,15 @@
 //! their meaning (not found → ENOENT, I/O → its errno, corruption → EIO with
 //! an error log naming the chunk and byte range). Everything is read-only:
 //! the mount is `ro`, and every modifying request answers EROFS.
+//!
+//! Files inside guest filesystems (`files/`) carry the guest's owner, mode,
+//! nanosecond mtime and inode number (shared by hard links); everything
+//! else belongs to the mounting user. A directory's entries are listed once
+//! per opendir and served from that snapshot, so a 100,000-entry guest
+//! directory costs one listing, not one per readdir batch.
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +36,8 @@ pub const MAX_READ: u32 = 1 << 20;
 pub struct KluisFs {
     tree: Arc<VaultTree>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Open directories: their entries as listed at opendir.
+    dirs: Mutex<HashMap<u64, Arc<Vec<(Vec<u8>, Node, Kind)>>>>,
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
@@ -39,6 +48,7 @@ impl KluisFs {
         KluisFs {
             tree,
             handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
@@ -50,24 +60,25 @@ impl KluisFs {
     }
 
     fn file_attr(&self, node: &Node, a: &Attr) -> FileAttr {
-        let t = UNIX_EPOCH + Duration::from_millis(a.mtime_ms.max(0) as u64);
+        let t = match a.guest {
+            Some(g) if g.mtime_s >= 0 => UNIX_EPOCH + Duration::new(g.mtime_s as u64, g.mtime_ns.min(999_999_999)),
+            Some(g) => UNIX_EPOCH.checked_sub(Duration::from_secs(g.mtime_s.unsigned_abs())).unwrap_or(UNIX_EPOCH),
+            None => UNIX_EPOCH + Duration::from_millis(a.mtime_ms.max(0) as u64),
+        };
+        let ino = self.tree.ino_of(node, a);
         FileAttr {
-            ino: INodeNo(self.tree.ino(node)),
+            ino: INodeNo(ino),
             size: a.size,
             blocks: a.allocated.div_ceil(512),
             atime: t,
             mtime: t,
             ctime: t,
             crtime: t,
-            kind: match a.kind {
-                Kind::Dir => FileType::Directory,
-                Kind::File => FileType::RegularFile,
-                Kind::Symlink => FileType::Symlink,
-            },
+            kind: file_type(a.kind),
             perm: a.mode,
             nlink: a.nlink,
-            uid: self.uid,
-            gid: self.gid,
+            uid: a.guest.map_or(self.uid, |g| g.uid),
+            gid: a.guest.map_or(self.gid, |g| g.gid),
             rdev: 0,
             blksize: 65536,
             flags: 0,
@@ -80,8 +91,7 @@ impl KluisFs {
 
     fn lookup_(&self, parent: INodeNo, name: &OsStr) -> Result<(Node, FileAttr), Errno> {
         let parent = self.node(parent)?;
-        let name = name.to_str().ok_or(Errno::ENOENT)?;
-        let node = self.tree.lookup(&parent, name).map_err(errno)?;
+        let node = self.tree.lookup_bytes(&parent, name.as_bytes()).map_err(errno)?;
         let attr = self.tree.attr(&node).map_err(errno)?;
         Ok((node.clone(), self.file_attr(&node, &attr)))
     }
@@ -112,18 +122,20 @@ impl KluisFs {
         h.read(offset, size as usize).map_err(errno)
     }
 
-    fn readdir_(&self, ino: INodeNo, offset: u64, reply: &mut ReplyDirectory) -> Result<(), Errno> {
+    fn opendir_(&self, ino: INodeNo) -> Result<u64, Errno> {
         let node = self.node(ino)?;
-        let mut entries = vec![(".".to_owned(), node.clone()), ("..".to_owned(), self.tree.parent(&node))];
-        entries.extend(self.tree.children(&node).map_err(errno)?);
-        for (i, (name, child)) in entries.into_iter().enumerate().skip(offset as usize) {
-            let kind = match child {
-                Node::Latest(_) => FileType::Symlink,
-                Node::PointJson(_) | Node::Disk(..) | Node::Config(..) => FileType::RegularFile,
-                _ => FileType::Directory,
-            };
+        let mut entries = vec![(b".".to_vec(), node.clone(), Kind::Dir), (b"..".to_vec(), self.tree.parent(&node), Kind::Dir)];
+        entries.extend(self.tree.entries(&node).map_err(errno)?);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    fn readdir_(&self, fh: FileHandle, offset: u64, reply: &mut ReplyDirectory) -> Result<(), Errno> {
+        let entries = self.dirs.lock().unwrap().get(&fh.0).cloned().ok_or(Errno::EBADF)?;
+        for (i, (name, child, kind)) in entries.iter().enumerate().skip(offset as usize) {
             // The offset handed back is that of the next entry.
-            if reply.add(INodeNo(self.tree.ino(&child)), (i + 1) as u64, kind, &name) {
+            if reply.add(INodeNo(self.tree.ino(child)), (i + 1) as u64, file_type(*kind), OsStr::from_bytes(name)) {
                 break;
             }
         }
@@ -141,6 +153,18 @@ impl KluisFs {
             return Err(Errno::EINVAL);
         }
         h.seek(offset as u64, data).map(|o| o as i64).ok_or(Errno::ENXIO)
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
     }
 }
 
@@ -176,8 +200,8 @@ impl Filesystem for KluisFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino).and_then(|n| self.tree.readlink(&n).map_err(errno)) {
-            Ok(t) => reply.data(t.as_bytes()),
+        match self.node(ino).and_then(|n| self.tree.readlink_bytes(&n).map_err(errno)) {
+            Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
     }
@@ -221,11 +245,23 @@ impl Filesystem for KluisFs {
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.readdir_(ino, offset, &mut reply) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.opendir_(ino) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.readdir_(fh, offset, &mut reply) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.dirs.lock().unwrap().remove(&fh.0);
+        reply.ok();
     }
 
     fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {

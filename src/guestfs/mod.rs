@@ -1,0 +1,182 @@
+//! Guest filesystems inside the disks of a recovery point, read in process:
+//! no root, no loop device, no helper VM.
+//!
+//! ```text
+//! ReadAt (OpenDisk | Vec<u8> | File)
+//!   └─ Slice: one partition's window, with a read budget (Fuel)
+//!        ├─ part::read_layout   GPT / MBR + logical / bare filesystem (p0)
+//!        └─ GuestFs             ext2/3/4 (ext4-view) | FAT12/16/32 (fatfs) | NTFS (ntfs)
+//! ```
+//!
+//! A [`GuestFs`] is addressed by paths relative to its root (bytes, `/`
+//! separated, no leading slash; `""` is the root). Paths never leave the
+//! guest filesystem: a symlink is returned as its stored target text and is
+//! only ever followed by the kernel (in a mount) or not at all (`kluis
+//! files`).
+//!
+//! # Robustness
+//!
+//! The parsers read untrusted bytes. Every call into a filesystem crate runs
+//! under [`guard`]: a panic becomes [`Error::Corrupt`] (EIO in the mount),
+//! and the slice's [`readat::Fuel`] caps the bytes one operation may read,
+//! so a cyclic structure ends in an error rather than a hang. Directory
+//! listings are capped at [`MAX_ENTRIES`]. The fuzz test below mutates real
+//! images and walks them under a deadline.
+
+pub mod readat;
+pub mod part;
+mod ext;
+mod fat;
+mod ntfs;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+pub use part::{read_layout, Layout, Partition, Scheme};
+pub use readat::{DiskReadAt, ReadAt, Slice};
+
+/// Entries of one directory we list at most (ext4 allows ~2^32; a listing
+/// past this is a loop in a corrupt directory, or not useful anyway).
+pub const MAX_ENTRIES: usize = 4_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FsKind {
+    Ext,
+    Fat,
+    Ntfs,
+    Xfs,
+    Btrfs,
+    Lvm,
+    Luks,
+    Swap,
+    Unknown,
+}
+
+impl FsKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Ext => "ext2/3/4",
+            FsKind::Fat => "FAT",
+            FsKind::Ntfs => "NTFS",
+            FsKind::Xfs => "XFS",
+            FsKind::Btrfs => "Btrfs",
+            FsKind::Lvm => "LVM physical volume",
+            FsKind::Luks => "LUKS encrypted volume",
+            FsKind::Swap => "Linux swap",
+            FsKind::Unknown => "unknown",
+        }
+    }
+
+    pub fn supported(self) -> bool {
+        matches!(self, FsKind::Ext | FsKind::Fat | FsKind::Ntfs)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GKind {
+    File,
+    Dir,
+    Symlink,
+    CharDev,
+    BlockDev,
+    Fifo,
+    Socket,
+}
+
+/// A guest file's metadata as the guest filesystem stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GAttr {
+    pub kind: GKind,
+    pub size: u64,
+    /// Permission bits incl. setuid/setgid/sticky (0o7777).
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_s: i64,
+    pub mtime_ns: u32,
+    /// The guest's inode number, where hard links can share it.
+    pub ino: Option<u64>,
+    pub nlink: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GEntry {
+    pub name: Vec<u8>,
+    pub kind: GKind,
+}
+
+/// A filesystem inside a partition. Implementations are `Send + Sync` and
+/// cheap to call concurrently (they lock internally where the crate needs it).
+pub trait GuestFs: Send + Sync {
+    fn kind(&self) -> FsKind;
+    /// Metadata of `path` itself (a symlink is not followed).
+    fn stat(&self, path: &[u8]) -> Result<GAttr>;
+    /// The entries of directory `path`, without `.` and `..`.
+    fn list(&self, path: &[u8]) -> Result<Vec<GEntry>>;
+    /// The target of symlink `path`, as stored.
+    fn readlink(&self, path: &[u8]) -> Result<Vec<u8>>;
+    /// Opens regular file `path` for reads at any offset.
+    fn open(&self, path: &[u8]) -> Result<Box<dyn GuestFile>>;
+}
+
+pub trait GuestFile: Send + Sync {
+    fn size(&self) -> u64;
+    /// Reads up to `buf.len()` bytes at `offset`; short only at the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize>;
+}
+
+/// Opens the filesystem of kind `kind` in `slice`.
+pub fn open_fs(kind: FsKind, slice: Slice) -> Result<Arc<dyn GuestFs>> {
+    match kind {
+        FsKind::Ext => Ok(Arc::new(ext::ExtFs::open(slice)?)),
+        FsKind::Fat => Ok(Arc::new(fat::FatFs::open(slice)?)),
+        FsKind::Ntfs => Ok(Arc::new(ntfs::NtfsFs::open(slice)?)),
+        k => Err(Error::InvalidInput(format!("{} is not supported", k.name()))),
+    }
+}
+
+/// Runs `f` (a call into a filesystem crate) so that a panic in the crate
+/// becomes an error naming `what`.
+pub fn guard<T>(what: impl FnOnce() -> String, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+            Err(Error::Corrupt(format!("{}: the filesystem parser gave up ({msg}); the filesystem is damaged", what())))
+        }
+    }
+}
+
+/// The components of a relative guest path; `..` and `.` are refused so a
+/// path can never climb out of the root.
+pub fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    for c in path.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(Error::InvalidInput(format!("{}: `..` is not allowed in a guest path", String::from_utf8_lossy(path)))),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+pub fn show(path: &[u8]) -> String {
+    format!("/{}", String::from_utf8_lossy(path))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// algorithm), for filesystems that store civil times (FAT).
+pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,338 @@
+//! NTFS through the `ntfs` crate. Its handle holds no reader, so every
+//! operation makes its own cursor (with its own read budget) and runs
+//! without a lock. The MFT record number is the inode number, and the
+//! record's hard-link count is `nlink`.
+//!
+//! NTFS keeps no POSIX owner or mode here: files show as 0644 (0444 with
+//! the read-only attribute), directories 0755, owned by 0:0. Symlinks are
+//! the reparse points Windows and ntfs-3g write (symlink and junction tags)
+//! and Interix/ntfs-3g `IntxLNK` files; their target is shown as stored,
+//! with `\` turned into `/`. DOS 8.3 aliases and the `$` metafiles of the
+//! root are hidden. Compressed and encrypted files read as EIO.
+
+use std::io::SeekFrom;
+use std::sync::Arc;
+
+use ntfs::indexes::NtfsFileNameIndex;
+use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
+use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsError, NtfsFile, NtfsReadSeek};
+
+use super::readat::{Cursor, Slice, META_FUEL};
+use super::{guard, show, FsKind, GAttr, GEntry, GKind, GuestFile, GuestFs, MAX_ENTRIES};
+use crate::error::{Error, Result};
+
+const ROOT: u64 = 5;
+/// Records below this in the root are NTFS's own metafiles ($MFT, ...).
+const FIRST_USER_RECORD: u64 = 24;
+const TAG_SYMLINK: u32 = 0xa000_000c;
+const TAG_MOUNT_POINT: u32 = 0xa000_0003;
+/// 100 ns intervals from 1601-01-01 to 1970-01-01.
+const EPOCH_DIFF: u64 = 116_444_736_000_000_000;
+
+struct Inner {
+    ntfs: Ntfs,
+    slice: Slice,
+}
+
+pub struct NtfsFs(Arc<Inner>);
+
+fn err(path: &[u8], e: NtfsError) -> Error {
+    match e {
+        NtfsError::NotADirectory { .. } => Error::InvalidInput(format!("NTFS {}: not a directory", show(path))),
+        e => Error::Corrupt(format!("NTFS {}: {e}", show(path))),
+    }
+}
+
+impl NtfsFs {
+    pub fn open(slice: Slice) -> Result<NtfsFs> {
+        let mut io = Cursor::new(slice.clone());
+        let ntfs = guard(
+            || "NTFS".into(),
+            || {
+                let mut n = Ntfs::new(&mut io).map_err(|e| err(b"", e))?;
+                n.read_upcase_table(&mut io).map_err(|e| err(b"", e))?;
+                Ok(n)
+            },
+        )?;
+        Ok(NtfsFs(Arc::new(Inner { ntfs, slice })))
+    }
+}
+
+impl Inner {
+    /// A cursor whose budget is its own: operations run in parallel.
+    fn io(&self, fuel: i64) -> Cursor {
+        let mut s = self.slice.clone();
+        s.fuel = Default::default();
+        s.fuel.set(fuel);
+        Cursor::new(s)
+    }
+
+    /// The record number of `path`, one index lookup per component.
+    fn resolve(&self, io: &mut Cursor, path: &[u8]) -> Result<u64> {
+        let mut rec = ROOT;
+        for c in super::components(path)? {
+            let name = std::str::from_utf8(c).map_err(|_| Error::NotFound(format!("NTFS {}: no such file", show(path))))?;
+            let dir = self.ntfs.file(io, rec).map_err(|e| err(path, e))?;
+            let index = dir.directory_index(io).map_err(|e| err(path, e))?;
+            let mut finder = index.finder();
+            let entry = NtfsFileNameIndex::find(&mut finder, &self.ntfs, io, name)
+                .ok_or_else(|| Error::NotFound(format!("NTFS {}: no such file", show(path))))?
+                .map_err(|e| err(path, e))?;
+            let next = entry.file_reference().file_record_number();
+            if rec == ROOT && next < FIRST_USER_RECORD {
+                return Err(Error::NotFound(format!("NTFS {}: no such file", show(path))));
+            }
+            rec = next;
+        }
+        Ok(rec)
+    }
+
+    fn attr(&self, io: &mut Cursor, path: &[u8], f: &NtfsFile) -> Result<GAttr> {
+        let info = f.info().map_err(|e| err(path, e))?;
+        let flags = info.file_attributes();
+        let t = info.modification_time().nt_timestamp() as i128 - EPOCH_DIFF as i128;
+        let dir = f.is_directory();
+        let link = if dir && !flags.contains(NtfsFileAttributeFlags::REPARSE_POINT) { None } else { self.link_target(io, path, f, flags)? };
+        let (kind, size) = match (&link, dir) {
+            (Some(t), _) => (GKind::Symlink, t.len() as u64),
+            (None, true) => (GKind::Dir, 0),
+            (None, false) => (GKind::File, self.data_len(io, path, f)?),
+        };
+        let ro = flags.contains(NtfsFileAttributeFlags::READ_ONLY);
+        Ok(GAttr {
+            kind,
+            size,
+            mode: match kind {
+                GKind::Dir => 0o755,
+                GKind::Symlink => 0o777,
+                _ if ro => 0o444,
+                _ => 0o644,
+            },
+            uid: 0,
+            gid: 0,
+            mtime_s: t.div_euclid(10_000_000) as i64,
+            mtime_ns: (t.rem_euclid(10_000_000) * 100) as u32,
+            ino: Some(f.file_record_number()),
+            nlink: if dir { 2 } else { f.hard_link_count().max(1) as u32 },
+        })
+    }
+
+    fn data_len(&self, io: &mut Cursor, path: &[u8], f: &NtfsFile) -> Result<u64> {
+        match f.data(io, "") {
+            None => Ok(0),
+            Some(item) => {
+                let item = item.map_err(|e| err(path, e))?;
+                Ok(item.to_attribute().map_err(|e| err(path, e))?.value_length())
+            }
+        }
+    }
+
+    /// The target of a symlink-like reparse point or Interix link, if `f` is one.
+    fn link_target(&self, io: &mut Cursor, path: &[u8], f: &NtfsFile, flags: NtfsFileAttributeFlags) -> Result<Option<Vec<u8>>> {
+        if flags.contains(NtfsFileAttributeFlags::REPARSE_POINT) {
+            let mut attrs = f.attributes();
+            while let Some(item) = attrs.next(io) {
+                let item = item.map_err(|e| err(path, e))?;
+                let a = item.to_attribute().map_err(|e| err(path, e))?;
+                if a.ty().ok() != Some(NtfsAttributeType::ReparsePoint) {
+                    continue;
+                }
+                let n = a.value_length().min(16 << 10) as usize;
+                let mut buf = vec![0u8; n];
+                a.value(io).map_err(|e| err(path, e))?.read_exact(io, &mut buf).map_err(|e| err(path, e))?;
+                return Ok(parse_reparse(&buf));
+            }
+            return Ok(None);
+        }
+        if flags.contains(NtfsFileAttributeFlags::SYSTEM) && !f.is_directory() {
+            if let Some(item) = f.data(io, "") {
+                let a = item.map_err(|e| err(path, e))?;
+                let a = a.to_attribute().map_err(|e| err(path, e))?;
+                let n = a.value_length();
+                if (10..=8192).contains(&n) && n % 2 == 0 {
+                    let mut buf = vec![0u8; n as usize];
+                    a.value(io).map_err(|e| err(path, e))?.read_exact(io, &mut buf).map_err(|e| err(path, e))?;
+                    if let Some(t) = buf.strip_prefix(b"IntxLNK\x01") {
+                        return Ok(Some(utf16(t)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn utf16(b: &[u8]) -> Vec<u8> {
+    let units: Vec<u16> = b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    String::from_utf16_lossy(&units).into_bytes()
+}
+
+/// Symlink (tag 0xA000000C) and junction (0xA0000003) reparse data: the
+/// print name if present, else the substitute name; `\` becomes `/`.
+fn parse_reparse(b: &[u8]) -> Option<Vec<u8>> {
+    if b.len() < 16 {
+        return None;
+    }
+    let tag = u32::from_le_bytes(b[0..4].try_into().unwrap());
+    let u16le = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let path_base = match tag {
+        TAG_SYMLINK => 20,
+        TAG_MOUNT_POINT => 16,
+        _ => return None,
+    };
+    let (sub_off, sub_len, pr_off, pr_len) = (u16le(8), u16le(10), u16le(12), u16le(14));
+    let pick = |off: usize, len: usize| b.get(path_base + off..path_base + off + len).filter(|s| !s.is_empty());
+    let raw = pick(pr_off, pr_len).or_else(|| pick(sub_off, sub_len))?;
+    let mut t = utf16(raw);
+    for c in t.iter_mut() {
+        if *c == b'\\' {
+            *c = b'/';
+        }
+    }
+    Some(t)
+}
+
+impl GuestFs for NtfsFs {
+    fn kind(&self) -> FsKind {
+        FsKind::Ntfs
+    }
+
+    fn stat(&self, path: &[u8]) -> Result<GAttr> {
+        let s = &self.0;
+        guard(
+            || format!("NTFS {}", show(path)),
+            || {
+                let mut io = s.io(META_FUEL);
+                let rec = s.resolve(&mut io, path)?;
+                let f = s.ntfs.file(&mut io, rec).map_err(|e| err(path, e))?;
+                s.attr(&mut io, path, &f)
+            },
+        )
+    }
+
+    fn list(&self, path: &[u8]) -> Result<Vec<GEntry>> {
+        let s = &self.0;
+        guard(
+            || format!("NTFS {}", show(path)),
+            || {
+                let mut io = s.io(META_FUEL);
+                let rec = s.resolve(&mut io, path)?;
+                let dir = s.ntfs.file(&mut io, rec).map_err(|e| err(path, e))?;
+                let index = dir.directory_index(&mut io).map_err(|e| err(path, e))?;
+                let mut it = index.entries();
+                let mut out = Vec::new();
+                let mut links = Vec::new();
+                while let Some(e) = it.next(&mut io) {
+                    let e = e.map_err(|e| err(path, e))?;
+                    let Some(key) = e.key() else { continue };
+                    let key = key.map_err(|e| err(path, e))?;
+                    if key.namespace() == NtfsFileNamespace::Dos {
+                        continue;
+                    }
+                    let rec = e.file_reference().file_record_number();
+                    let name = key.name().to_string_lossy();
+                    if name == "." || name == ".." || (path.is_empty() && rec < FIRST_USER_RECORD) {
+                        continue;
+                    }
+                    if out.len() >= MAX_ENTRIES {
+                        return Err(Error::Corrupt(format!("NTFS {}: more than {MAX_ENTRIES} entries", show(path))));
+                    }
+                    let flags = key.file_attributes();
+                    if flags.contains(NtfsFileAttributeFlags::REPARSE_POINT) || flags.contains(NtfsFileAttributeFlags::SYSTEM) {
+                        links.push((out.len(), rec));
+                    }
+                    let kind = if key.is_directory() { GKind::Dir } else { GKind::File };
+                    out.push(GEntry { name: name.into_bytes(), kind });
+                }
+                // The index's copy of the flags only hints at a link; ask the record.
+                for (i, rec) in links {
+                    let child = [path, b"/", &out[i].name].concat();
+                    if let Ok(f) = s.ntfs.file(&mut io, rec) {
+                        if let Ok(a) = s.attr(&mut io, &child, &f) {
+                            out[i].kind = a.kind;
+                        }
+                    }
+                }
+                out.sort_by(|a, b| a.name.cmp(&b.name));
+                out.dedup_by(|a, b| a.name == b.name);
+                Ok(out)
+            },
+        )
+    }
+
+    fn readlink(&self, path: &[u8]) -> Result<Vec<u8>> {
+        let s = &self.0;
+        guard(
+            || format!("NTFS {}", show(path)),
+            || {
+                let mut io = s.io(META_FUEL);
+                let rec = s.resolve(&mut io, path)?;
+                let f = s.ntfs.file(&mut io, rec).map_err(|e| err(path, e))?;
+                let flags = f.info().map_err(|e| err(path, e))?.file_attributes();
+                s.link_target(&mut io, path, &f, flags)?.ok_or_else(|| Error::InvalidInput(format!("NTFS {}: not a symlink", show(path))))
+            },
+        )
+    }
+
+    fn open(&self, path: &[u8]) -> Result<Box<dyn GuestFile>> {
+        let s = &self.0;
+        let (rec, size) = guard(
+            || format!("NTFS {}", show(path)),
+            || {
+                let mut io = s.io(META_FUEL);
+                let rec = s.resolve(&mut io, path)?;
+                let f = s.ntfs.file(&mut io, rec).map_err(|e| err(path, e))?;
+                let a = s.attr(&mut io, path, &f)?;
+                if a.kind != GKind::File {
+                    return Err(Error::InvalidInput(format!("NTFS {}: not a regular file", show(path))));
+                }
+                Ok((rec, a.size))
+            },
+        )?;
+        Ok(Box::new(NtfsFileHandle { fs: self.0.clone(), rec, size, path: path.to_vec() }))
+    }
+}
+
+struct NtfsFileHandle {
+    fs: Arc<Inner>,
+    rec: u64,
+    size: u64,
+    path: Vec<u8>,
+}
+
+impl GuestFile for NtfsFileHandle {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Re-reads the file record (one MFT record) and seeks its data runs.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        if offset >= self.size {
+            return Ok(0);
+        }
+        let want = buf.len().min((self.size - offset) as usize);
+        let (s, path) = (&self.fs, &self.path[..]);
+        guard(
+            || format!("NTFS {}", show(path)),
+            || {
+                let mut io = s.io(META_FUEL + 4 * want as i64);
+                let f = s.ntfs.file(&mut io, self.rec).map_err(|e| err(path, e))?;
+                let item = f.data(&mut io, "").ok_or_else(|| Error::Corrupt(format!("NTFS {}: no data", show(path))))?.map_err(|e| err(path, e))?;
+                let a = item.to_attribute().map_err(|e| err(path, e))?;
+                if a.flags().intersects(NtfsAttributeFlags::COMPRESSED | NtfsAttributeFlags::ENCRYPTED) {
+                    return Err(Error::Corrupt(format!("NTFS {}: compressed or encrypted files are not supported", show(path))));
+                }
+                let mut v = a.value(&mut io).map_err(|e| err(path, e))?;
+                v.seek(&mut io, SeekFrom::Start(offset)).map_err(|e| err(path, e))?;
+                let mut done = 0;
+                while done < want {
+                    match v.read(&mut io, &mut buf[done..want]).map_err(|e| err(path, e))? {
+                        0 => break,
+                        n => done += n,
+                    }
+                }
+                Ok(done)
+            },
+        )
+    }
+}

@@ -1,0 +1,333 @@
+//! Tests on real images made with sfdisk, sgdisk and mkfs.* (each test
+//! prints `SKIPPED` and passes when its tool is missing), and a bounded
+//! fuzz run: mutated copies of those images are walked completely under a
+//! deadline; every outcome but a panic or a hang is fine.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn run(prog: &str, args: &[&str]) -> Option<bool> {
+    match Command::new(prog).args(args).output() {
+        Ok(o) => {
+            if !o.status.success() {
+                eprintln!("{prog} {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+            }
+            Some(o.status.success())
+        }
+        Err(_) => None,
+    }
+}
+
+/// Runs a tool; None (with a SKIPPED line) if it is not installed.
+fn tool(test: &str, prog: &str, args: &[&str]) -> Option<()> {
+    match run(prog, args) {
+        Some(true) => Some(()),
+        Some(false) => panic!("{prog} {} failed", args.join(" ")),
+        None => {
+            eprintln!("SKIPPED {test}: {prog} is not installed");
+            None
+        }
+    }
+}
+
+fn sfdisk(test: &str, img: &Path, script: &str) -> Option<()> {
+    use std::io::Write;
+    let mut c = match Command::new("sfdisk").arg("-q").arg(img).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn() {
+        Ok(c) => c,
+        Err(_) => {
+            eprintln!("SKIPPED {test}: sfdisk is not installed");
+            return None;
+        }
+    };
+    c.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success(), "sfdisk failed on {script}");
+    Some(())
+}
+
+fn blank(path: &Path, size: u64) {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+}
+
+fn slice_of(path: &Path) -> Slice {
+    Slice::whole(Arc::new(std::fs::read(path).unwrap()) as Arc<dyn ReadAt>)
+}
+
+fn layout_of(path: &Path) -> Layout {
+    read_layout(&slice_of(path)).unwrap()
+}
+
+fn numbers(l: &Layout) -> Vec<(u32, u64, u64)> {
+    l.partitions.iter().map(|p| (p.number, p.start / 512, p.size / 512)).collect()
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn mbr_with_extended_and_logical_partitions() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("d.img");
+    blank(&img, 64 * MIB);
+    let Some(()) = sfdisk("mbr", &img, "label: dos\n2048,8M,83\n,4M,c\n,,5\n,4M,83\n,4M,82\n,,7\n") else { return };
+    let l = layout_of(&img);
+    assert_eq!(l.scheme, Scheme::Mbr);
+    // The extended container (p3) is not listed; logicals are p5, p6, p7,
+    // each one sector-aligned 2048 sectors after its EBR.
+    assert_eq!(numbers(&l), vec![(1, 2048, 16384), (2, 18432, 8192), (5, 28672, 8192), (6, 38912, 8192), (7, 49152, 81920)]);
+    assert_eq!(l.partition(2).unwrap().table_type, "mbr 0x0c");
+    assert_eq!(l.partition(6).unwrap().fs, FsKind::Swap, "type 0x82 hints at swap");
+}
+
+#[test]
+fn gpt_from_sgdisk_and_sfdisk() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("g.img");
+    blank(&img, 64 * MIB);
+    let p = img.to_str().unwrap();
+    let Some(()) = tool("gpt", "sgdisk", &["-n", "1:2048:+8M", "-t", "1:ef00", "-n", "3:0:+4M", "-t", "3:8300", "-n", "2:0:0", "-t", "2:8e00", p]) else { return };
+    let l = layout_of(&img);
+    assert_eq!(l.scheme, Scheme::Gpt);
+    let n = numbers(&l);
+    assert_eq!(n[0], (1, 2048, 16384));
+    assert_eq!(n.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(l.partition(1).unwrap().table_type, "gpt c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+    assert_eq!(l.partition(2).unwrap().fs, FsKind::Lvm);
+
+    // Primary header destroyed: the backup at the end still gives the table.
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[512..1024].fill(0xff);
+    let l2 = read_layout(&Slice::whole(Arc::new(bytes) as Arc<dyn ReadAt>)).unwrap();
+    assert_eq!(numbers(&l2), n);
+
+    let img2 = t.path().join("s.img");
+    blank(&img2, 32 * MIB);
+    let Some(()) = sfdisk("gpt", &img2, "label: gpt\n2048,4M\n,4M\n,\n") else { return };
+    let l = layout_of(&img2);
+    assert_eq!(l.scheme, Scheme::Gpt);
+    assert_eq!(l.partitions.len(), 3);
+    assert_eq!(l.partitions[1].start, 2048 * 512 + 4 * MIB);
+}
+
+/// A small source tree with the cases that matter.
+fn source_tree(dir: &Path) {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    std::fs::create_dir_all(dir.join("d/sub")).unwrap();
+    std::fs::write(dir.join("a.txt"), b"hello\n").unwrap();
+    std::fs::write(dir.join("empty"), b"").unwrap();
+    std::fs::write(dir.join("d/odd"), vec![7u8; 4095]).unwrap();
+    std::fs::write(dir.join("d/sub/big"), (0..300_001u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>()).unwrap();
+    std::fs::set_permissions(dir.join("d/odd"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    symlink("../a.txt", dir.join("d/link")).unwrap();
+    std::fs::hard_link(dir.join("a.txt"), dir.join("hard")).unwrap();
+}
+
+struct Images {
+    _dir: tempfile::TempDir,
+    ext: Option<Vec<u8>>,
+    fat: Option<Vec<u8>>,
+    ntfs: Option<Vec<u8>>,
+}
+
+fn images(test: &str) -> Images {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    source_tree(&src);
+    let p = |n: &str| t.path().join(n).to_str().unwrap().to_owned();
+    let ext = {
+        blank(Path::new(&p("ext")), 4 * MIB);
+        tool(test, "mkfs.ext4", &["-q", "-F", "-d", src.to_str().unwrap(), &p("ext")]).map(|_| std::fs::read(p("ext")).unwrap())
+    };
+    let fat = {
+        blank(Path::new(&p("fat")), 2 * MIB);
+        tool(test, "mkfs.vfat", &["-F", "12", &p("fat")])
+            .and_then(|_| tool(test, "mcopy", &["-s", "-i", &p("fat"), &format!("{}/a.txt", src.display()), &format!("{}/d", src.display()), "::/"]))
+            .map(|_| std::fs::read(p("fat")).unwrap())
+    };
+    let ntfs = {
+        blank(Path::new(&p("ntfs")), 4 * MIB);
+        tool(test, "mkntfs", &["-F", "-Q", "-q", &p("ntfs")])
+            .and_then(|_| tool(test, "ntfscp", &["-q", &p("ntfs"), &format!("{}/d/sub/big", src.display()), "big"]))
+            .and_then(|_| tool(test, "ntfscp", &["-q", &p("ntfs"), &format!("{}/a.txt", src.display()), "a.txt"]))
+            .map(|_| std::fs::read(p("ntfs")).unwrap())
+    };
+    Images { _dir: t, ext, fat, ntfs }
+}
+
+fn read_all(fs: &dyn GuestFs, path: &[u8]) -> Result<Vec<u8>> {
+    let f = fs.open(path)?;
+    let mut out = vec![0u8; f.size().min(64 << 20) as usize];
+    let mut off = 0;
+    while off < out.len() {
+        let end = (off + 65536).min(out.len());
+        let n = f.read_at(&mut out[off..end], off as u64)?;
+        if n == 0 {
+            break;
+        }
+        off += n;
+    }
+    out.truncate(off);
+    Ok(out)
+}
+
+#[test]
+fn ext_fat_ntfs_read_back() {
+    let im = images("read_back");
+    let big: Vec<u8> = (0..300_001u32).map(|i| (i * 7 % 251) as u8).collect();
+    if let Some(img) = im.ext {
+        let fs = open_fs(FsKind::Ext, Slice::whole(Arc::new(img) as Arc<dyn ReadAt>)).unwrap();
+        let names: Vec<_> = fs.list(b"").unwrap().into_iter().map(|e| e.name).collect();
+        assert!(names.contains(&b"a.txt".to_vec()) && names.contains(&b"d".to_vec()), "{names:?}");
+        assert_eq!(read_all(&*fs, b"d/sub/big").unwrap(), big);
+        assert_eq!(fs.stat(b"d/odd").unwrap().mode, 0o751);
+        assert_eq!(fs.stat(b"d/odd").unwrap().size, 4095);
+        assert_eq!(fs.readlink(b"d/link").unwrap(), b"../a.txt");
+        assert_eq!(fs.stat(b"d/link").unwrap().kind, GKind::Symlink);
+        let (a, h) = (fs.stat(b"a.txt").unwrap(), fs.stat(b"hard").unwrap());
+        assert_eq!((a.ino, a.nlink), (h.ino, 2));
+        assert!(a.ino.is_some());
+        assert!(matches!(fs.stat(b"nope"), Err(Error::NotFound(_))));
+        assert!(fs.stat(b"../etc").is_err());
+        // Reads at any offset, out of order.
+        let f = fs.open(b"d/sub/big").unwrap();
+        let mut b = [0u8; 100];
+        assert_eq!(f.read_at(&mut b, 200_000).unwrap(), 100);
+        assert_eq!(&b[..], &big[200_000..200_100]);
+        assert_eq!(f.read_at(&mut b, 10).unwrap(), 100);
+        assert_eq!(&b[..], &big[10..110]);
+        assert_eq!(f.read_at(&mut b, 300_000).unwrap(), 1);
+    }
+    if let Some(img) = im.fat {
+        let fs = open_fs(FsKind::Fat, Slice::whole(Arc::new(img) as Arc<dyn ReadAt>)).unwrap();
+        assert_eq!(read_all(&*fs, b"d/sub/big").unwrap(), big);
+        assert_eq!(read_all(&*fs, b"a.txt").unwrap(), b"hello\n");
+        assert_eq!(fs.stat(b"d").unwrap().kind, GKind::Dir);
+        assert_eq!(fs.stat(b"d/odd").unwrap().size, 4095);
+    }
+    if let Some(img) = im.ntfs {
+        let fs = open_fs(FsKind::Ntfs, Slice::whole(Arc::new(img) as Arc<dyn ReadAt>)).unwrap();
+        let names: Vec<_> = fs.list(b"").unwrap().into_iter().map(|e| String::from_utf8(e.name).unwrap()).collect();
+        assert_eq!(names, vec!["a.txt", "big"], "metafiles are hidden");
+        assert_eq!(read_all(&*fs, b"big").unwrap(), big);
+        assert_eq!(fs.stat(b"a.txt").unwrap().size, 6);
+    }
+}
+
+#[test]
+fn bare_filesystem_is_p0() {
+    let im = images("bare");
+    for (img, kind) in [(im.ext, FsKind::Ext), (im.fat, FsKind::Fat), (im.ntfs, FsKind::Ntfs)] {
+        let Some(img) = img else { continue };
+        let l = read_layout(&Slice::whole(Arc::new(img) as Arc<dyn ReadAt>)).unwrap();
+        assert_eq!(l.scheme, Scheme::Bare, "{kind:?}");
+        assert_eq!((l.partitions[0].number, l.partitions[0].fs), (0, kind));
+    }
+}
+
+/// Walks everything reachable, reading every file; errors are fine.
+fn walk(fs: &dyn GuestFs, path: &[u8], depth: u32, budget: &mut u32) {
+    let Ok(list) = fs.list(path) else { return };
+    for e in list {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let child = if path.is_empty() { e.name.clone() } else { [path, b"/", &e.name].concat() };
+        let Ok(a) = fs.stat(&child) else { continue };
+        match a.kind {
+            GKind::Dir if depth < 12 => walk(fs, &child, depth + 1, budget),
+            GKind::File => {
+                let _ = read_all(fs, &child);
+            }
+            GKind::Symlink => {
+                let _ = fs.readlink(&child);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn fuzz_one(kind: Option<FsKind>, img: Vec<u8>) {
+    let s = Slice::whole(Arc::new(img) as Arc<dyn ReadAt>);
+    let kind = match kind {
+        Some(k) => k,
+        None => match read_layout(&s) {
+            Ok(l) => {
+                let _ = l.partitions.iter().map(|p| p.fs).count();
+                return;
+            }
+            Err(_) => return,
+        },
+    };
+    if let Ok(fs) = open_fs(kind, s) {
+        let mut budget = 2000;
+        walk(&*fs, b"", 0, &mut budget);
+    }
+}
+
+/// Mutated copies of real images, each walked within a deadline: an error
+/// is fine, a panic or a hang fails. `KLUIS_FUZZ_SECS` (default 6 per
+/// filesystem) bounds the run; `KLUIS_FUZZ_SEED` replays one.
+#[test]
+fn fuzz_mutated_images() {
+    let im = images("fuzz");
+    let secs: u64 = std::env::var("KLUIS_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    let seed: u64 = std::env::var("KLUIS_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("fuzz: seed {seed} (replay with KLUIS_FUZZ_SEED={seed})");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    // A partitioned disk too, for the table parsers.
+    let mut table = vec![0u8; 4 << 20];
+    table[510] = 0x55;
+    table[511] = 0xaa;
+    for (slot, (ty, start, n)) in [(0x83u8, 64u32, 100u32), (0x05, 200, 7000)].iter().enumerate() {
+        let e = &mut table[446 + slot * 16..462 + slot * 16];
+        e[4] = *ty;
+        e[8..12].copy_from_slice(&start.to_le_bytes());
+        e[12..16].copy_from_slice(&n.to_le_bytes());
+    }
+    let cases: Vec<(Option<FsKind>, Vec<u8>, usize)> = [(Some(FsKind::Ext), im.ext, 256 << 10), (Some(FsKind::Fat), im.fat, 64 << 10), (Some(FsKind::Ntfs), im.ntfs, 4 << 20), (None, Some(table), 200 * 512 + 1024)]
+        .into_iter()
+        .filter_map(|(k, i, hot)| i.map(|i| (k, i, hot)))
+        .collect();
+    for (kind, base, hot) in cases {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut n = 0;
+        while Instant::now() < deadline {
+            let mut img = base.clone();
+            // A few bytes in the metadata-dense start, a few anywhere.
+            for _ in 0..rng.usize(1..24) {
+                let at = if rng.bool() { rng.usize(..hot.min(img.len())) } else { rng.usize(..img.len()) };
+                img[at] = match rng.u8(..4) {
+                    0 => 0,
+                    1 => 0xff,
+                    2 => img[at] ^ (1 << rng.u8(..8)),
+                    _ => rng.u8(..),
+                };
+            }
+            let (tx, rx) = mpsc::channel();
+            let copy = img.clone();
+            std::thread::spawn(move || {
+                let r = std::panic::catch_unwind(move || fuzz_one(kind, copy));
+                let _ = tx.send(r.is_ok());
+            });
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let p = std::env::temp_dir().join(format!("kluis-fuzz-{seed}-{n}.img"));
+                    std::fs::write(&p, &img).unwrap();
+                    panic!("{kind:?}: panic escaped on case {n}; image saved as {}", p.display());
+                }
+                Err(_) => {
+                    let p = std::env::temp_dir().join(format!("kluis-fuzz-{seed}-{n}.img"));
+                    std::fs::write(&p, &img).unwrap();
+                    panic!("{kind:?}: case {n} hung for 20 s; image saved as {}", p.display());
+                }
+            }
+            n += 1;
+        }
+        eprintln!("fuzz {kind:?}: {n} mutated images walked");
+    }
+}

@@ -1,0 +1,128 @@
+//! Protected items: the stored definition of a VM (its disks, configuration
+//! files, scripts, file systems to freeze) and its policy, so that
+//! `kluis backup ITEM` and the scheduler need nothing else.
+//!
+//! A definition is kept as JSON in the `items` table. Paths are made
+//! absolute when the item is protected (not canonical: a
+//! `/dev/disk/by-id/...` link must stay a link), because scheduled backups
+//! run from another directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backup::{self, BackupRequest};
+use crate::error::{Error, Result};
+use crate::vault::Vault;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskDef {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ItemDef {
+    pub disks: Vec<DiskDef>,
+    #[serde(default)]
+    pub configs: Vec<PathBuf>,
+    /// Shell command run (by `sh -c`) before the freeze; see crate::consistency.
+    #[serde(default)]
+    pub pre_script: Option<String>,
+    /// Shell command run after the thaw (and to release script snapshots).
+    #[serde(default)]
+    pub post_script: Option<String>,
+    /// Mountpoints frozen with FIFREEZE while the point-in-time copies are made.
+    #[serde(default)]
+    pub freeze: Vec<PathBuf>,
+    /// Seconds a script may run before it is killed (default 600).
+    #[serde(default)]
+    pub script_timeout_s: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Item {
+    pub name: String,
+    pub policy: Option<String>,
+    #[serde(flatten)]
+    pub def: ItemDef,
+    #[serde(skip)]
+    pub created_ms: i64,
+    #[serde(skip)]
+    pub updated_ms: i64,
+}
+
+impl ItemDef {
+    pub fn request(&self, item: &str) -> BackupRequest {
+        BackupRequest {
+            item: item.to_owned(),
+            disks: self.disks.iter().map(|d| (d.name.clone(), d.path.clone())).collect(),
+            configs: self.configs.clone(),
+            consistency: "crash".into(),
+            ..Default::default()
+        }
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).map_err(|e| Error::io_path("resolve", p, e))
+}
+
+/// Stores (or replaces) the definition of `name`. Disks must exist, the
+/// policy must exist, freeze mountpoints must pass the safety checks.
+pub fn protect(vault: &Vault, name: &str, mut def: ItemDef, policy: Option<&str>) -> Result<Item> {
+    for d in &mut def.disks {
+        d.path = absolute(&d.path)?;
+    }
+    for c in &mut def.configs {
+        *c = absolute(c)?;
+    }
+    for f in &mut def.freeze {
+        *f = absolute(f)?;
+    }
+    def.freeze.sort();
+    def.freeze.dedup();
+    backup::validate(&def.request(name))?;
+    for c in &def.configs {
+        if !c.is_file() {
+            return Err(Error::NotFound(format!("config file {} does not exist", c.display())));
+        }
+    }
+    let disks: Vec<PathBuf> = def.disks.iter().map(|d| d.path.clone()).collect();
+    for f in &def.freeze {
+        crate::consistency::check_freezable(f, vault.root(), &disks)?;
+    }
+    if let Some(p) = policy {
+        crate::policy::get(vault, p)?;
+    }
+    for (what, s) in [("pre-script", &def.pre_script), ("post-script", &def.post_script)] {
+        if s.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err(Error::InvalidInput(format!("{what} is empty")));
+        }
+    }
+    let json = serde_json::to_string(&def).expect("item definition serializes");
+    vault.catalog().put_item(name, policy, &json)?;
+    get(vault, name)?.ok_or_else(|| Error::NotFound(format!("item {name} vanished")))
+}
+
+pub fn get(vault: &Vault, name: &str) -> Result<Option<Item>> {
+    vault.catalog().item(name)?.map(from_row).transpose()
+}
+
+pub fn list(vault: &Vault) -> Result<Vec<Item>> {
+    vault.catalog().protected_items()?.into_iter().map(from_row).collect()
+}
+
+/// Forgets the definition; the item's recovery points stay.
+pub fn unprotect(vault: &Vault, name: &str) -> Result<()> {
+    if !vault.catalog().remove_item(name)? {
+        return Err(Error::NotFound(format!("item {name:?} is not protected")));
+    }
+    Ok(())
+}
+
+fn from_row(r: crate::catalog::ItemRow) -> Result<Item> {
+    let def: ItemDef = serde_json::from_str(&r.definition)
+        .map_err(|e| Error::Corrupt(format!("item {}: unreadable definition in the index: {e}", r.name)))?;
+    Ok(Item { name: r.name, policy: r.policy, def, created_ms: r.created_ms, updated_ms: r.updated_ms })
+}

@@ -1,0 +1,33 @@
+//! kluis integration suite: one test binary that drives the real `kluis`
+//! executable (`env!("CARGO_BIN_EXE_kluis")`) against a fresh temporary
+//! directory per test, always with an explicit `--vault DIR`.
+//!
+//! Randomness comes from `fastrand` with a seed printed by each test; set
+//! `KLUIS_TEST_SEED=N` to replay a failure. `KLUIS_CRASH_ITERS=N` sets how
+//! many processes the crash test kills (default 50).
+//!
+//! Tests that need root-only or optional facilities (tmpfs mounts, loop
+//! devices, qemu-img) print `SKIPPED: reason` and pass when the facility is
+//! missing; everything they mount or attach is released by a guard.
+
+mod integration {
+    pub mod common;
+
+    mod backup_restore;
+    mod bad_input;
+    mod corruption;
+    mod crash;
+    mod enospc;
+    mod gc_lock;
+    mod mount;
+    mod vhd;
+
+    // files inside guest filesystems (issue 4)
+    mod guestfs;
+
+    // protected items, consistency, retention, jobs (issue 5)
+    mod consistency;
+    mod freeze;
+    mod protect;
+    mod retention;
+}
