@@ -314,13 +314,17 @@ fn prefix_disk(name: &str, e: Error) -> Error {
     }
 }
 
-/// A point's time is now, but always after the item's previous point, so
-/// points of one item are strictly ordered even if the clock stepped back.
+/// A point's time: now, cut to the whole second, and always at least one
+/// second after the item's previous point (deleted ones included). So the
+/// name of a point (its time to the second) is unique within its item and
+/// never changes, even when its neighbours are deleted; points are strictly
+/// ordered even if the clock stepped back. Backups of one item taken faster
+/// than one a second are dated up to a few seconds ahead.
 fn next_time(vault: &Vault, item: &str) -> Result<i64> {
-    let now = now_ms();
+    let now = now_ms() - now_ms().rem_euclid(1000);
     let last = vault.catalog().points(Some(item), true)?.iter().map(|p| p.time_ms).max();
     Ok(match last {
-        Some(l) if l >= now => l + 1,
+        Some(l) if l + 1000 > now => l - l.rem_euclid(1000) + 1000,
         _ => now,
     })
 }

@@ -1,9 +1,9 @@
 //! How recovery point times are written and named.
 //!
 //! A point's name is its UTC time to the second (`2026-11-21T04:00:00Z`), as
-//! in the mount and the selectors. Times are kept in milliseconds, so two
-//! points of one item within the same second stay distinct; the later ones
-//! are then named with milliseconds (`…:00.250Z`).
+//! in the mount and the selectors. Backup gives every point of an item its
+//! own whole second (see crate::backup), so a name is a pure function of the
+//! point's time and never changes while the point exists.
 
 use jiff::Timestamp;
 
@@ -19,23 +19,15 @@ pub fn rfc3339_s(ms: i64) -> String {
 
 /// Names for the points of one item, given their times oldest first.
 pub fn point_names(times_ms: &[i64]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(times_ms.len());
-    for (i, &t) in times_ms.iter().enumerate() {
-        let short = rfc3339_s(t);
-        if i > 0 && rfc3339_s(times_ms[i - 1]) == short {
-            out.push(rfc3339_ms(t));
-        } else {
-            out.push(short);
-        }
-    }
-    out
+    times_ms.iter().map(|&t| rfc3339_s(t)).collect()
 }
 
-/// True when `name` (as given by a user) names exactly the point at `ms`.
+/// True when `name` (as given by a user) names the point at `ms`: its
+/// second, or its exact millisecond.
 pub fn point_name_matches(ms: i64, name: &str) -> bool {
     name.parse::<Timestamp>().map(|t| {
         let given = t.as_millisecond();
-        if name.contains('.') { given == ms } else { given == ms - ms.rem_euclid(1000) }
+        given == ms || (!name.contains('.') && given == ms - ms.rem_euclid(1000))
     }).unwrap_or(false)
 }
 
@@ -44,12 +36,12 @@ mod tests {
     use super::*;
     #[test]
     fn names() {
-        let t = 1_795_752_000_000i64; // 2026-11-26T...
-        let n = point_names(&[t, t + 250, t + 1000]);
-        assert_eq!(n[0], rfc3339_s(t));
-        assert!(n[1].ends_with(".250Z"));
-        assert!(!n[2].contains('.'));
-        assert!(point_name_matches(t + 250, &n[1]));
+        let t = 1_795_752_000_000i64;
+        let n = point_names(&[t, t + 1000]);
+        assert_eq!(n, vec!["2026-11-27T04:00:00Z".to_owned(), "2026-11-27T04:00:01Z".to_owned()]);
         assert!(point_name_matches(t, &n[0]));
+        assert!(point_name_matches(t + 250, &n[0]));
+        assert!(point_name_matches(t + 250, "2026-11-27T04:00:00.250Z"));
+        assert!(!point_name_matches(t + 1000, &n[0]));
     }
 }

@@ -278,6 +278,17 @@ fn latest(mp: &Path, item: &str) -> Option<String> {
     fs::read_link(mp.join(item).join("latest")).ok().map(|t| t.to_string_lossy().into_owned())
 }
 
+/// Ids of the points an item shows, from their recovery-point.json.
+fn point_ids(mp: &Path, item: &str) -> Vec<String> {
+    let Some(names) = try_list(&mp.join(item)) else { return Vec::new() };
+    names
+        .iter()
+        .filter(|n| *n != "latest")
+        .filter_map(|n| fs::read(mp.join(item).join(n).join("recovery-point.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok()?["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 fn round512(n: u64) -> u64 {
     n.div_ceil(512) * 512
 }
@@ -764,14 +775,18 @@ fn mount_read_survives_delete_and_gc() {
     assert!(gc["packs_rewritten"].as_u64().unwrap() >= 1, "gc rewrote no pack: {gc:#}");
     let left: Vec<&PathBuf> = unread_packs.iter().filter(|p| p.exists()).collect();
     assert!(left.is_empty(), "gc left packs holding p1's unread blocks: {left:?}");
-    // The point is gone from the tree ...
-    wait_until(LIVE_TIMEOUT, "the deleted point to vanish", || !point_dir(&mp, &p1).exists());
+    // The point is gone from the tree (by id: if p2 was taken in the same
+    // second as p1, p2 now has the name p1 had) ...
+    wait_until(LIVE_TIMEOUT, "the deleted point to vanish", || !point_ids(&mp, "web").contains(&p1.id));
     // ... but the open file reads on, from the packs gc unlinked.
     disk.read_exact_at(&mut got[half..], half as u64).unwrap_or_else(|e| panic!("reading p1 after gc: {e}"));
     if let Some(i) = (0..size as usize).find(|&i| got[i] != want[i]) {
         panic!("p1 read through the mount differs from its source at byte {i} (after gc from byte {half})");
     }
     drop(disk);
+    // p2's name may have changed with p1 gone (see above): look it up again.
+    let p2 = env.points(Some("web")).into_iter().find(|p| p.id == p2.id).expect("p2 is still there");
+    wait_until(LIVE_TIMEOUT, "p2 under its current name", || point_dir(&mp, &p2).exists());
     assert_same_file(&disk_path(&mp, &p2, "os", "raw"), &v2);
     env.verify_clean(true);
 }
@@ -802,7 +817,7 @@ fn mount_read_during_backups() {
             let t0 = Instant::now();
             // Until the backups are done and a point they made was read too.
             while seen.len() < 4 || !stop.load(Ordering::Relaxed) || (seen.iter().all(|s| s.0 == first) && t0.elapsed() < MOUNT_TIMEOUT) {
-                let name = if seen.len() % 2 == 0 {
+                let name = if seen.len().is_multiple_of(2) {
                     first.clone()
                 } else {
                     fs::read_link(item.join("latest")).unwrap_or_else(|e| panic!("readlink latest during backup: {e}")).to_string_lossy().into_owned()
