@@ -11,6 +11,29 @@
 # figures MISS their target, and non-zero only when something broke (a tool
 # failed, kluis crashed, restored bytes differ).
 #
+# Workload: an OS disk (sparse raw, GPT, ESP + ext4 root filled with real
+# files from /usr and /etc) and a data disk (ext4 with a database file of
+# 4 KiB semi-compressible pages), then "a day of churn" applied in place
+# through loop mounts: random page writes, appended logs, a new large file,
+# edited and deleted files.
+#
+# Figures (targets in brackets; time baselines are measured cold right before
+# and after the kluis step and averaged, see base_before):
+#   1 full backup time / cold cat of the images                      [<= 1.3]
+#   2 incremental backup time (after churn) / cold cat               [<= 1.15]
+#   3 vault growth for the churn / restic repo growth                [<= 0.35]
+#   4 vault size after the full backup / borg repo size (zstd,3)     [<= 1.0]
+#   5 restore of all disks (raw, cold) / restic restore              [<= 0.5]
+#     plus: restored bytes identical (cmp), restored images sparse
+#   6 peak RSS of a backup of a 1 GiB and an 8 GiB disk / 100 MB     [<= 1.0]
+#     and 8 GiB RSS / 1 GiB RSS                                      [<= 1.25]
+#   7 sequential read of the mounted disk: cold dd of the raw image
+#     time / kluis time [>= 1.0]; restic mount / kluis, borg mount /
+#     kluis [>= 3.0]; 4 KiB random read p50/p99 vs the raw image (info)
+#   block-size sweep (BENCH_BLOCK_SIZES): backup times and churn growth per
+#     block size (info), to justify the default.
+# Lines indented under a figure are extra context ("info"), not targets.
+#
 # Environment (defaults in brackets; QUICK defaults second):
 #   BENCH_DIR            work directory [mktemp -d under /var/tmp]; removed at exit
 #   BENCH_KEEP=1         keep BENCH_DIR (images, vaults, logs) for inspection
@@ -261,6 +284,13 @@ RESTIC_REPO=$REPOS/restic BORG_REPO=$REPOS/borg
 
 section "kluis benchmark ($([[ $QUICK == 1 ]] && echo quick || echo full) mode) in $W"
 say "machine: $(nproc) cpus, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r)"
+# Other work on the machine (a build, a test suite) skews every timing ratio:
+# the baseline and kluis run at different moments. Say so up front.
+LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
+say "load average before the run: $LOAD_START"
+if awk -v l="$LOAD_START" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+    warn "the machine is busy (load $LOAD_START on $(nproc) cpus): timing ratios will be noisy; run on a quiet machine"
+fi
 say "workload: OS disk $OS_MIB MiB (ext4 ${FILL_PCT}% full of real files), data disk $DATA_MIB MiB (database ${DB_PCT}%)"
 say "churn: $CHURN_PAGES db pages, +$CHURN_LOG_MIB MiB logs, +$CHURN_NEW_MIB MiB new file, $CHURN_EDITS edits, $CHURN_DELETES deletes"
 
@@ -270,8 +300,8 @@ ensure_tool() { # ensure_tool CMD PACKAGE -> sets reason on failure
     command -v "$1" >/dev/null && return 0
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
         say "installing $2 (apt-get)"
-        run "apt-$2" apt-get install -y "$2" ||
-            { run "apt-update-$2" apt-get update && run "apt-$2-retry" apt-get install -y "$2"; } || true
+        run "apt-$2" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$2" ||
+            { run "apt-update-$2" apt-get update && run "apt-$2-retry" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$2"; } || true
     fi
     command -v "$1" >/dev/null
 }
@@ -912,6 +942,7 @@ fi
 # ---------------------------------------------------------------- summary
 
 section "summary ($(calc "$EPOCHREALTIME - $START_TIME") s wall; every figure is a ratio to a baseline from this run)"
+say "load average (1/5/15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cpus; at the start: $LOAD_START"
 python3 - "$RESULTS" <<'PY'
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]

@@ -57,8 +57,10 @@ else
     KLUIS=$ROOT/target/release/kluis
 fi
 [[ -x $KLUIS ]] || die "$KLUIS is not executable"
-HAS_MOUNT=0
-grep -qE '^ +mount ' <<<"$("$KLUIS" --help)" && HAS_MOUNT=1
+HELP=$("$KLUIS" --help)
+HAS_MOUNT=0 HAS_FILES=0
+grep -qE '^ +mount ' <<<"$HELP" && HAS_MOUNT=1
+grep -qE '^ +files ' <<<"$HELP" && HAS_FILES=1
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/kluis-demo.XXXXXX")
 MNT=$W/mnt
@@ -172,6 +174,14 @@ k restore "$ITEM@latest" --disk os --to "$W/latest.vhd" --format vhd
 qemu-img info -f vpc "$W/latest.vhd" | grep -E '^(image|file format|virtual size|disk size):' | sed 's/^/    /'
 qemu-img compare -q -f vpc -F raw "$W/latest.vhd" "$DISK" || die "latest.vhd differs from the current disk"
 info "qemu-img compare: latest.vhd holds exactly the current disk"
+
+if [[ $HAS_FILES == 1 ]]; then
+    say "Guest files, straight from the vault (no mount, no loop device)"
+    k files versions "$ITEM" os:p1/notes.txt
+    k files cp "$ITEM@${FIRST:0:12}" os:p1/notes.txt "$W/notes-first.txt"
+    [[ $(cat "$W/notes-first.txt") == "notes, version 1" ]] || die "files cp did not give back version 1 of notes.txt"
+    info "notes.txt of the first point: $(cat "$W/notes-first.txt")"
+fi
 
 say "Verifying the vault (re-reading every chunk)"
 k verify --read-data

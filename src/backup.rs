@@ -88,12 +88,18 @@ pub struct Options {
     pub workers: usize,
 }
 
+impl Options {
+    pub fn for_vault(vault: &Vault) -> Self {
+        Options { zstd_level: vault.header.zstd_level, ..Options::default() }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
         // KLUIS_PACK_SIZE lets tests make many small packs (more crash points).
         let pack_target = std::env::var("KLUIS_PACK_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(128 << 20);
-        Options { pack_target, zstd_level: 3, workers }
+        Options { pack_target, zstd_level: crate::vault::DEFAULT_ZSTD_LEVEL, workers }
     }
 }
 
@@ -218,7 +224,7 @@ struct Done {
 pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cancel: &AtomicBool) -> Result<BackupReport> {
     validate(req)?;
     let started = Instant::now();
-    let opts = Options::default();
+    let opts = Options::for_vault(vault);
     let sources: Vec<(String, PathBuf, Box<dyn DiskSource>)> = req
         .disks
         .iter()
@@ -442,11 +448,12 @@ fn backup_disk(
         // Results arrive out of order; the map takes ids in block order.
         let mut ready: HashMap<u64, ChunkId> = HashMap::new();
         let mut next = 0u64;
-        let mut changed = 0u64;
+        let (mut changed, mut new_bytes) = (0u64, 0u64);
         let mut step = |msg: Result<Done>, sink: &mut PackSink| -> Result<()> {
             let d = msg?;
             if let Some(enc) = d.encoded {
                 changed += 1;
+                new_bytes += enc.header.raw_len as u64;
                 sink.append(&enc)?;
             }
             ready.insert(d.index, d.id);
@@ -479,6 +486,7 @@ fn backup_disk(
             return Err(Error::Corrupt(format!("internal: {next} of {blocks} blocks processed")));
         }
         st.blocks_changed = changed;
+        st.new_bytes = new_bytes;
         let (depth, root) = builder.finish(&mut |page: &[u8]| sink.put(ChunkKind::MapPage, page, &index))?;
         let entry = DiskEntry {
             name: name.to_owned(),

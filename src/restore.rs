@@ -59,6 +59,8 @@ pub fn restore(
     cancel: &AtomicBool,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
+    // Shared lock: gc waits, so no pack this restore reads is rewritten under it.
+    let _lock = vault.lock(false, || log::warn!("waiting for a running gc to finish"))?;
     let reader = Arc::new(vault.disk_reader(point, disk)?);
     let size = reader.size();
     let is_device = fs::metadata(to).map(|m| m.file_type().is_block_device()).unwrap_or(false);
@@ -127,7 +129,7 @@ pub fn restore(
         point: point.id.to_hex(),
         disk: disk.to_owned(),
         target: to.display().to_string(),
-        format: format!("{format:?}").to_lowercase(),
+        format: format.name().to_owned(),
         size,
         bytes_written: written,
         seconds: started.elapsed().as_secs_f64(),

@@ -9,16 +9,17 @@
 //!
 //! # Locks
 //!
-//! | operation            | lock on VAULT/lock |
-//! |----------------------|--------------------|
-//! | backup               | shared             |
-//! | restore, verify, mount, points, delete | none (readers; SQLite WAL isolates them) |
-//! | gc                   | exclusive          |
+//! | operation                          | lock on VAULT/lock |
+//! |------------------------------------|--------------------|
+//! | backup, restore, verify            | shared             |
+//! | gc                                 | exclusive          |
+//! | mount, points, delete, prune, protect | none (SQLite WAL isolates readers; the mount holds its packs open) |
 //!
 //! gc needs exclusivity because a running backup reuses chunks that no
 //! committed point references yet (its own freshly committed packs, and old
 //! chunks it deduplicated against); gc would otherwise see them as garbage.
-//! gc waits for running backups; a backup waits for a running gc.
+//! Restore and verify hold it so packs are not rewritten under them. gc
+//! waits for running holders of the shared lock, and they wait for gc.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::io::AsRawFd;
@@ -34,12 +35,19 @@ use crate::store::PackFiles;
 pub const HEADER_FILE: &str = "kluis.vault";
 pub const FORMAT_VERSION: u32 = 1;
 pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
+/// zstd level of new chunks; chosen with scripts/bench.sh (docs/benchmarks.md).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Levels `init` accepts: zstd's fast (negative) levels up to 19.
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=19;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VaultHeader {
     pub format: u32,
     pub id: String,
     pub block_size: u32,
+    /// Compression level for new chunks. Readers don't need it (zstd frames
+    /// decode at any level), so changing it never breaks a vault.
+    pub zstd_level: i32,
 }
 
 impl VaultHeader {
@@ -47,9 +55,10 @@ impl VaultHeader {
     /// kluis-vault 1
     /// id 5f1c…(32 hex)
     /// block-size 65536
+    /// zstd-level 3
     /// ```
     pub fn to_text(&self) -> String {
-        format!("kluis-vault {}\nid {}\nblock-size {}\n", self.format, self.id, self.block_size)
+        format!("kluis-vault {}\nid {}\nblock-size {}\nzstd-level {}\n", self.format, self.id, self.block_size, self.zstd_level)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<VaultHeader> {
@@ -64,10 +73,12 @@ impl VaultHeader {
         }
         let mut id = None;
         let mut block_size = None;
+        let mut zstd_level = DEFAULT_ZSTD_LEVEL;
         for l in lines {
             match l.split_once(' ') {
                 Some(("id", v)) => id = Some(v.to_owned()),
                 Some(("block-size", v)) => block_size = v.parse().ok(),
+                Some(("zstd-level", v)) => zstd_level = v.parse().ok().filter(|l| ZSTD_LEVELS.contains(l)).ok_or_else(bad)?,
                 _ => {} // unknown keys are allowed: newer minor settings
             }
         }
@@ -75,7 +86,7 @@ impl VaultHeader {
         if !block_size.is_power_of_two() || !(4096..=4 << 20).contains(&block_size) {
             return Err(bad());
         }
-        Ok(VaultHeader { format, id: id.ok_or_else(bad)?, block_size })
+        Ok(VaultHeader { format, id: id.ok_or_else(bad)?, block_size, zstd_level })
     }
 }
 
@@ -90,7 +101,7 @@ pub struct Vault {
 }
 
 impl Vault {
-    pub fn init(root: &Path, block_size: u32) -> Result<Vault> {
+    pub fn init(root: &Path, block_size: u32, zstd_level: i32) -> Result<Vault> {
         if root.join(HEADER_FILE).exists() {
             return Err(Error::AlreadyExists(format!("{} is already a kluis vault", root.display())));
         }
@@ -101,7 +112,10 @@ impl Vault {
             return Err(Error::InvalidInput(format!("block size {block_size} must be a power of two between 4096 and 4194304")));
         }
         fs::create_dir_all(root.join("packs/tmp")).ctx(|| format!("create vault {}", root.display()))?;
-        let header = VaultHeader { format: FORMAT_VERSION, id: new_vault_id(), block_size };
+        if !ZSTD_LEVELS.contains(&zstd_level) {
+            return Err(Error::InvalidInput(format!("zstd level {zstd_level} must be between {} and {}", ZSTD_LEVELS.start(), ZSTD_LEVELS.end())));
+        }
+        let header = VaultHeader { format: FORMAT_VERSION, id: new_vault_id(), block_size, zstd_level };
         Catalog::open(&root.join("index.sqlite"), true)?;
         // The header goes last: a directory without it is not a vault, so a
         // crash during init leaves nothing that pretends to be one.
@@ -257,8 +271,12 @@ mod tests {
 
     #[test]
     fn header_golden() {
-        let h = VaultHeader { format: 1, id: "00112233445566778899aabbccddeeff".into(), block_size: 65536 };
-        assert_eq!(h.to_text(), "kluis-vault 1\nid 00112233445566778899aabbccddeeff\nblock-size 65536\n");
+        let h = VaultHeader { format: 1, id: "00112233445566778899aabbccddeeff".into(), block_size: 65536, zstd_level: 3 };
+        assert_eq!(h.to_text(), "kluis-vault 1\nid 00112233445566778899aabbccddeeff\nblock-size 65536\nzstd-level 3\n");
+        // Headers written before the zstd-level line existed read as the default.
+        let old = VaultHeader::parse("kluis-vault 1\nid 00112233445566778899aabbccddeeff\nblock-size 65536\n", Path::new("v")).unwrap();
+        assert_eq!(old.zstd_level, DEFAULT_ZSTD_LEVEL);
+        assert!(VaultHeader::parse("kluis-vault 1\nid x\nblock-size 65536\nzstd-level 99\n", Path::new("v")).is_err());
         assert_eq!(VaultHeader::parse(&h.to_text(), Path::new("v")).unwrap(), h);
         assert!(VaultHeader::parse("kluis-vault 2\nid x\nblock-size 65536\n", Path::new("v")).is_err());
         assert!(VaultHeader::parse("hello", Path::new("v")).is_err());

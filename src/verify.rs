@@ -66,6 +66,8 @@ struct Use {
 }
 
 pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress: &dyn Progress) -> Result<VerifyReport> {
+    // Shared lock: gc waits, so packs don't move while they are checked.
+    let _lock = vault.lock(false, || log::warn!("waiting for a running gc to finish"))?;
     let mut report = VerifyReport::default();
     let points: Vec<PointRow> = match only {
         Some(p) => vec![p.clone()],

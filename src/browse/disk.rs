@@ -59,6 +59,9 @@ fn fetch_via_index(vault: &std::path::Path, index: &Catalog, id: &ChunkId) -> Re
     let mut buf = vec![0u8; FRAME_HEADER_SIZE + loc.stored_len as usize];
     f.read_exact_at(&mut buf, loc.offset).map_err(|e| Error::io(format!("read pack {}", loc.pack), e))?;
     let h = FrameHeader::parse(&buf[..FRAME_HEADER_SIZE], &format_args!("pack {}", loc.pack))?;
+    if h.id != *id {
+        return Err(Error::Corrupt(format!("chunk {id} in pack {}: frame holds chunk {} instead", loc.pack, h.id)));
+    }
     decode_payload(&h, &buf[FRAME_HEADER_SIZE..], &format_args!("pack {}", loc.pack))
 }
 

@@ -48,6 +48,9 @@ pub enum Command {
         /// Block size in bytes (a power of two, 4 KiB to 4 MiB); 64 KiB is the benchmarked default
         #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE)]
         block_size: u32,
+        /// zstd level for new chunks (-7 fastest .. 19 smallest)
+        #[arg(long, default_value_t = kluis::vault::DEFAULT_ZSTD_LEVEL, allow_negative_numbers = true)]
+        zstd_level: i32,
     },
     /// Take a recovery point of all disks (and config files) of ITEM
     Backup {
@@ -155,10 +158,10 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     };
     let bars = progress::Bars::new(!cli.no_progress && !cli.quiet);
     match cli.command {
-        Command::Init { block_size } => {
-            let v = Vault::init(&vault_dir, block_size)?;
-            out.result(&serde_json::json!({"vault": vault_dir, "id": v.header.id, "block_size": block_size}), || {
-                format!("initialized vault {} (block size {block_size})", vault_dir.display())
+        Command::Init { block_size, zstd_level } => {
+            let v = Vault::init(&vault_dir, block_size, zstd_level)?;
+            out.result(&serde_json::json!({"vault": vault_dir, "id": v.header.id, "block_size": block_size, "zstd_level": zstd_level}), || {
+                format!("initialized vault {} (block size {block_size}, zstd level {zstd_level})", vault_dir.display())
             })?;
         }
         Command::Backup { item, disks, configs } => {
@@ -198,7 +201,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let rep = kluis::jobs::run(&vault, "gc", None, |_| kluis::gc::gc(&vault, &bars))?;
             out.result(&rep, || {
                 format!(
-                    "gc: {} chunks removed, {} packs deleted, {} rewritten, {} freed, {} live chunks",
+                    "gc: {} expired points purged, {} chunks removed, {} packs deleted, {} rewritten, {} freed, {} live chunks",
+                    rep.points_purged,
                     rep.chunks_removed,
                     rep.packs_deleted,
                     rep.packs_rewritten,

@@ -58,6 +58,17 @@ pub enum TargetFormat {
     VhdDynamic,
 }
 
+impl TargetFormat {
+    /// The name `--format` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetFormat::Raw => "raw",
+            TargetFormat::VhdFixed => "vhd",
+            TargetFormat::VhdDynamic => "vhd-dynamic",
+        }
+    }
+}
+
 impl std::str::FromStr for TargetFormat {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

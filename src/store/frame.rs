@@ -126,7 +126,19 @@ impl EncodedChunk {
 /// Compresses a chunk with zstd at `level`; keeps the raw bytes when zstd
 /// does not make them smaller (already-compressed data, random pages).
 pub fn encode_chunk(id: ChunkId, kind: ChunkKind, raw: &[u8], level: i32) -> Result<EncodedChunk> {
-    let compressed = zstd::bulk::compress(raw, level)
+    // One compression context per thread and level: creating one costs
+    // about as much as compressing a 64 KiB block.
+    thread_local! {
+        static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+    }
+    let compressed = CCTX
+        .with(|c| {
+            let mut c = c.borrow_mut();
+            if c.as_ref().map(|(l, _)| *l) != Some(level) {
+                *c = Some((level, zstd::bulk::Compressor::new(level)?));
+            }
+            c.as_mut().unwrap().1.compress(raw)
+        })
         .map_err(|e| Error::io(format!("compressing chunk {id}"), e))?;
     let (codec, payload) = if compressed.len() < raw.len() {
         (Codec::Zstd, compressed)
@@ -144,8 +156,19 @@ pub fn encode_chunk(id: ChunkId, kind: ChunkKind, raw: &[u8], level: i32) -> Res
 pub fn decode_payload(h: &FrameHeader, payload: &[u8], what: &dyn std::fmt::Display) -> Result<Vec<u8>> {
     let raw = match h.codec {
         Codec::Stored => payload.to_vec(),
-        Codec::Zstd => zstd::bulk::decompress(payload, h.raw_len as usize)
-            .map_err(|e| Error::Corrupt(format!("chunk {} in {what}: cannot decompress: {e}", h.id)))?,
+        Codec::Zstd => {
+            thread_local! {
+                static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+            }
+            DCTX.with(|d| {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = Some(zstd::bulk::Decompressor::new()?);
+                }
+                d.as_mut().unwrap().decompress(payload, h.raw_len as usize)
+            })
+            .map_err(|e| Error::Corrupt(format!("chunk {} in {what}: cannot decompress: {e}", h.id)))?
+        }
     };
     if raw.len() != h.raw_len as usize {
         return Err(Error::Corrupt(format!("chunk {} in {what}: length {} != {}", h.id, raw.len(), h.raw_len)));

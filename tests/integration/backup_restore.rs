@@ -104,13 +104,14 @@ fn multi_disk_item_backs_up_and_restores_every_point_exactly() {
 }
 
 #[test]
-fn time_selectors_name_points_within_one_second() {
+fn time_selectors_and_names_of_points_taken_in_one_second() {
     let mut rng = rng("time_selectors");
     let mut env = Env::new();
     let disk = env.path("os.raw");
     random_file(&disk, 200 * KIB, &mut rng);
-    // Three points in the same second (the clock is pinned; kluis keeps them
-    // strictly ordered by a millisecond each), then one an hour later.
+    // Three backups within one second (the clock is pinned): each point gets
+    // its own whole second, so every name is unique and stable. Then one an
+    // hour later.
     env.set_env("KLUIS_NOW", "2026-03-01T10:00:00.500Z");
     let mut pts = Vec::new();
     let mut hashes = Vec::new();
@@ -119,24 +120,33 @@ fn time_selectors_name_points_within_one_second() {
         hashes.push(hash_file(&disk));
         pts.push(env.backup("vm", &[("os", disk.as_path())], &[]));
     }
-    env.set_env("KLUIS_NOW", "2026-03-01T11:00:00Z");
+    env.set_env("KLUIS_NOW", "2026-03-01T11:00:00.250Z");
     random_writes(&disk, &mut rng, 3, 1000);
     hashes.push(hash_file(&disk));
     pts.push(env.backup("vm", &[("os", disk.as_path())], &[]));
 
     let names: Vec<&str> = pts.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["2026-03-01T10:00:00Z", "2026-03-01T10:00:00.501Z", "2026-03-01T10:00:00.502Z", "2026-03-01T11:00:00Z"]);
+    assert_eq!(names, ["2026-03-01T10:00:00Z", "2026-03-01T10:00:01Z", "2026-03-01T10:00:02Z", "2026-03-01T11:00:00Z"]);
     // Each listed name selects its own point.
     for (p, h) in pts.iter().zip(&hashes) {
         assert_eq!(&env.restore_hash(&format!("vm@{}", p.name), "os"), h, "vm@{}", p.name);
     }
     // A time between points selects the newest point at or before it.
     assert_eq!(env.restore_hash("vm@2026-03-01T10:30:00Z", "os"), hashes[2]);
+    assert_eq!(env.restore_hash("vm@2026-03-01T10:00:01.999Z", "os"), hashes[1]);
     assert_eq!(env.restore_hash("vm@2026-03-01T12:00:00Z", "os"), hashes[3]);
     // A time before the first point selects nothing.
     let f = env.fail(&["restore", "vm@2026-03-01T09:00:00Z", "--disk", "os", "--to", "x.raw"]);
     f.one_error_line();
     assert!(!env.path("x.raw").exists());
+
+    // Names do not move when a neighbour goes.
+    env.ok(&["delete", "vm@2026-03-01T10:00:01Z"]);
+    let after: Vec<String> = env.points(Some("vm")).into_iter().map(|p| p.name).collect();
+    assert_eq!(after, ["2026-03-01T10:00:00Z", "2026-03-01T10:00:02Z", "2026-03-01T11:00:00Z"]);
+    assert_eq!(env.restore_hash("vm@2026-03-01T10:00:02Z", "os"), hashes[2]);
+    // ...and a deleted point's time now selects the one before it.
+    assert_eq!(env.restore_hash("vm@2026-03-01T10:00:01Z", "os"), hashes[0]);
 }
 
 #[test]

@@ -18,7 +18,7 @@ struct Want {
 
 /// How a run ended.
 enum End {
-    Killed(Duration),
+    Killed,
     Exited(Duration),
 }
 
@@ -44,8 +44,8 @@ fn kill_after(mut child: Child, delay: Duration, what: &str) -> End {
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     match out.status.code() {
-        None => End::Killed(at), // died of the signal
-        Some(0) => End::Exited(at),
+        None => End::Killed, // died of the signal
+        Some(0) => End::Exited(at), // finished between the last poll and the kill
         Some(c) => panic!("{what} exited {c} just before the kill:\n{}{}", text(&out.stdout), text(&out.stderr)),
     }
 }
@@ -107,6 +107,15 @@ impl Crash {
         ids
     }
 
+    /// Every file under VAULT/packs (finished and temporary): a kill that
+    /// changed this landed while the run was writing.
+    fn pack_listing(&self) -> Vec<std::path::PathBuf> {
+        let mut v = pack_files(&self.env.vault);
+        v.extend(temp_packs(&self.env.vault));
+        v.sort();
+        v
+    }
+
     fn check_point(&self, id: &str, what: &str) {
         let w = &self.want[id];
         let sel = format!("vm@{id}");
@@ -148,6 +157,8 @@ fn killed_backups_and_gcs_leave_every_point_intact() {
     eprintln!("{t}: backup takes ~{:.3}s, gc ~{:.3}s", est_backup.0, est_gc.0);
 
     let (mut kills_backup, mut kills_gc, mut done_backup, mut done_gc) = (0usize, 0usize, 0usize, 0usize);
+    // Kills that landed after the run had changed the packs directory.
+    let (mut mid_backup, mut mid_gc) = (0usize, 0usize);
     let mut iter = 0usize;
     while kills_backup + kills_gc < kills_wanted {
         iter += 1;
@@ -165,8 +176,12 @@ fn killed_backups_and_gcs_leave_every_point_intact() {
             }
             what = format!("gc run {iter}");
             let delay = if leave_alone { Duration::from_secs(600) } else { est_gc.pick(&mut c.rng) };
+            let before = c.pack_listing();
             match kill_after(c.env.spawn(&["gc"]), delay, &what) {
-                End::Killed(_) => kills_gc += 1,
+                End::Killed => {
+                    kills_gc += 1;
+                    mid_gc += (c.pack_listing() != before) as usize;
+                }
                 End::Exited(d) => {
                     done_gc += 1;
                     est_gc.add(d);
@@ -179,8 +194,12 @@ fn killed_backups_and_gcs_leave_every_point_intact() {
             candidate = Some(c.current());
             what = format!("backup run {iter}");
             let delay = if leave_alone { Duration::from_secs(600) } else { est_backup.pick(&mut c.rng) };
+            let before = c.pack_listing();
             match kill_after(c.env.spawn(&c.backup_args()), delay, &what) {
-                End::Killed(_) => kills_backup += 1,
+                End::Killed => {
+                    kills_backup += 1;
+                    mid_backup += (c.pack_listing() != before) as usize;
+                }
                 End::Exited(d) => {
                     done_backup += 1;
                     est_backup.add(d);
@@ -195,10 +214,13 @@ fn killed_backups_and_gcs_leave_every_point_intact() {
         c.env.verify_clean(iter % 10 == 5);
     }
     eprintln!(
-        "{t}: {iter} runs: killed {kills_backup} backups and {kills_gc} gcs, {done_backup} backups and {done_gc} gcs completed; {} points; {:.1}s",
+        "{t}: {iter} runs: killed {kills_backup} backups ({mid_backup} while writing packs) and {kills_gc} gcs ({mid_gc} after changing packs), \
+         {done_backup} backups and {done_gc} gcs completed; {} points; {:.1}s",
         c.want.len(),
         started.elapsed().as_secs_f64()
     );
+    // The kills must spread over the runs, not all land before any work.
+    assert!(mid_backup * 3 >= kills_backup, "only {mid_backup} of {kills_backup} backup kills landed while packs were written");
 
     // Every point, then a fresh backup, a full gc and a clean read of everything.
     let ids: Vec<String> = c.want.keys().cloned().collect();
