@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
-use crate::catalog::PointRow;
+use crate::catalog::{Catalog, ChunkLocation, PointRow};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::image::{vhd, TargetFormat};
 use crate::progress::Progress;
-use crate::recovery_point::{ChunkFetcher, DiskReader, FANOUT};
+use crate::recovery_point::{DiskReader, FANOUT};
 use crate::vault::Vault;
 
 #[derive(Debug, serde::Serialize)]
@@ -92,12 +92,12 @@ pub fn restore(
             if !is_device {
                 out.set_len(size).ctx(|| format!("size {}", tmp.display()))?;
             }
-            write_blocks(&reader, vault.fetcher()?, &out, is_device, progress, cancel)?
+            write_blocks(vault, &reader, &out, is_device, progress, cancel)?
         }
         TargetFormat::VhdFixed => {
             let data = vhd::vhd_data_size(size);
             out.set_len(data + vhd::FOOTER_SIZE).ctx(|| format!("size {}", tmp.display()))?;
-            let n = write_blocks(&reader, vault.fetcher()?, &out, false, progress, cancel)?;
+            let n = write_blocks(vault, &reader, &out, false, progress, cancel)?;
             let (uid, ts) = vhd_identity(point, disk);
             out.write_all_at(&vhd::fixed_footer(size, uid, ts), data).ctx(|| format!("write {}", tmp.display()))?;
             n + vhd::FOOTER_SIZE
@@ -174,9 +174,13 @@ pub fn data_ranges(reader: &DiskReader) -> Result<Vec<std::ops::Range<u64>>> {
 
 /// Writes every non-zero block at its offset (and zero blocks too when
 /// `write_zeros`, for devices that may hold old data). Returns bytes written.
+///
+/// This thread walks the map and looks every chunk up in one read
+/// transaction (one SQLite snapshot, no per-statement locking); workers get
+/// ready locations and only read, check, decompress and pwrite.
 fn write_blocks(
+    vault: &Vault,
     reader: &DiskReader,
-    fetch: Arc<dyn ChunkFetcher>,
     out: &File,
     write_zeros: bool,
     progress: &dyn Progress,
@@ -187,22 +191,22 @@ fn write_blocks(
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
     let written = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
-    let (tx, rx) = bounded::<(u64, ChunkId)>(workers * 8);
+    let index = Catalog::open_reader(&vault.index_path())?;
+    let packs = vault.packs();
+    let (tx, rx) = bounded::<(u64, ChunkId, Option<ChunkLocation>)>(workers * 16);
     std::thread::scope(|s| -> Result<()> {
         let mut handles = Vec::new();
         for _ in 0..workers {
             let rx = rx.clone();
-            let fetch = fetch.clone();
             let (written, failed) = (&written, &failed);
             handles.push(s.spawn(move || -> Result<()> {
                 let zeros = vec![0u8; bs as usize];
-                for (index, id) in rx.iter() {
+                for (index, id, loc) in rx.iter() {
                     let off = index * bs;
                     let len = bs.min(size - off) as usize;
-                    let r = if id.is_zero() {
-                        out.write_all_at(&zeros[..len], off)
-                    } else {
-                        match fetch.fetch(&id) {
+                    let r = match loc {
+                        None => out.write_all_at(&zeros[..len], off),
+                        Some(loc) => match packs.read_chunk(&loc.pack, loc.offset, loc.stored_len, id) {
                             Ok(data) => out.write_all_at(&data, off),
                             Err(e) => {
                                 failed.store(true, Ordering::Relaxed);
@@ -211,7 +215,7 @@ fn write_blocks(
                                     e => e,
                                 });
                             }
-                        }
+                        },
                     };
                     if let Err(e) = r {
                         failed.store(true, Ordering::Relaxed);
@@ -224,11 +228,12 @@ fn write_blocks(
         }
         drop(rx);
         let walk = || -> Result<()> {
+            let _snapshot = index.conn().unchecked_transaction()?;
             for page in 0..blocks.div_ceil(FANOUT as u64) {
                 let ids = reader.map().leaf(page)?;
                 for (i, id) in ids.iter().enumerate() {
-                    let index = page * FANOUT as u64 + i as u64;
-                    if index >= blocks {
+                    let index_no = page * FANOUT as u64 + i as u64;
+                    if index_no >= blocks {
                         break;
                     }
                     if cancel.load(Ordering::Relaxed) {
@@ -238,11 +243,18 @@ fn write_blocks(
                         return Ok(());
                     }
                     if !id.is_zero() || write_zeros {
-                        if tx.send((index, *id)).is_err() {
+                        let loc = if id.is_zero() {
+                            None
+                        } else {
+                            Some(index.chunk_location(id)?.ok_or_else(|| {
+                                Error::Corrupt(format!("chunk {id} (disk bytes {}..) is referenced but missing from the index", index_no * bs))
+                            })?)
+                        };
+                        if tx.send((index_no, *id, loc)).is_err() {
                             return Ok(());
                         }
                     }
-                    progress.advance(bs.min(size - index * bs));
+                    progress.advance(bs.min(size - index_no * bs));
                 }
             }
             Ok(())

@@ -130,6 +130,7 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
     // 2. Every point's tree against the index; record where each chunk is used.
     let fetch = vault.fetcher()?;
     let index = crate::catalog::Catalog::open_reader(&vault.index_path())?;
+    let _snapshot = index.conn().unchecked_transaction()?;
     let mut uses: HashMap<ChunkId, Vec<Use>> = HashMap::new();
     let mut referenced: HashSet<ChunkId> = HashSet::new();
     let interesting = |id: &ChunkId, damaged: &HashMap<ChunkId, (String, String)>| damaged.contains_key(id);

@@ -82,6 +82,8 @@ impl OpenDisk {
     }
 
     fn try_open(vault: &std::path::Path, index: &Catalog, entry: &DiskEntry) -> Result<(Vec<ChunkId>, Locations)> {
+        // One snapshot for all lookups: consistent, and no locking per statement.
+        let _snapshot = index.conn().unchecked_transaction()?;
         let blocks = collect_blocks(entry.depth, entry.root_id()?, entry.blocks(), &mut |id| fetch_via_index(vault, index, id))?;
         let mut by_id = HashMap::new();
         let mut pack_index: HashMap<String, u32> = HashMap::new();
