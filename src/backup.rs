@@ -42,8 +42,8 @@ use crate::vault::Vault;
 
 /// Largest configuration file accepted (they are libvirt XMLs and the like).
 const MAX_CONFIG_BYTES: u64 = 64 << 20;
-/// Blocks in flight between the reader and the workers, per worker.
-const QUEUE_PER_WORKER: usize = 16;
+/// Runs of blocks in flight between the reader and the workers, per worker.
+const QUEUE_PER_WORKER: usize = 4;
 
 #[derive(Clone, Debug, Default)]
 pub struct BackupRequest {
@@ -209,16 +209,27 @@ impl PackSink<'_> {
     }
 }
 
+/// Blocks travel between threads in runs of this many, so that channel
+/// hand-offs and read syscalls are per MiB rather than per block.
+const BATCH: u64 = 16;
+
+/// A run of consecutive blocks `first..first + prev.len()`.
 struct Job {
-    index: u64,
-    data: Option<Vec<u8>>, // None: the block lies in a hole
-    prev: ChunkId,
+    first: u64,
+    /// The bytes of blocks `data_from..` of the run up to the last block
+    /// with data; empty when the whole run lies in holes.
+    data: Vec<u8>,
+    data_from: usize,
+    /// Per block: does it touch a data range of the source (else it is a hole).
+    has_data: Vec<bool>,
+    /// Per block: its id in the previous point.
+    prev: Vec<ChunkId>,
 }
 
 struct Done {
-    index: u64,
-    id: ChunkId,
-    encoded: Option<EncodedChunk>,
+    first: u64,
+    ids: Vec<ChunkId>,
+    encoded: Vec<EncodedChunk>,
 }
 
 pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cancel: &AtomicBool) -> Result<BackupReport> {
@@ -392,32 +403,41 @@ fn backup_disk(
     let (free_tx, free_rx) = bounded::<Vec<u8>>(opts.workers * QUEUE_PER_WORKER * 2 + 8);
 
     let result = std::thread::scope(|s| -> Result<(DiskEntry, DiskStats)> {
-        // Reader: blocks in order, holes without I/O.
+        // Reader: runs of blocks in order, one read per run, holes without I/O.
         let reader = s.spawn(|| -> Result<u64> {
             let job_tx = job_tx;
             let mut read = 0u64;
-            for index in 0..blocks {
+            let mut first = 0u64;
+            while first < blocks {
                 if cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                     return Ok(read);
                 }
-                let start = index * bs;
-                let len = bs.min(size - start);
-                let prev_id = match &prev {
-                    Some(m) if index < m.blocks() => m.block(index)?,
-                    _ => ChunkId::ZERO,
-                };
-                let data = if holes.block_has_data(start, start + len) {
-                    let mut buf = free_rx.try_recv().unwrap_or_default();
-                    buf.resize(len as usize, 0);
-                    source.read_at(&mut buf, start)?;
-                    read += len;
-                    Some(buf)
-                } else {
-                    None
-                };
-                if job_tx.send(Job { index, data, prev: prev_id }).is_err() {
+                let n = BATCH.min(blocks - first);
+                let mut has_data = Vec::with_capacity(n as usize);
+                let mut prev_ids = Vec::with_capacity(n as usize);
+                for index in first..first + n {
+                    let start = index * bs;
+                    has_data.push(holes.block_has_data(start, (start + bs).min(size)));
+                    prev_ids.push(match &prev {
+                        Some(m) if index < m.blocks() => m.block(index)?,
+                        _ => ChunkId::ZERO,
+                    });
+                }
+                let mut data = Vec::new();
+                let mut data_from = 0;
+                if let (Some(a), Some(b)) = (has_data.iter().position(|&d| d), has_data.iter().rposition(|&d| d)) {
+                    let start = (first + a as u64) * bs;
+                    let end = ((first + b as u64 + 1) * bs).min(size);
+                    data = free_rx.try_recv().unwrap_or_default();
+                    data.resize((end - start) as usize, 0);
+                    source.read_at(&mut data, start)?;
+                    read += end - start;
+                    data_from = a;
+                }
+                if job_tx.send(Job { first, data, data_from, has_data, prev: prev_ids }).is_err() {
                     break;
                 }
+                first += n;
             }
             Ok(read)
         });
@@ -437,7 +457,7 @@ fn backup_disk(
                         return;
                     }
                 };
-                worker(&index, &pending, level, job_rx, done_tx, free_tx, failed);
+                worker(&index, &pending, level, bs as usize, job_rx, done_tx, free_tx, failed);
             });
         }
         drop((job_rx, done_tx, free_tx));
@@ -446,22 +466,25 @@ fn backup_disk(
         let index = Catalog::open_reader(&vault.index_path())?;
         let mut builder = MapBuilder::new(blocks);
         // Results arrive out of order; the map takes ids in block order.
-        let mut ready: HashMap<u64, ChunkId> = HashMap::new();
+        let mut ready: HashMap<u64, Vec<ChunkId>> = HashMap::new();
         let mut next = 0u64;
         let (mut changed, mut new_bytes) = (0u64, 0u64);
         let mut step = |msg: Result<Done>, sink: &mut PackSink| -> Result<()> {
             let d = msg?;
-            if let Some(enc) = d.encoded {
+            for enc in &d.encoded {
                 changed += 1;
                 new_bytes += enc.header.raw_len as u64;
-                sink.append(&enc)?;
+                sink.append(enc)?;
             }
-            ready.insert(d.index, d.id);
-            while let Some(id) = ready.remove(&next) {
-                builder.push(id, &mut |page: &[u8]| sink.put(ChunkKind::MapPage, page, &index))?;
-                next += 1;
+            let covered = ((d.first + d.ids.len() as u64) * bs).min(size) - d.first * bs;
+            ready.insert(d.first, d.ids);
+            while let Some(ids) = ready.remove(&next) {
+                next += ids.len() as u64;
+                for id in ids {
+                    builder.push(id, &mut |page: &[u8]| sink.put(ChunkKind::MapPage, page, &index))?;
+                }
             }
-            progress.advance(bs);
+            progress.advance(covered);
             Ok(())
         };
         let mut outcome: Result<()> = Ok(());
@@ -502,10 +525,12 @@ fn backup_disk(
     Ok(result)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn worker(
     index: &Catalog,
     pending: &Pending,
     level: i32,
+    bs: usize,
     jobs: Receiver<Job>,
     done: Sender<Result<Done>>,
     free: Sender<Vec<u8>>,
@@ -513,19 +538,33 @@ fn worker(
 ) {
     for job in jobs.iter() {
         let r = (|| -> Result<Done> {
-            let Some(data) = job.data else {
-                return Ok(Done { index: job.index, id: ChunkId::ZERO, encoded: None });
-            };
-            let id = if is_all_zero(&data) { ChunkId::ZERO } else { ChunkId::of(&data) };
-            let mut encoded = None;
-            if !id.is_zero() && id != job.prev && !pending.0.lock().unwrap().contains(&id) && !index.has_chunk(&id)? {
-                // Claim it so that another worker with the same content skips it.
-                if pending.0.lock().unwrap().insert(id) {
-                    encoded = Some(encode_chunk(id, ChunkKind::Data, &data, level)?);
+            let mut ids = Vec::with_capacity(job.prev.len());
+            let mut encoded = Vec::new();
+            // One snapshot per run: its lookups skip SQLite's per-statement
+            // locking. A chunk committed (and so dropped from `pending`)
+            // during the run may be stored twice; the index keeps the first
+            // copy and gc drops the other.
+            let _snapshot = index.conn().unchecked_transaction()?;
+            for (i, &has_data) in job.has_data.iter().enumerate() {
+                if !has_data {
+                    ids.push(ChunkId::ZERO);
+                    continue;
                 }
+                let from = (i - job.data_from) * bs;
+                let data = &job.data[from..(from + bs).min(job.data.len())];
+                let id = if is_all_zero(data) { ChunkId::ZERO } else { ChunkId::of(data) };
+                if !id.is_zero() && id != job.prev[i] && !pending.0.lock().unwrap().contains(&id) && !index.has_chunk(&id)? {
+                    // Claim it so that another worker with the same content skips it.
+                    if pending.0.lock().unwrap().insert(id) {
+                        encoded.push(encode_chunk(id, ChunkKind::Data, data, level)?);
+                    }
+                }
+                ids.push(id);
             }
-            let _ = free.try_send(data);
-            Ok(Done { index: job.index, id, encoded })
+            if !job.data.is_empty() {
+                let _ = free.try_send(job.data);
+            }
+            Ok(Done { first: job.first, ids, encoded })
         })();
         if r.is_err() {
             failed.store(true, Ordering::Relaxed);
