@@ -50,7 +50,11 @@ impl Error {
     }
     /// True when the underlying cause is a full disk, so callers can say so plainly.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        match self {
+            Error::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => e.code == rusqlite::ErrorCode::DiskFull,
+            _ => false,
+        }
     }
 }
 

@@ -74,6 +74,14 @@ pub fn live_chunks(vault: &Vault) -> Result<HashSet<ChunkId>> {
 pub fn gc(vault: &Vault, progress: &dyn Progress) -> Result<GcReport> {
     let started = Instant::now();
     let _lock = vault.lock(true, || log::warn!("waiting for running backups to finish before gc"))?;
+    // Room to work on a full filesystem; taken back when done, even on error.
+    vault.release_reserve();
+    let result = collect(vault, progress, started);
+    vault.ensure_reserve();
+    result
+}
+
+fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<GcReport> {
     let mut report = GcReport::default();
 
     // 0. Soft-deleted points past the window.

@@ -35,6 +35,11 @@ use crate::store::PackFiles;
 pub const HEADER_FILE: &str = "kluis.vault";
 pub const FORMAT_VERSION: u32 = 1;
 pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
+/// `VAULT/reserve`: space held back so that gc can always run, even after a
+/// backup filled the filesystem to the last byte (SQLite needs room for its
+/// log to delete anything). gc releases it first and takes it back last.
+pub const RESERVE_FILE: &str = "reserve";
+pub const RESERVE_BYTES: usize = 1 << 20;
 /// zstd level of new chunks; chosen with scripts/bench.sh (docs/benchmarks.md).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Levels `init` accepts: zstd's fast (negative) levels up to 19.
@@ -124,7 +129,9 @@ impl Vault {
         File::open(&tmp).and_then(|f| f.sync_all()).ctx(|| format!("fsync {}", tmp.display()))?;
         fs::rename(&tmp, root.join(HEADER_FILE)).ctx(|| format!("write {}", root.display()))?;
         File::open(root).and_then(|d| d.sync_all()).ctx(|| format!("fsync {}", root.display()))?;
-        Vault::open(root)
+        let vault = Vault::open(root)?;
+        vault.ensure_reserve();
+        Ok(vault)
     }
 
     pub fn open(root: &Path) -> Result<Vault> {
@@ -160,6 +167,29 @@ impl Vault {
 
     pub fn packs(&self) -> &Arc<PackFiles> {
         &self.packs
+    }
+
+    /// Makes sure the reserve exists; best effort (a full disk is exactly
+    /// when it can't be made, and that must not fail the caller).
+    pub fn ensure_reserve(&self) {
+        let path = self.root.join(RESERVE_FILE);
+        if fs::metadata(&path).map(|m| m.len() as usize == RESERVE_BYTES).unwrap_or(false) {
+            return;
+        }
+        // Real zeros, not a hole: the blocks must be allocated to be worth anything.
+        let tmp = self.root.join(format!("{RESERVE_FILE}.tmp"));
+        let made = fs::write(&tmp, vec![0u8; RESERVE_BYTES])
+            .and_then(|_| File::open(&tmp)?.sync_all())
+            .and_then(|_| fs::rename(&tmp, &path));
+        if let Err(e) = made {
+            let _ = fs::remove_file(&tmp);
+            log::warn!("cannot set aside {} KiB of reserve space in {}: {e}", RESERVE_BYTES >> 10, self.root.display());
+        }
+    }
+
+    /// Frees the reserve (see [`RESERVE_FILE`]).
+    pub fn release_reserve(&self) {
+        let _ = fs::remove_file(self.root.join(RESERVE_FILE));
     }
 
     /// Takes the vault lock, shared or exclusive, waiting for it; `on_wait`

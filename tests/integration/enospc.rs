@@ -69,14 +69,10 @@ fn full_vault_fails_cleanly_with_small_packs() {
     fill_the_vault(Some("1048576"));
 }
 
-/// Known bug: with small packs the failed backup leaves committed (unreferenced)
-/// packs that fill the filesystem to the last page, and the temp pack it
-/// frees is too small for SQLite to grow its WAL, so `gc` itself fails with
-/// "index database: database or disk is full" (about 8 runs in 10) and the
-/// vault cannot be cleaned without freeing space elsewhere. Needs a space
-/// reserve (or similar) in the vault.
+/// With small packs the failed backup leaves committed (unreferenced) packs
+/// that fill the filesystem to the last page; gc must still run (it frees
+/// the vault's reserve file first, so SQLite has room for its log).
 #[test]
-#[ignore = "known bug: gc cannot run on a vault filled to the last page (SQLITE_FULL)"]
 fn full_vault_fails_cleanly_with_tiny_packs() {
     fill_the_vault(Some("131072"));
 }
