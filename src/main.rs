@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Err(kluis::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             if e.is_no_space() {
-                eprintln!("kluis: error: {e} (the vault's filesystem is full; earlier recovery points are intact, run `kluis gc` after freeing space)");
+                eprintln!("kluis: error: {e} (the vault's filesystem is full; earlier recovery points are intact; `kluis gc` reclaims what the failed run left)");
             } else {
                 eprintln!("kluis: error: {e}");
             }

@@ -129,18 +129,18 @@ impl OpenDisk {
         if id.is_zero() {
             return Ok(None);
         }
-        if let Some(d) = self.cache.get(&id) {
-            return Ok(Some(d));
-        }
-        let data = Arc::new(self.locs.read(&id).map_err(|e| {
-            let s = index * self.block_size();
-            let msg = format!("disk {} bytes {s}..{}: {e}", self.entry.name, (s + self.block_size()).min(self.size()));
-            match e {
-                Error::Io { source, .. } => Error::io(msg, source),
-                _ => Error::Corrupt(msg),
-            }
-        })?);
-        self.cache.insert(id, data.clone());
+        // Concurrent misses on one chunk (a FUSE thread and a readahead
+        // thread, say) wait for a single load instead of each decompressing.
+        let data = self.cache.get_or_insert_with(&id, || {
+            self.locs.read(&id).map(Arc::new).map_err(|e| {
+                let s = index * self.block_size();
+                let msg = format!("disk {} bytes {s}..{}: {e}", self.entry.name, (s + self.block_size()).min(self.size()));
+                match e {
+                    Error::Io { source, .. } => Error::io(msg, source),
+                    _ => Error::Corrupt(msg),
+                }
+            })
+        })?;
         Ok(Some(data))
     }
 

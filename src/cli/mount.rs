@@ -40,6 +40,7 @@ pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, out: &Out) -> Res
     config.clone_fd = true;
     let session = fuser::spawn_mount(KluisFs::new(tree), mountpoint, &config)
         .map_err(|e| Error::io(format!("cannot mount at {}", mountpoint.display()), e))?;
+    raise_readahead(mountpoint);
     out.result(&serde_json::json!({"mounted": mountpoint, "vault": vault}), || {
         format!("mounted {} at {}; `kluis umount {}` or Ctrl-C to stop", vault.display(), mountpoint.display(), mountpoint.display())
     })?;
@@ -55,6 +56,20 @@ pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, out: &Out) -> Res
             return session.umount_and_join().map_err(|e| Error::io(format!("unmount {}", mountpoint.display()), e));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The kernel caps a FUSE mount's readahead at the default 128 KiB whatever
+/// INIT negotiated; root may raise it through the mount's bdi so that
+/// sequential reads arrive as 1 MiB requests. Best effort: without it reads
+/// are just smaller.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else { return };
+    let dev = meta.dev();
+    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    if let Err(e) = std::fs::write(&path, format!("{}", kluis::fuse::MAX_READ / 1024)) {
+        log::info!("readahead stays at the kernel default ({path}: {e})");
     }
 }
 
