@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
-use crate::recovery_point::{collect_blocks, DiskEntry};
+use crate::recovery_point::{collect_blocks, copy_blocks, DiskEntry};
 use crate::store::{decode_payload, pack_path, FrameHeader, FRAME_HEADER_SIZE};
 
 /// Decompressed chunks shared by all open disks of a mount.
@@ -151,24 +151,7 @@ impl OpenDisk {
 
     /// Reads up to `buf.len()` bytes at `offset`; short only at the end.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        let size = self.size();
-        if offset >= size {
-            return Ok(0);
-        }
-        let len = buf.len().min((size - offset) as usize);
-        let bs = self.block_size();
-        let mut done = 0;
-        while done < len {
-            let pos = offset + done as u64;
-            let (index, within) = (pos / bs, (pos % bs) as usize);
-            let n = (bs as usize - within).min(len - done);
-            match self.block(index)? {
-                None => buf[done..done + n].fill(0),
-                Some(d) => buf[done..done + n].copy_from_slice(&d[within..within + n]),
-            }
-            done += n;
-        }
-        Ok(len)
+        copy_blocks(buf, offset, self.size(), self.block_size(), &mut |i| self.block(i))
     }
 
     /// SEEK_DATA / SEEK_HOLE over the block map: the first offset ≥ `from`

@@ -4,7 +4,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{now_ms, Catalog, JobRow};
+use super::{job_row, now_ms, Catalog, JobRow, JOB_COLUMNS};
 use crate::error::Result;
 
 /// A protected item: its name, policy and definition (JSON, see
@@ -117,25 +117,10 @@ impl Catalog {
     /// The newest job of `kind` (any kind if None) for `item`, any status.
     pub fn last_job(&self, item: &str, kind: Option<&str>) -> Result<Option<JobRow>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT id, kind, item, started_ms, ended_ms, status, bytes_read, bytes_stored, error, detail, pid FROM jobs
-             WHERE item = ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id DESC LIMIT 1",
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE item = ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id DESC LIMIT 1"),
         )?;
         Ok(st
-            .query_row(params![item, kind], |r| {
-                Ok(JobRow {
-                    id: r.get(0)?,
-                    kind: r.get(1)?,
-                    item: r.get(2)?,
-                    started_ms: r.get(3)?,
-                    ended_ms: r.get(4)?,
-                    status: r.get(5)?,
-                    bytes_read: r.get(6)?,
-                    bytes_stored: r.get(7)?,
-                    error: r.get(8)?,
-                    detail: r.get(9)?,
-                    pid: r.get(10)?,
-                })
-            })
+            .query_row(params![item, kind], job_row)
             .optional()?)
     }
 

@@ -69,6 +69,25 @@ pub struct JobRow {
     pub pid: Option<i64>,
 }
 
+/// The columns [`job_row`] reads, in its order.
+pub(crate) const JOB_COLUMNS: &str = "id, kind, item, started_ms, ended_ms, status, bytes_read, bytes_stored, error, detail, pid";
+
+pub(crate) fn job_row(r: &rusqlite::Row) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        item: r.get(2)?,
+        started_ms: r.get(3)?,
+        ended_ms: r.get(4)?,
+        status: r.get(5)?,
+        bytes_read: r.get(6)?,
+        bytes_stored: r.get(7)?,
+        error: r.get(8)?,
+        detail: r.get(9)?,
+        pid: r.get(10)?,
+    })
+}
+
 pub struct Catalog {
     conn: Connection,
 }
@@ -249,23 +268,11 @@ impl Catalog {
     /// (failed, interrupted, died, warning) and are not running.
     pub fn jobs(&self, item: Option<&str>, failed_only: bool) -> Result<Vec<JobRow>> {
         let mut st = self.conn.prepare(
-            "SELECT id, kind, item, started_ms, ended_ms, status, bytes_read, bytes_stored, error, detail, pid FROM jobs
-             WHERE (?1 IS NULL OR item = ?1) AND (NOT ?2 OR status NOT IN ('ok', 'running')) ORDER BY id",
+            &format!("SELECT {JOB_COLUMNS} FROM jobs
+             WHERE (?1 IS NULL OR item = ?1) AND (NOT ?2 OR status NOT IN ('ok', 'running')) ORDER BY id"),
         )?;
         let rows = st.query_map(params![item, failed_only], |r| {
-            Ok(JobRow {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                item: r.get(2)?,
-                started_ms: r.get(3)?,
-                ended_ms: r.get(4)?,
-                status: r.get(5)?,
-                bytes_read: r.get(6)?,
-                bytes_stored: r.get(7)?,
-                error: r.get(8)?,
-                detail: r.get(9)?,
-                pid: r.get(10)?,
-            })
+            job_row(r)
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }

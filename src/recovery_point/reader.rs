@@ -45,27 +45,38 @@ impl DiskReader {
 
     /// Fills `buf` from `offset`; returns the bytes read (short only at the end of the disk).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        let size = self.size();
-        if offset >= size {
-            return Ok(0);
-        }
-        let len = buf.len().min((size - offset) as usize);
-        let bs = self.block_size();
-        let mut done = 0usize;
-        while done < len {
-            let pos = offset + done as u64;
-            let (index, within) = (pos / bs, (pos % bs) as usize);
-            let n = (bs as usize - within).min(len - done);
+        copy_blocks(buf, offset, self.size(), self.block_size(), &mut |index| {
             let id = self.map.block(index)?;
-            let out = &mut buf[done..done + n];
-            if id.is_zero() {
-                out.fill(0);
-            } else {
-                let data = self.fetch.fetch(&id)?;
-                out.copy_from_slice(&data[within..within + n]);
-            }
-            done += n;
-        }
-        Ok(len)
+            if id.is_zero() { Ok(None) } else { self.fetch.fetch(&id).map(Some) }
+        })
     }
+}
+
+/// Copies a disk's bytes from `offset` into `buf`, block by block, where
+/// `block(index)` gives a block's bytes or None for a hole (zeros). Returns
+/// the bytes copied: `buf.len()`, or fewer at the disk's end (`size`).
+pub fn copy_blocks(
+    buf: &mut [u8],
+    offset: u64,
+    size: u64,
+    block_size: u64,
+    block: &mut dyn FnMut(u64) -> Result<Option<Arc<Vec<u8>>>>,
+) -> Result<usize> {
+    if offset >= size {
+        return Ok(0);
+    }
+    let len = buf.len().min((size - offset) as usize);
+    let mut done = 0usize;
+    while done < len {
+        let pos = offset + done as u64;
+        let (index, within) = (pos / block_size, (pos % block_size) as usize);
+        let n = (block_size as usize - within).min(len - done);
+        let out = &mut buf[done..done + n];
+        match block(index)? {
+            None => out.fill(0),
+            Some(data) => out.copy_from_slice(&data[within..within + n]),
+        }
+        done += n;
+    }
+    Ok(len)
 }
