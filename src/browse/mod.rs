@@ -431,7 +431,7 @@ impl VaultTree {
                     DiskFormat::Raw => None,
                     DiskFormat::Vhd => {
                         let (uid, ts) = crate::restore::vhd_identity(&p.row, name);
-                        Some(vhd::fixed_footer(disk.size(), uid, ts))
+                        Some(Box::new(vhd::fixed_footer(disk.size(), uid, ts)))
                     }
                 };
                 Ok(Handle::Disk(DiskHandle { disk, footer, next: AtomicU64::new(u64::MAX), prefetch: self.prefetch.clone() }))
@@ -482,7 +482,7 @@ fn point_json(p: &Arc<PointInfo>) -> String {
 pub struct DiskHandle {
     disk: Arc<OpenDisk>,
     /// Set for NAME.vhd: the data is padded to a sector and followed by this footer.
-    footer: Option<[u8; 512]>,
+    footer: Option<Box<[u8; 512]>>,
     /// Where the next sequential read would start; drives readahead.
     next: AtomicU64,
     prefetch: Sender<(Arc<OpenDisk>, u64)>,

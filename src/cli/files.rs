@@ -421,10 +421,10 @@ impl Copier<'_> {
     /// Owner (when root), mode and mtime, in that order: chown clears setuid.
     fn finish(&self, dest: &Path, a: &Attr, symlink: bool) -> Result<()> {
         let c = cstr(dest)?;
-        if let (true, Some(g)) = (self.root, a.guest) {
-            if unsafe { libc::lchown(c.as_ptr(), g.uid, g.gid) } != 0 {
-                log::warn!("{}: chown: {}", dest.display(), std::io::Error::last_os_error());
-            }
+        if let (true, Some(g)) = (self.root, a.guest)
+            && unsafe { libc::lchown(c.as_ptr(), g.uid, g.gid) } != 0
+        {
+            log::warn!("{}: chown: {}", dest.display(), std::io::Error::last_os_error());
         }
         if !symlink {
             fs::set_permissions(dest, fs::Permissions::from_mode(a.mode as u32 & 0o7777)).map_err(|e| Error::io_path("chmod", dest, e))?;

@@ -33,11 +33,14 @@ const TTL_DYNAMIC: Duration = Duration::from_secs(1);
 /// Largest read the kernel may send (and readahead it may do).
 pub const MAX_READ: u32 = 1 << 20;
 
+/// A directory's entries (name, node, kind) as listed at opendir.
+type DirSnapshot = Arc<Vec<(Vec<u8>, Node, Kind)>>;
+
 pub struct KluisFs {
     tree: Arc<VaultTree>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     /// Open directories: their entries as listed at opendir.
-    dirs: Mutex<HashMap<u64, Arc<Vec<(Vec<u8>, Node, Kind)>>>>,
+    dirs: Mutex<HashMap<u64, DirSnapshot>>,
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,

@@ -31,6 +31,9 @@ struct State {
     fs: Ext4,
     files: HashMap<u64, ext4_view::File>,
     next: u64,
+    /// Kinds of the entries listed so far: a path known to be a regular
+    /// file is stat'ed with one path walk (open) instead of two.
+    kinds: HashMap<Vec<u8>, GKind>,
 }
 
 // SAFETY: `State` owns every `Rc` that points into the filesystem (the
@@ -118,7 +121,7 @@ fn abs(path: &[u8]) -> Result<ext4_view::PathBuf> {
     let mut p = Vec::with_capacity(path.len() + 1);
     p.push(b'/');
     p.extend_from_slice(path);
-    Ok(ext4_view::PathBuf::try_from(p.as_slice()).map_err(|e| Error::InvalidInput(format!("ext {}: {e}", show(path))))?)
+    ext4_view::PathBuf::try_from(p.as_slice()).map_err(|e| Error::InvalidInput(format!("ext {}: {e}", show(path))))
 }
 
 fn kind(t: FileType) -> GKind {
@@ -152,20 +155,23 @@ impl ExtFs {
         fuel.set(super::readat::META_FUEL);
         let geo = Geometry::read(&slice)?;
         let fs = guard(|| "ext".into(), || Ext4::load(Box::new(Reader(slice.clone()))).map_err(|e| err(b"", e)))?;
-        Ok(ExtFs(Arc::new(Inner { state: Mutex::new(State { fs, files: HashMap::new(), next: 0 }), fuel, raw: slice, geo })))
+        Ok(ExtFs(Arc::new(Inner { state: Mutex::new(State { fs, files: HashMap::new(), next: 0, kinds: HashMap::new() }), fuel, raw: slice, geo })))
     }
 
     fn with<T>(&self, path: &[u8], f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         self.0.with(path, super::readat::META_FUEL, f)
     }
 
-    fn attr(&self, st: &State, path: &[u8], p: &ext4_view::PathBuf, m: &Metadata) -> Result<GAttr> {
+    fn attr(&self, st: &State, path: &[u8], p: &ext4_view::PathBuf, m: &Metadata, opened: Option<&ext4_view::File>) -> Result<GAttr> {
         let k = kind(m.file_type());
         let t = m.modified();
         let (mut ino, mut nlink) = (None, if k == GKind::Dir { 2 } else { 1 });
         if k == GKind::File {
-            let f = st.fs.open(p).map_err(|e| err(path, e))?;
-            ino = inode_of(&f);
+            let f = match opened {
+                Some(f) => inode_of(f),
+                None => inode_of(&st.fs.open(p).map_err(|e| err(path, e))?),
+            };
+            ino = f;
             if let Some(i) = ino {
                 nlink = self.0.geo.nlink(&self.0.raw, i).unwrap_or(1).max(1);
             }
@@ -192,8 +198,14 @@ impl GuestFs for ExtFs {
     fn stat(&self, path: &[u8]) -> Result<GAttr> {
         let p = abs(path)?;
         self.with(path, |st| {
+            if st.kinds.get(path) == Some(&GKind::File)
+                && let Ok(f) = st.fs.open(&p)
+            {
+                let m = f.metadata().clone();
+                return self.attr(st, path, &p, &m, Some(&f));
+            }
             let m = st.fs.symlink_metadata(&p).map_err(|e| err(path, e))?;
-            self.attr(st, path, &p, &m)
+            self.attr(st, path, &p, &m, None)
         })
     }
 
@@ -213,6 +225,13 @@ impl GuestFs for ExtFs {
                 }
                 out.push(GEntry { name: name.to_vec(), kind: kind(e.file_type().map_err(|e| err(path, e))?) });
             }
+            if st.kinds.len() + out.len() > 2_000_000 {
+                st.kinds.clear();
+            }
+            for e in &out {
+                let child = if path.is_empty() { e.name.clone() } else { [path, b"/", &e.name].concat() };
+                st.kinds.insert(child, e.kind);
+            }
             Ok(out)
         })
     }
@@ -228,9 +247,13 @@ impl GuestFs for ExtFs {
     fn open(&self, path: &[u8]) -> Result<Box<dyn GuestFile>> {
         let p = abs(path)?;
         let (slot, size) = self.with(path, |st| {
-            let m = st.fs.symlink_metadata(&p).map_err(|e| err(path, e))?;
-            if !m.file_type().is_regular_file() {
-                return Err(Error::InvalidInput(format!("ext {}: not a regular file", show(path))));
+            // A listed regular file needs one path walk; else check first
+            // that `open` (which follows symlinks) will not follow one.
+            if st.kinds.get(path) != Some(&GKind::File) {
+                let m = st.fs.symlink_metadata(&p).map_err(|e| err(path, e))?;
+                if !m.file_type().is_regular_file() {
+                    return Err(Error::InvalidInput(format!("ext {}: not a regular file", show(path))));
+                }
             }
             let f = st.fs.open(&p).map_err(|e| err(path, e))?;
             let size = f.metadata().len();

@@ -144,17 +144,18 @@ impl Inner {
             }
             return Ok(None);
         }
-        if flags.contains(NtfsFileAttributeFlags::SYSTEM) && !f.is_directory() {
-            if let Some(item) = f.data(io, "") {
-                let a = item.map_err(|e| err(path, e))?;
-                let a = a.to_attribute().map_err(|e| err(path, e))?;
-                let n = a.value_length();
-                if (10..=8192).contains(&n) && n % 2 == 0 {
-                    let mut buf = vec![0u8; n as usize];
-                    a.value(io).map_err(|e| err(path, e))?.read_exact(io, &mut buf).map_err(|e| err(path, e))?;
-                    if let Some(t) = buf.strip_prefix(b"IntxLNK\x01") {
-                        return Ok(Some(utf16(t)));
-                    }
+        if flags.contains(NtfsFileAttributeFlags::SYSTEM)
+            && !f.is_directory()
+            && let Some(item) = f.data(io, "")
+        {
+            let a = item.map_err(|e| err(path, e))?;
+            let a = a.to_attribute().map_err(|e| err(path, e))?;
+            let n = a.value_length();
+            if (10..=8192).contains(&n) && n % 2 == 0 {
+                let mut buf = vec![0u8; n as usize];
+                a.value(io).map_err(|e| err(path, e))?.read_exact(io, &mut buf).map_err(|e| err(path, e))?;
+                if let Some(t) = buf.strip_prefix(b"IntxLNK\x01") {
+                    return Ok(Some(utf16(t)));
                 }
             }
         }
@@ -247,10 +248,10 @@ impl GuestFs for NtfsFs {
                 // The index's copy of the flags only hints at a link; ask the record.
                 for (i, rec) in links {
                     let child = [path, b"/", &out[i].name].concat();
-                    if let Ok(f) = s.ntfs.file(&mut io, rec) {
-                        if let Ok(a) = s.attr(&mut io, &child, &f) {
-                            out[i].kind = a.kind;
-                        }
+                    if let Ok(f) = s.ntfs.file(&mut io, rec)
+                        && let Ok(a) = s.attr(&mut io, &child, &f)
+                    {
+                        out[i].kind = a.kind;
                     }
                 }
                 out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -67,10 +67,10 @@ pub fn read_layout(disk: &Slice) -> Result<Layout> {
     disk.read_upto(&mut s0, 0)?;
     let has_sig = s0[510] == 0x55 && s0[511] == 0xaa;
     let protective = has_sig && (0..4).any(|i| s0[446 + i * 16 + 4] == 0xee);
-    if protective || has_sig {
-        if let Some(parts) = read_gpt(disk)? {
-            return finish(disk, Scheme::Gpt, parts);
-        }
+    if (protective || has_sig)
+        && let Some(parts) = read_gpt(disk)?
+    {
+        return finish(disk, Scheme::Gpt, parts);
     }
     // A FAT or NTFS boot sector also ends in 55 aa: look for a filesystem
     // on the whole disk before taking sector 0 for an MBR.

@@ -41,7 +41,7 @@ fn add_links(dir: &Path) {
 fn set_times(dir: &Path) {
     // Fixed, distinct mtimes with sub-second parts (leaves first, then dirs).
     let mut all = Vec::new();
-    collect(dir, dir, &mut all);
+    collect(dir, &mut all);
     all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for (i, p) in all.iter().enumerate() {
         let t = format!("@{}.{:09}", 1_600_000_000 + i as u64 * 3677, 123_456_700 + i as u64 * 100);
@@ -49,12 +49,12 @@ fn set_times(dir: &Path) {
     }
 }
 
-fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         out.push(p.clone());
         if p.is_dir() && !p.is_symlink() {
-            collect(root, &p, out);
+            collect(&p, out);
         }
     }
 }
@@ -73,7 +73,7 @@ struct Check {
 fn compare(want: &Path, got: &Path, c: Check) {
     let mut inos: HashMap<u64, u64> = HashMap::new();
     let mut all = Vec::new();
-    collect(want, want, &mut all);
+    collect(want, &mut all);
     assert!(!all.is_empty());
     for w in all {
         let rel = w.strip_prefix(want).unwrap();
@@ -392,7 +392,7 @@ fn guest_latency_and_big_directory() {
     random_file(&src.join("hello"), 100_000, &mut rng);
     let disk = ext4(&env, "big.img", &src, "2G");
     let p = env.backup("vm", &[("d", &disk)], &[]);
-    fs::remove_dir_all(&src.join("many")).unwrap();
+    fs::remove_dir_all(src.join("many")).unwrap();
 
     let (m, t0) = Mount::start(&env, &env.path("mnt"));
     let f = m.mp.join("vm").join(&p.name).join("files/d/p0/hello");
