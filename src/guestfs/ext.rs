@@ -289,10 +289,10 @@ impl GuestFile for ExtFile {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        if offset >= self.size {
+        let want = super::readable(self.size, offset, buf.len());
+        if want == 0 {
             return Ok(0);
         }
-        let want = buf.len().min((self.size - offset) as usize);
         let path = &self.path;
         self.fs.with(path, super::readat::META_FUEL + 4 * want as i64, |st| {
             let f = st.files.get_mut(&self.slot).ok_or_else(|| Error::InvalidInput("file is closed".into()))?;
@@ -301,14 +301,7 @@ impl GuestFile for ExtFile {
             if f.position() != offset {
                 f.seek_to(offset).map_err(|e| err(path, e))?;
             }
-            let mut done = 0;
-            while done < want {
-                match f.read_bytes(&mut buf[done..want]).map_err(|e| err(path, e))? {
-                    0 => break,
-                    n => done += n,
-                }
-            }
-            Ok(done)
+            super::read_full(&mut buf[..want], |b| f.read_bytes(b).map_err(|e| err(path, e)))
         })
     }
 }

@@ -182,22 +182,15 @@ impl GuestFile for FatFile {
     /// filesystem. The seek walks the cluster chain from its start, which
     /// is fine for the small files FAT volumes hold.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        if offset >= self.size {
+        let want = super::readable(self.size, offset, buf.len());
+        if want == 0 {
             return Ok(0);
         }
-        let want = buf.len().min((self.size - offset) as usize);
         let path = self.path.as_bytes();
         self.fs.with(path, META_FUEL + 4 * want as i64, |fs| {
             let mut f = fs.root_dir().open_file(&self.path).map_err(|e| io_err(path, e))?;
             f.seek(SeekFrom::Start(offset)).map_err(|e| io_err(path, e))?;
-            let mut done = 0;
-            while done < want {
-                match f.read(&mut buf[done..want]).map_err(|e| io_err(path, e))? {
-                    0 => break,
-                    n => done += n,
-                }
-            }
-            Ok(done)
+            super::read_full(&mut buf[..want], |b| f.read(b).map_err(|e| io_err(path, e)))
         })
     }
 }

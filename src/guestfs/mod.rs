@@ -162,6 +162,25 @@ pub fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
     Ok(out)
 }
 
+/// How many bytes a read of `len` at `offset` may return from a file of
+/// `size`: 0 at or past the end.
+pub(crate) fn readable(size: u64, offset: u64, len: usize) -> usize {
+    if offset >= size { 0 } else { len.min((size - offset) as usize) }
+}
+
+/// Calls `read` until `buf` is full or it returns 0 (end of data): the
+/// filesystem crates may return short reads at extent or cluster edges.
+pub(crate) fn read_full(buf: &mut [u8], mut read: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match read(&mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
 pub fn show(path: &[u8]) -> String {
     format!("/{}", String::from_utf8_lossy(path))
 }

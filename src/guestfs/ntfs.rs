@@ -308,10 +308,10 @@ impl GuestFile for NtfsFileHandle {
 
     /// Re-reads the file record (one MFT record) and seeks its data runs.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        if offset >= self.size {
+        let want = super::readable(self.size, offset, buf.len());
+        if want == 0 {
             return Ok(0);
         }
-        let want = buf.len().min((self.size - offset) as usize);
         let (s, path) = (&self.fs, &self.path[..]);
         guard(
             || format!("NTFS {}", show(path)),
@@ -325,14 +325,7 @@ impl GuestFile for NtfsFileHandle {
                 }
                 let mut v = a.value(&mut io).map_err(|e| err(path, e))?;
                 v.seek(&mut io, SeekFrom::Start(offset)).map_err(|e| err(path, e))?;
-                let mut done = 0;
-                while done < want {
-                    match v.read(&mut io, &mut buf[done..want]).map_err(|e| err(path, e))? {
-                        0 => break,
-                        n => done += n,
-                    }
-                }
-                Ok(done)
+                super::read_full(&mut buf[..want], |b| v.read(&mut io, b).map_err(|e| err(path, e)))
             },
         )
     }
