@@ -22,6 +22,7 @@ pub mod protect;
 pub mod consistency;
 pub mod scheduler;
 pub mod guestfs;
+pub mod rebuild;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, RecoveryPointId};

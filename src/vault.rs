@@ -98,6 +98,27 @@ impl VaultHeader {
 /// Held for the life of an operation; released on drop (or process death).
 pub struct VaultLock(#[allow(dead_code)] File);
 
+/// Takes the lock of the vault at `root` (see the lock table above); for
+/// callers that have no open [`Vault`], such as an index rebuild.
+pub fn lock_vault(root: &Path, exclusive: bool, on_wait: impl FnOnce()) -> Result<VaultLock> {
+    let path = root.join("lock");
+    let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+    if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+        on_wait();
+        loop {
+            if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::io_path("lock", &path, e));
+            }
+        }
+    }
+    Ok(VaultLock(f))
+}
+
 pub struct Vault {
     root: PathBuf,
     pub header: VaultHeader,
@@ -195,22 +216,7 @@ impl Vault {
     /// Takes the vault lock, shared or exclusive, waiting for it; `on_wait`
     /// is called once if the lock is not free at once (to tell the user).
     pub fn lock(&self, exclusive: bool, on_wait: impl FnOnce()) -> Result<VaultLock> {
-        let path = self.root.join("lock");
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
-        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
-        if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
-            on_wait();
-            loop {
-                if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-                    break;
-                }
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(Error::io_path("lock", &path, e));
-                }
-            }
-        }
-        Ok(VaultLock(f))
+        lock_vault(&self.root, exclusive, on_wait)
     }
 
     /// A fetcher reading chunks through the index and the packs. Each call

@@ -20,6 +20,7 @@ mod integration {
     mod enospc;
     mod gc_lock;
     mod mount;
+    mod rebuild;
     mod vhd;
 
     // files inside guest filesystems (issue 4)

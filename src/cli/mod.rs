@@ -94,6 +94,8 @@ pub enum Command {
     Delete { point: String },
     /// Reclaim space no recovery point uses
     Gc,
+    /// Rebuild a lost or damaged index from the packs (the old one is kept aside)
+    RebuildIndex,
     /// Show every recovery point as a read-only folder (foreground until unmounted or Ctrl-C)
     Mount {
         mountpoint: PathBuf,
@@ -195,6 +197,24 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         }
         Command::Delete { point } => {
             protect::delete(&vault_dir, &point, &out)?;
+        }
+        Command::RebuildIndex => {
+            let rep = kluis::rebuild::rebuild_index(&vault_dir, &bars)?;
+            for p in &rep.incomplete_points {
+                log::warn!("not recovered: {p}");
+            }
+            out.result(&rep, || {
+                format!(
+                    "rebuilt the index of {}: {} packs, {} chunks, {} recovery points ({} incomplete, {} damaged chunks skipped){}",
+                    vault_dir.display(),
+                    rep.packs,
+                    rep.chunks,
+                    rep.points,
+                    rep.incomplete_points.len(),
+                    rep.damaged_chunks,
+                    rep.old_index.as_deref().map(|o| format!("; previous index kept as {o}")).unwrap_or_default()
+                )
+            })?;
         }
         Command::Gc => {
             let vault = Vault::open(&vault_dir)?;

@@ -28,4 +28,4 @@ mod frame;
 mod pack;
 
 pub use frame::{decode_payload, encode_chunk, ChunkKind, EncodedChunk, FrameHeader, Codec, FRAME_HEADER_SIZE, PACK_HEADER, PACK_HEADER_SIZE};
-pub use pack::{pack_path, scan_pack, FinishedPack, PackFiles, PackWriter, ScannedFrame, packs_on_disk};
+pub use pack::{pack_path, packs_on_disk, scan_pack, FinishedPack, FrameLocation, PackFiles, PackWriter, ScannedFrame};
