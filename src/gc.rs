@@ -32,6 +32,9 @@ use crate::recovery_point::{Manifest, MapReader};
 use crate::store::{decode_payload, pack_path, packs_on_disk, EncodedChunk, FrameHeader, PackWriter, FRAME_HEADER_SIZE, PACK_HEADER_SIZE};
 use crate::vault::Vault;
 
+/// A chunk of a pack: (id, offset, stored length).
+type ChunkRef = (ChunkId, u64, u32);
+
 /// A pack whose live bytes are below this fraction of its size is rewritten.
 const REWRITE_BELOW: f64 = 0.5;
 
@@ -114,12 +117,13 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
 
     // 3. Sweep rows; plan rewrites.
     let mut dead_packs = Vec::new();
-    let mut rewrite: Vec<(i64, String, Vec<(ChunkId, u64, u32)>)> = Vec::new();
+    // (pack id, pack name, its live chunks as (id, offset, stored length))
+    let mut rewrite: Vec<(i64, String, Vec<ChunkRef>)> = Vec::new();
     {
         let mut cat = vault.catalog();
         let tx = cat.conn_mut().transaction()?;
         for pack in &packs {
-            let rows: Vec<(ChunkId, u64, u32)> = {
+            let rows: Vec<ChunkRef> = {
                 let mut st = tx.prepare_cached("SELECT id, offset, stored_len FROM chunks WHERE pack = ?1")?;
                 let it = st.query_map([pack.id], |r| {
                     let b: Vec<u8> = r.get(0)?;

@@ -133,7 +133,6 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
     let _snapshot = index.conn().unchecked_transaction()?;
     let mut uses: HashMap<ChunkId, Vec<Use>> = HashMap::new();
     let mut referenced: HashSet<ChunkId> = HashSet::new();
-    let interesting = |id: &ChunkId, damaged: &HashMap<ChunkId, (String, String)>| damaged.contains_key(id);
     for (pi, p) in points.iter().enumerate() {
         let bytes = p.manifest.as_bytes();
         if Manifest::id_of(bytes) != p.id {
@@ -164,7 +163,7 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
             }
             let span = (FANOUT as u64).pow(d.depth as u32 - 1);
             let mut ctx = Walk { fetch: fetch.as_ref(), index: &index, point: pi, part: format!("disk {}", d.name), bs: d.block_size as u64, size: d.size, unreadable: 0 };
-            ctx.walk(root, d.depth - 1, 0, span, &mut damaged, &mut uses, &mut referenced, &interesting)?;
+            ctx.walk(root, d.depth - 1, 0, span, &mut damaged, &mut uses, &mut referenced)?;
             report.unreadable_map_pages += ctx.unreadable;
         }
     }
@@ -222,7 +221,6 @@ impl Walk<'_> {
         damaged: &mut HashMap<ChunkId, (String, String)>,
         uses: &mut HashMap<ChunkId, Vec<Use>>,
         referenced: &mut HashSet<ChunkId>,
-        interesting: &dyn Fn(&ChunkId, &HashMap<ChunkId, (String, String)>) -> bool,
     ) -> Result<()> {
         referenced.insert(id);
         let covered = (first * self.bs, ((first + span * FANOUT as u64) * self.bs).min(self.size));
@@ -241,7 +239,7 @@ impl Walk<'_> {
                 return Ok(());
             }
         };
-        if interesting(&id, damaged) {
+        if damaged.contains_key(&id) {
             uses.entry(id).or_default().push(Use { point: self.point, part: self.part.clone(), range: covered });
         }
         for (i, c) in page.chunks_exact(32).enumerate() {
@@ -251,14 +249,14 @@ impl Walk<'_> {
             }
             let child_first = first + i as u64 * span;
             if level > 0 {
-                self.walk(child, level - 1, child_first, span / FANOUT as u64, damaged, uses, referenced, interesting)?;
+                self.walk(child, level - 1, child_first, span / FANOUT as u64, damaged, uses, referenced)?;
                 continue;
             }
             let fresh = referenced.insert(child);
             if fresh && !self.index.has_chunk(&child)? {
                 damaged.entry(child).or_insert(("index".into(), "chunk missing from the vault".into()));
             }
-            if interesting(&child, damaged) {
+            if damaged.contains_key(&child) {
                 let s = child_first * self.bs;
                 uses.entry(child).or_default().push(Use { point: self.point, part: self.part.clone(), range: (s, (s + self.bs).min(self.size)) });
             }

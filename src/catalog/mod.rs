@@ -285,10 +285,10 @@ impl Catalog {
 /// Wall-clock now in Unix milliseconds; `KLUIS_NOW` (RFC 3339) overrides it
 /// so that schedules and retention can be tested without waiting.
 pub fn now_ms() -> i64 {
-    if let Ok(s) = std::env::var("KLUIS_NOW") {
-        if let Ok(ts) = s.parse::<jiff::Timestamp>() {
-            return ts.as_millisecond();
-        }
+    if let Ok(s) = std::env::var("KLUIS_NOW")
+        && let Ok(ts) = s.parse::<jiff::Timestamp>()
+    {
+        return ts.as_millisecond();
     }
     jiff::Timestamp::now().as_millisecond()
 }

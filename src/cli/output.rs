@@ -81,10 +81,11 @@ struct DiskOut {
 
 pub fn points(out: &Out, vault: &Vault, item: Option<&str>, deleted: bool) -> Result<()> {
     let rows = vault.catalog().points(item, deleted)?;
-    if let Some(i) = item {
-        if rows.is_empty() && !vault.catalog().items()?.iter().any(|x| x == i) {
-            return Err(Error::NotFound(format!("no recovery points for item {i:?}")));
-        }
+    if let Some(i) = item
+        && rows.is_empty()
+        && !vault.catalog().items()?.iter().any(|x| x == i)
+    {
+        return Err(Error::NotFound(format!("no recovery points for item {i:?}")));
     }
     let window = kluis::settings::soft_delete_ms(vault)?;
     let mut list = Vec::new();

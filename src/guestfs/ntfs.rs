@@ -59,6 +59,20 @@ impl NtfsFs {
 }
 
 impl Inner {
+    /// Runs `f` on the file record at `path`, under the panic guard and a
+    /// metadata budget: the common start of stat, list and readlink.
+    fn on_file<T>(&self, path: &[u8], f: impl FnOnce(&Self, &mut Cursor, NtfsFile<'_>) -> Result<T>) -> Result<T> {
+        guard(
+            || format!("NTFS {}", show(path)),
+            || {
+                let mut io = self.io(META_FUEL);
+                let rec = self.resolve(&mut io, path)?;
+                let file = self.ntfs.file(&mut io, rec).map_err(|e| err(path, e))?;
+                f(self, &mut io, file)
+            },
+        )
+    }
+
     /// A cursor whose budget is its own: operations run in parallel.
     fn io(&self, fuel: i64) -> Cursor {
         let mut s = self.slice.clone();
@@ -199,80 +213,57 @@ impl GuestFs for NtfsFs {
     }
 
     fn stat(&self, path: &[u8]) -> Result<GAttr> {
-        let s = &self.0;
-        guard(
-            || format!("NTFS {}", show(path)),
-            || {
-                let mut io = s.io(META_FUEL);
-                let rec = s.resolve(&mut io, path)?;
-                let f = s.ntfs.file(&mut io, rec).map_err(|e| err(path, e))?;
-                s.attr(&mut io, path, &f)
-            },
-        )
+        self.0.on_file(path, |s, io, f| s.attr(io, path, &f))
     }
 
     fn list(&self, path: &[u8]) -> Result<Vec<GEntry>> {
-        let s = &self.0;
-        guard(
-            || format!("NTFS {}", show(path)),
-            || {
-                let mut io = s.io(META_FUEL);
-                let rec = s.resolve(&mut io, path)?;
-                let dir = s.ntfs.file(&mut io, rec).map_err(|e| err(path, e))?;
-                let index = dir.directory_index(&mut io).map_err(|e| err(path, e))?;
-                let mut it = index.entries();
-                let mut out = Vec::new();
-                let mut links = Vec::new();
-                while let Some(e) = it.next(&mut io) {
-                    let e = e.map_err(|e| err(path, e))?;
-                    let Some(key) = e.key() else { continue };
-                    let key = key.map_err(|e| err(path, e))?;
-                    if key.namespace() == NtfsFileNamespace::Dos {
-                        continue;
-                    }
-                    let rec = e.file_reference().file_record_number();
-                    let name = key.name().to_string_lossy();
-                    if name == "." || name == ".." || (path.is_empty() && rec < FIRST_USER_RECORD) {
-                        continue;
-                    }
-                    if out.len() >= MAX_ENTRIES {
-                        return Err(Error::Corrupt(format!("NTFS {}: more than {MAX_ENTRIES} entries", show(path))));
-                    }
-                    let flags = key.file_attributes();
-                    if flags.contains(NtfsFileAttributeFlags::REPARSE_POINT) || flags.contains(NtfsFileAttributeFlags::SYSTEM) {
-                        links.push((out.len(), rec));
-                    }
-                    let kind = if key.is_directory() { GKind::Dir } else { GKind::File };
-                    out.push(GEntry { name: name.into_bytes(), kind });
+        self.0.on_file(path, |s, io, dir| {
+            let index = dir.directory_index(io).map_err(|e| err(path, e))?;
+            let mut it = index.entries();
+            let mut out = Vec::new();
+            let mut links = Vec::new();
+            while let Some(e) = it.next(io) {
+                let e = e.map_err(|e| err(path, e))?;
+                let Some(key) = e.key() else { continue };
+                let key = key.map_err(|e| err(path, e))?;
+                if key.namespace() == NtfsFileNamespace::Dos {
+                    continue;
                 }
-                // The index's copy of the flags only hints at a link; ask the record.
-                for (i, rec) in links {
-                    let child = [path, b"/", &out[i].name].concat();
-                    if let Ok(f) = s.ntfs.file(&mut io, rec)
-                        && let Ok(a) = s.attr(&mut io, &child, &f)
-                    {
-                        out[i].kind = a.kind;
-                    }
+                let rec = e.file_reference().file_record_number();
+                let name = key.name().to_string_lossy();
+                if name == "." || name == ".." || (path.is_empty() && rec < FIRST_USER_RECORD) {
+                    continue;
                 }
-                out.sort_by(|a, b| a.name.cmp(&b.name));
-                out.dedup_by(|a, b| a.name == b.name);
-                Ok(out)
-            },
-        )
+                if out.len() >= MAX_ENTRIES {
+                    return Err(Error::Corrupt(format!("NTFS {}: more than {MAX_ENTRIES} entries", show(path))));
+                }
+                let flags = key.file_attributes();
+                if flags.contains(NtfsFileAttributeFlags::REPARSE_POINT) || flags.contains(NtfsFileAttributeFlags::SYSTEM) {
+                    links.push((out.len(), rec));
+                }
+                let kind = if key.is_directory() { GKind::Dir } else { GKind::File };
+                out.push(GEntry { name: name.into_bytes(), kind });
+            }
+            // The index's copy of the flags only hints at a link; ask the record.
+            for (i, rec) in links {
+                let child = [path, b"/", &out[i].name].concat();
+                if let Ok(f) = s.ntfs.file(io, rec)
+                    && let Ok(a) = s.attr(io, &child, &f)
+                {
+                    out[i].kind = a.kind;
+                }
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            out.dedup_by(|a, b| a.name == b.name);
+            Ok(out)
+        })
     }
 
     fn readlink(&self, path: &[u8]) -> Result<Vec<u8>> {
-        let s = &self.0;
-        guard(
-            || format!("NTFS {}", show(path)),
-            || {
-                let mut io = s.io(META_FUEL);
-                let rec = s.resolve(&mut io, path)?;
-                let f = s.ntfs.file(&mut io, rec).map_err(|e| err(path, e))?;
-                let flags = f.info().map_err(|e| err(path, e))?.file_attributes();
-                s.link_target(&mut io, path, &f, flags)?.ok_or_else(|| Error::InvalidInput(format!("NTFS {}: not a symlink", show(path))))
-            },
-        )
+        self.0.on_file(path, |s, io, f| {
+            let flags = f.info().map_err(|e| err(path, e))?.file_attributes();
+            s.link_target(io, path, &f, flags)?.ok_or_else(|| Error::InvalidInput(format!("NTFS {}: not a symlink", show(path))))
+        })
     }
 
     fn open(&self, path: &[u8]) -> Result<Box<dyn GuestFile>> {

@@ -44,6 +44,7 @@ impl DiskSource for RawSource {
             .map_err(|e| Error::io(format!("read {} at offset {offset}", self.path.display()), e))
     }
 
+    #[allow(clippy::single_range_in_vec_init)] // one range covering the device, on purpose
     fn data_ranges(&self) -> Result<Vec<Range<u64>>> {
         if self.block_device {
             return Ok(vec![0..self.size]);
@@ -58,6 +59,7 @@ impl DiskSource for RawSource {
 
 /// Walks a file's data extents with SEEK_DATA/SEEK_HOLE. Filesystems without
 /// hole support report one extent covering the whole file, which is correct.
+#[allow(clippy::single_range_in_vec_init)] // "all of it" is one range, on purpose
 pub fn data_ranges_of(file: &File, size: u64, path: &Path) -> Result<Vec<Range<u64>>> {
     let fd = file.as_raw_fd();
     let mut out = Vec::new();

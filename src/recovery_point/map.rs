@@ -49,6 +49,12 @@ pub struct MapBuilder {
 }
 
 pub type PageStore<'a> = dyn FnMut(&[u8]) -> Result<ChunkId> + 'a;
+/// Called with (page id, its entries, level; 0 = leaf) by [`MapReader::walk_pages`].
+pub type PageVisitor<'a> = dyn FnMut(ChunkId, &[ChunkId], u8) -> Result<()> + 'a;
+/// Reads a page's bytes by id, for [`collect_blocks`].
+pub type PageFetch<'a> = dyn FnMut(&ChunkId) -> Result<Vec<u8>> + 'a;
+/// Per level (0 = leaves): the last page read there, by index.
+type LevelCache = Vec<Option<(u64, Arc<Vec<ChunkId>>)>>;
 
 impl MapBuilder {
     pub fn new(blocks: u64) -> Self {
@@ -106,7 +112,7 @@ pub struct MapReader {
     blocks: u64,
     fetch: Arc<dyn ChunkFetcher>,
     /// Per level (0 = leaves): (page index at that level, its ids).
-    cache: Mutex<Vec<Option<(u64, Arc<Vec<ChunkId>>)>>>,
+    cache: Mutex<LevelCache>,
 }
 
 impl MapReader {
@@ -124,10 +130,10 @@ impl MapReader {
     }
 
     fn page_at(&self, level: u8, index: u64) -> Result<Arc<Vec<ChunkId>>> {
-        if let Some((i, ids)) = &self.cache.lock().unwrap()[level as usize] {
-            if *i == index {
-                return Ok(ids.clone());
-            }
+        if let Some((i, ids)) = &self.cache.lock().unwrap()[level as usize]
+            && *i == index
+        {
+            return Ok(ids.clone());
         }
         let id = if level + 1 == self.depth {
             if index != 0 {
@@ -156,14 +162,14 @@ impl MapReader {
 
     /// Calls `visit(page_id, level)` for every stored page of the map, parents
     /// before children, without touching leaf data. Used by gc and verify.
-    pub fn walk_pages(&self, visit: &mut dyn FnMut(ChunkId, &[ChunkId], u8) -> Result<()>) -> Result<()> {
+    pub fn walk_pages(&self, visit: &mut PageVisitor) -> Result<()> {
         if self.depth == 0 || self.root.is_zero() {
             return Ok(());
         }
         self.walk_from(self.root, self.depth - 1, visit)
     }
 
-    fn walk_from(&self, id: ChunkId, level: u8, visit: &mut dyn FnMut(ChunkId, &[ChunkId], u8) -> Result<()>) -> Result<()> {
+    fn walk_from(&self, id: ChunkId, level: u8, visit: &mut PageVisitor) -> Result<()> {
         let ids = parse_page(&self.fetch.fetch(&id)?, &id)?;
         visit(id, &ids, level)?;
         if level > 0 {
@@ -177,7 +183,7 @@ impl MapReader {
 
 /// Every block id of a map, in order, fetching each page once through
 /// `fetch` (which need not be thread-safe, unlike a [`ChunkFetcher`]).
-pub fn collect_blocks(depth: u8, root: ChunkId, blocks: u64, fetch: &mut dyn FnMut(&ChunkId) -> Result<Vec<u8>>) -> Result<Vec<ChunkId>> {
+pub fn collect_blocks(depth: u8, root: ChunkId, blocks: u64, fetch: &mut PageFetch) -> Result<Vec<ChunkId>> {
     let mut out = Vec::with_capacity(blocks as usize);
     if depth > 0 {
         collect_from(root, depth - 1, blocks, fetch, &mut out)?;
@@ -186,7 +192,7 @@ pub fn collect_blocks(depth: u8, root: ChunkId, blocks: u64, fetch: &mut dyn FnM
     Ok(out)
 }
 
-fn collect_from(id: ChunkId, level: u8, blocks: u64, fetch: &mut dyn FnMut(&ChunkId) -> Result<Vec<u8>>, out: &mut Vec<ChunkId>) -> Result<()> {
+fn collect_from(id: ChunkId, level: u8, blocks: u64, fetch: &mut PageFetch, out: &mut Vec<ChunkId>) -> Result<()> {
     let span = (FANOUT as u64).pow(level as u32 + 1);
     let want = (blocks - out.len() as u64).min(span);
     if id.is_zero() {

@@ -163,7 +163,7 @@ fn killed_backups_and_gcs_leave_every_point_intact() {
     while kills_backup + kills_gc < kills_wanted {
         iter += 1;
         assert!(iter <= kills_wanted * 4, "only {} kills landed in {iter} runs: the calibration is off", kills_backup + kills_gc);
-        let leave_alone = iter % 10 == 0; // now and then a run completes: real durations, fresh points
+        let leave_alone = iter.is_multiple_of(10); // now and then a run completes: real durations, fresh points
         let what;
         let mut candidate = None;
         if c.rng.u32(0..3) == 0 {
