@@ -338,7 +338,8 @@ fn prefix_disk(name: &str, e: Error) -> Error {
 /// ordered even if the clock stepped back. Backups of one item taken faster
 /// than one a second are dated up to a few seconds ahead.
 fn next_time(vault: &Vault, item: &str) -> Result<i64> {
-    let now = now_ms() - now_ms().rem_euclid(1000);
+    let now = now_ms();
+    let now = now - now.rem_euclid(1000);
     let last = vault.catalog().points(Some(item), true)?.iter().map(|p| p.time_ms).max();
     Ok(match last {
         Some(l) if l + 1000 > now => l - l.rem_euclid(1000) + 1000,
