@@ -235,7 +235,6 @@ impl Vault {
     pub fn select(&self, selector: &str, deleted: bool) -> Result<PointRow> {
         let (item, which) = selector.split_once('@').unwrap_or((selector, "latest"));
         let points = self.catalog().points(Some(item), deleted)?;
-        let points: Vec<_> = points.into_iter().filter(|p| deleted || p.deleted_ms.is_none()).collect();
         if points.is_empty() {
             return Err(Error::NotFound(format!("no recovery points for item {item:?}")));
         }

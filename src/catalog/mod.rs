@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::id::{ChunkId, RecoveryPointId};
 use crate::store::FinishedPack;
 
@@ -220,10 +220,6 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    pub fn remove_point(&mut self, id: &RecoveryPointId) -> Result<bool> {
-        Ok(self.conn.execute("DELETE FROM points WHERE id = ?1", [id_blob(&id.0)])? > 0)
-    }
-
     pub fn set_point_deleted(&mut self, id: &RecoveryPointId, deleted_ms: Option<i64>) -> Result<bool> {
         Ok(self.conn.execute("UPDATE points SET deleted_ms = ?2 WHERE id = ?1", params![id_blob(&id.0), deleted_ms])? > 0)
     }
@@ -291,10 +287,4 @@ pub fn now_ms() -> i64 {
         return ts.as_millisecond();
     }
     jiff::Timestamp::now().as_millisecond()
-}
-
-impl From<&Error> for Error {
-    fn from(e: &Error) -> Error {
-        Error::Corrupt(e.to_string())
-    }
 }

@@ -38,11 +38,6 @@ impl DiskReader {
         &self.map
     }
 
-    /// Chunk id of the block holding byte `offset`.
-    pub fn block_id(&self, index: u64) -> Result<ChunkId> {
-        self.map.block(index)
-    }
-
     /// Fills `buf` from `offset`; returns the bytes read (short only at the end of the disk).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
         copy_blocks(buf, offset, self.size(), self.block_size(), &mut |index| {
