@@ -102,6 +102,20 @@ fn jobs(env: &Env, item: &str) -> Vec<Value> {
     env.json(&["jobs", item]).as_array().unwrap().clone()
 }
 
+/// Makes disks a and b and a manual policy `m`; returns the test's
+/// temporary directory and the `NAME=PATH` arguments of the two disks.
+fn manual_vm(env: &Env) -> (String, String, String) {
+    let (a, b) = make_disks(env);
+    env.ok(&["policy", "set", "m", "--schedule", "manual"]);
+    let (da, db) = (format!("a={}", a.display()), format!("b={}", b.display()));
+    (env.tmp.path().display().to_string(), da, db)
+}
+
+/// Protects item `vm` with both disks, policy `m` and the two scripts.
+fn protect_vm(env: &Env, da: &str, db: &str, pre: &str, post: &str) {
+    env.ok(&["protect", "vm", "--disk", da, "--disk", db, "--policy", "m", "--pre-script", pre, "--post-script", post]);
+}
+
 fn make_disks(env: &Env) -> (PathBuf, PathBuf) {
     let (a, b) = (env.path("a.img"), env.path("b.img"));
     for p in [&a, &b] {
@@ -199,15 +213,12 @@ fn without_scripts_points_are_crash_consistent() {
 #[test]
 fn failing_pre_script_stores_nothing_and_runs_post() {
     let env = Env::new();
-    let (a, b) = make_disks(&env);
-    let d = env.tmp.path().display().to_string();
-    env.ok(&["policy", "set", "m", "--schedule", "manual"]);
-    let (da, db) = (format!("a={}", a.display()), format!("b={}", b.display()));
+    let (d, da, db) = manual_vm(&env);
     env.ok(&["backup", "vm", "--disk", &da, "--disk", &db]);
     let before = env.snapshot();
     let pre = "echo 'database refuses to quiesce' >&2; exit 7".to_owned();
     let post = format!("echo \"$KLUIS_PHASE $KLUIS_STATUS\" > {d}/post.marker");
-    env.ok(&["protect", "vm", "--disk", &da, "--disk", &db, "--policy", "m", "--pre-script", &pre, "--post-script", &post]);
+    protect_vm(&env, &da, &db, &pre, &post);
     let f = env.fail(&["backup", "vm"]);
     let line = f.one_error_line();
     assert!(line.contains("pre-script") && line.contains("exit status 7") && line.contains("database refuses"), "{line}");
@@ -228,13 +239,10 @@ fn failing_pre_script_stores_nothing_and_runs_post() {
 #[test]
 fn failing_post_script_is_reported_in_the_job() {
     let env = Env::new();
-    let (a, b) = make_disks(&env);
-    let d = env.tmp.path().display().to_string();
-    env.ok(&["policy", "set", "m", "--schedule", "manual"]);
-    let (da, db) = (format!("a={}", a.display()), format!("b={}", b.display()));
+    let (d, da, db) = manual_vm(&env);
     let pre = "echo consistency application".to_owned();
     let post = format!("touch {d}/post.marker; echo 'cannot resume' >&2; exit 3");
-    env.ok(&["protect", "vm", "--disk", &da, "--disk", &db, "--policy", "m", "--pre-script", &pre, "--post-script", &post]);
+    protect_vm(&env, &da, &db, &pre, &post);
     let rep = env.json(&["backup", "vm"]);
     assert!(env.path("post.marker").exists());
     assert_eq!(rep["consistency"], "application");
@@ -250,16 +258,13 @@ fn failing_post_script_is_reported_in_the_job() {
 #[test]
 fn sigint_during_the_quiesce_runs_post_and_stores_nothing() {
     let env = Env::new();
-    let (a, b) = make_disks(&env);
-    let d = env.tmp.path().display().to_string();
-    env.ok(&["policy", "set", "m", "--schedule", "manual"]);
-    let (da, db) = (format!("a={}", a.display()), format!("b={}", b.display()));
+    let (d, da, db) = manual_vm(&env);
     env.ok(&["backup", "vm", "--disk", &da, "--disk", &db]);
     let before = env.snapshot();
     // The pre-script "freezes" (here: starts) and then takes its time.
     let pre = format!("touch {d}/frozen; sleep 30; echo consistency application");
     let post = format!("rm -f {d}/frozen; echo \"$KLUIS_PHASE $KLUIS_STATUS\" > {d}/post.marker");
-    env.ok(&["protect", "vm", "--disk", &da, "--disk", &db, "--policy", "m", "--pre-script", &pre, "--post-script", &post]);
+    protect_vm(&env, &da, &db, &pre, &post);
     let mut child = env.spawn(&["backup", "vm"]);
     let t = Instant::now();
     while !env.path("frozen").exists() {
@@ -306,7 +311,7 @@ fn script_snapshots_are_read_and_released() {
     let post = format!("echo \"$KLUIS_PHASE $KLUIS_SNAPSHOTS\" >> {d}/post.log; [ \"$KLUIS_PHASE\" != release ] || rm {d}/a.snap");
     env.ok(&["policy", "set", "m", "--schedule", "manual"]);
     let (da, db) = (format!("a={}", a.display()), format!("b={}", b.display()));
-    env.ok(&["protect", "vm", "--disk", &da, "--disk", &db, "--policy", "m", "--pre-script", &pre, "--post-script", &post]);
+    protect_vm(&env, &da, &db, &pre, &post);
     let want = hash_file(&a);
     let rep = env.json(&["backup", "vm"]);
     assert_eq!(rep["consistency"], "file-system");
