@@ -36,7 +36,7 @@ use crate::id::ChunkId;
 use crate::image::{open_source, DiskSource};
 use crate::progress::Progress;
 use crate::recovery_point::{ConfigEntry, DiskEntry, MapBuilder, MapReader, Manifest};
-use crate::store::{encode_chunk, ChunkKind, EncodedChunk, PackWriter};
+use crate::store::{ChunkKind, Frame, PackWriter};
 use crate::timefmt::rfc3339_ms;
 use crate::vault::Vault;
 
@@ -90,7 +90,7 @@ pub struct Options {
 
 impl Options {
     pub fn for_vault(vault: &Vault) -> Self {
-        Options { zstd_level: vault.header.zstd_level, ..Options::default() }
+        Options { zstd_level: vault.zstd_level(), ..Options::default() }
     }
 }
 
@@ -167,14 +167,14 @@ struct PackSink<'a> {
 }
 
 impl PackSink<'_> {
-    fn append(&mut self, chunk: &EncodedChunk) -> Result<()> {
+    fn append(&mut self, frame: &Frame) -> Result<()> {
         if self.writer.is_none() {
             self.writer = Some(PackWriter::create(self.vault.root())?);
         }
         let w = self.writer.as_mut().unwrap();
-        w.append(chunk)?;
-        self.stored_bytes += chunk.frame_len();
-        self.new_bytes += chunk.header.raw_len as u64;
+        w.append(frame)?;
+        self.stored_bytes += frame.frame_len();
+        self.new_bytes += frame.header.raw_len as u64;
         if w.len() >= self.opts.pack_target {
             self.flush()?;
         }
@@ -187,9 +187,9 @@ impl PackSink<'_> {
         if self.pending.0.lock().unwrap().contains(&id) || index.has_chunk(&id)? {
             return Ok(id);
         }
-        let enc = encode_chunk(id, kind, raw, self.opts.zstd_level)?;
+        let frame = Frame::encode(kind, &[(id, raw)], self.opts.zstd_level)?;
         self.pending.0.lock().unwrap().insert(id);
-        self.append(&enc)?;
+        self.append(&frame)?;
         Ok(id)
     }
 
@@ -201,8 +201,8 @@ impl PackSink<'_> {
             let pack = w.finish()?;
             self.vault.catalog().commit_pack(&pack)?;
             let mut pending = self.pending.0.lock().unwrap();
-            for f in &pack.frames {
-                pending.remove(&f.header.id);
+            for e in pack.frames.iter().flat_map(|f| &f.header.chunks) {
+                pending.remove(&e.id);
             }
         }
         Ok(())
@@ -229,7 +229,8 @@ struct Job {
 struct Done {
     first: u64,
     ids: Vec<ChunkId>,
-    encoded: Vec<EncodedChunk>,
+    /// The run's new blocks, compressed together as one frame.
+    frame: Option<Frame>,
 }
 
 pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cancel: &AtomicBool) -> Result<BackupReport> {
@@ -472,10 +473,10 @@ fn backup_disk(
         let (mut changed, mut new_bytes) = (0u64, 0u64);
         let mut step = |msg: Result<Done>, sink: &mut PackSink| -> Result<()> {
             let d = msg?;
-            for enc in &d.encoded {
-                changed += 1;
-                new_bytes += enc.header.raw_len as u64;
-                sink.append(enc)?;
+            if let Some(frame) = &d.frame {
+                changed += frame.header.chunks.len() as u64;
+                new_bytes += frame.header.raw_len as u64;
+                sink.append(frame)?;
             }
             let covered = ((d.first + d.ids.len() as u64) * bs).min(size) - d.first * bs;
             ready.insert(d.first, d.ids);
@@ -540,7 +541,7 @@ fn worker(
     for job in jobs.iter() {
         let r = (|| -> Result<Done> {
             let mut ids = Vec::with_capacity(job.prev.len());
-            let mut encoded = Vec::new();
+            let mut new: Vec<(ChunkId, &[u8])> = Vec::new();
             // One snapshot per run: its lookups skip SQLite's per-statement
             // locking. A chunk committed (and so dropped from `pending`)
             // during the run may be stored twice; the index keeps the first
@@ -557,15 +558,17 @@ fn worker(
                 if !id.is_zero() && id != job.prev[i] && !pending.0.lock().unwrap().contains(&id) && !index.has_chunk(&id)? {
                     // Claim it so that another worker with the same content skips it.
                     if pending.0.lock().unwrap().insert(id) {
-                        encoded.push(encode_chunk(id, ChunkKind::Data, data, level)?);
+                        new.push((id, data));
                     }
                 }
                 ids.push(id);
             }
+            let frame = if new.is_empty() { None } else { Some(Frame::encode(ChunkKind::Data, &new, level)?) };
+            drop(new);
             if !job.data.is_empty() {
                 let _ = free.try_send(job.data);
             }
-            Ok(Done { first: job.first, ids, encoded })
+            Ok(Done { first: job.first, ids, frame })
         })();
         if r.is_err() {
             failed.store(true, Ordering::Relaxed);

@@ -13,14 +13,15 @@
 //! 3. one transaction deletes dead chunk rows and dead pack rows; then the
 //!    dead pack files are unlinked (a crash in between leaves orphan files,
 //!    which step 1 of the next run removes);
-//! 4. rewrite: live frames are copied (verbatim, hash-checked) to a new pack,
+//! 4. rewrite: the live chunks of a mostly-dead pack are copied, hash-checked,
+//!    to a new pack (a frame whose chunks are all live verbatim, the live
+//!    chunks of a partly dead frame compressed again as a smaller frame),
 //!    which is made durable; one transaction moves the rows and drops the old
 //!    pack's row; then the old file is unlinked. Readers that opened the old
 //!    pack keep reading it through their open descriptor.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 use rusqlite::params;
@@ -29,11 +30,10 @@ use crate::error::{IoContext, Result};
 use crate::id::ChunkId;
 use crate::progress::Progress;
 use crate::recovery_point::{Manifest, MapReader};
-use crate::store::{decode_payload, pack_path, packs_on_disk, EncodedChunk, FrameHeader, PackWriter, FRAME_HEADER_SIZE, PACK_HEADER_SIZE};
+use crate::catalog::PackChunk;
+use crate::error::Error;
+use crate::store::{check_frame, pack_path, packs_on_disk, Frame, FrameHeader, PackWriter, PACK_HEADER_SIZE};
 use crate::vault::Vault;
-
-/// A chunk of a pack: (id, offset, stored length).
-type ChunkRef = (ChunkId, u64, u32);
 
 /// A pack whose live bytes are below this fraction of its size is rewritten.
 const REWRITE_BELOW: f64 = 0.5;
@@ -117,29 +117,22 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
 
     // 3. Sweep rows; plan rewrites.
     let mut dead_packs = Vec::new();
-    // (pack id, pack name, its live chunks as (id, offset, stored length))
-    let mut rewrite: Vec<(i64, String, Vec<ChunkRef>)> = Vec::new();
+    // (pack id, pack name, its live chunks)
+    let mut rewrite: Vec<(i64, String, Vec<PackChunk>)> = Vec::new();
     {
         let mut cat = vault.catalog();
         let tx = cat.conn_mut().transaction()?;
         for pack in &packs {
-            let rows: Vec<ChunkRef> = {
-                let mut st = tx.prepare_cached("SELECT id, offset, stored_len FROM chunks WHERE pack = ?1")?;
-                let it = st.query_map([pack.id], |r| {
-                    let b: Vec<u8> = r.get(0)?;
-                    Ok((ChunkId::from_slice(&b).unwrap_or_default(), r.get(1)?, r.get(2)?))
-                })?;
-                it.collect::<rusqlite::Result<_>>()?
-            };
-            let (alive, dead): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(id, _, _)| live.contains(id));
+            let rows = crate::catalog::Catalog::chunks_in_pack_tx(&tx, pack.id)?;
+            let live_bytes = live_share(&rows, &live);
+            let (alive, dead): (Vec<_>, Vec<_>) = rows.into_iter().partition(|c| live.contains(&c.id));
             {
                 let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
-                for (id, _, _) in &dead {
-                    del.execute([&id.0[..]])?;
+                for c in &dead {
+                    del.execute([&c.id.0[..]])?;
                 }
             }
             report.chunks_removed += dead.len() as u64;
-            let live_bytes: u64 = alive.iter().map(|(_, _, l)| FRAME_HEADER_SIZE as u64 + *l as u64).sum();
             if alive.is_empty() {
                 tx.execute("DELETE FROM packs WHERE id = ?1", [pack.id])?;
                 dead_packs.push(pack.name.clone());
@@ -163,17 +156,16 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
         let old_size = fs::metadata(pack_path(vault.root(), &name)).map(|m| m.len()).unwrap_or(0);
         let file = vault.packs().file(&name)?;
         let mut w = PackWriter::create(vault.root())?;
-        let mut moved: HashMap<ChunkId, u64> = HashMap::new();
-        for (id, off, stored_len) in &rows {
-            let mut buf = vec![0u8; FRAME_HEADER_SIZE + *stored_len as usize];
-            file.read_exact_at(&mut buf, *off).ctx(|| format!("read pack {name}"))?;
-            let header = FrameHeader::parse(&buf[..FRAME_HEADER_SIZE], &format_args!("pack {name} offset {off}"))?;
-            // Never copy damage forward silently: a chunk that fails its hash
-            // stops the rewrite of this pack (verify reports it).
-            decode_payload(&header, &buf[FRAME_HEADER_SIZE..], &format_args!("pack {name}"))?;
-            let new_off = w.append(&EncodedChunk { header, payload: buf[FRAME_HEADER_SIZE..].to_vec() })?;
-            moved.insert(*id, new_off);
-            progress.advance(1);
+        // Chunk id -> (frame offset, frame length, inner offset) in the new pack.
+        let mut moved: HashMap<ChunkId, (u64, u64, usize)> = HashMap::new();
+        for frame_rows in rows.chunk_by(|a, b| a.offset == b.offset) {
+            let first = &frame_rows[0];
+            let frame = rewrite_frame(&file, &name, first.offset, first.frame_len, frame_rows, vault.zstd_level())?;
+            let off = w.append(&frame)?;
+            for (e, r) in frame.header.ranges() {
+                moved.insert(e.id, (off, frame.frame_len(), r.start));
+            }
+            progress.advance(frame_rows.len() as u64);
         }
         let finished = w.finish()?;
         {
@@ -182,9 +174,9 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
             tx.execute("INSERT INTO packs(name, size, created_ms) VALUES (?1, ?2, ?3)", params![finished.name, finished.size, crate::catalog::now_ms()])?;
             let new_id = tx.last_insert_rowid();
             {
-                let mut up = tx.prepare_cached("UPDATE chunks SET pack = ?2, offset = ?3 WHERE id = ?1")?;
-                for (id, off) in &moved {
-                    up.execute(params![&id.0[..], new_id, off])?;
+                let mut up = tx.prepare_cached("UPDATE chunks SET pack = ?2, offset = ?3, frame_len = ?4, inner = ?5 WHERE id = ?1")?;
+                for (id, (off, len, inner)) in &moved {
+                    up.execute(params![&id.0[..], new_id, off, len, inner])?;
                 }
             }
             tx.execute("DELETE FROM packs WHERE id = ?1", [pack_id])?;
@@ -199,4 +191,45 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
     vault.packs().clear();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Estimated live bytes of a pack: each frame's length shared out among its
+/// indexed chunks by raw length.
+fn live_share(rows: &[PackChunk], live: &HashSet<ChunkId>) -> u64 {
+    rows.chunk_by(|a, b| a.offset == b.offset)
+        .map(|f| {
+            let raw: u64 = f.iter().map(|c| c.raw_len as u64).sum();
+            let alive: u64 = f.iter().filter(|c| live.contains(&c.id)).map(|c| c.raw_len as u64).sum();
+            (f[0].frame_len as u64 * alive).checked_div(raw).unwrap_or(0)
+        })
+        .sum()
+}
+
+/// The frame to write in place of the one at `offset` whose live chunks are
+/// `keep`: the same bytes when every chunk of it is kept, else the kept
+/// chunks compressed again. Damage is never copied forward silently: a kept
+/// chunk that fails its hash stops the rewrite of this pack (verify names it).
+fn rewrite_frame(file: &std::fs::File, name: &str, offset: u64, frame_len: u32, keep: &[PackChunk], level: i32) -> Result<Frame> {
+    use std::os::unix::fs::FileExt;
+    let what = format_args!("pack {name} offset {offset}");
+    let mut buf = vec![0u8; frame_len as usize];
+    file.read_exact_at(&mut buf, offset).ctx(|| format!("read pack {name}"))?;
+    let header = FrameHeader::parse(&buf, &what)?;
+    let checked = check_frame(&header, &buf[header.header_len()..], &what);
+    let mut kept = Vec::new();
+    for ((e, r), err) in header.ranges().zip(&checked.errors) {
+        if keep.iter().any(|c| c.id == e.id && c.inner as usize == r.start) {
+            if let Some(err) = err {
+                return Err(Error::Corrupt(err.clone()));
+            }
+            kept.push((e.id, r));
+        }
+    }
+    if kept.len() == header.chunks.len() {
+        let payload = buf.split_off(header.header_len());
+        return Ok(Frame { header, payload });
+    }
+    let raw = checked.raw.expect("sound chunks come from a decoded frame");
+    let chunks: Vec<(ChunkId, &[u8])> = kept.into_iter().map(|(id, r)| (id, &raw[r])).collect();
+    Frame::encode(header.kind, &chunks, level)
 }

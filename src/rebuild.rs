@@ -16,6 +16,7 @@
 //! - item definitions, policies, settings and the job record live only in
 //!   the index: they are not recovered (the old index is kept aside).
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use crate::id::{ChunkId, RecoveryPointId};
 use crate::progress::Progress;
 use crate::recovery_point::{collect_blocks, ChunkFetcher, Manifest};
 use crate::store::{pack_path, packs_on_disk, scan_pack, ChunkKind, FinishedPack, FrameLocation, PackFiles};
-use crate::vault::{lock_vault, VaultHeader, HEADER_FILE};
+use crate::vault::{lock_vault, IndexFetcher, VaultHeader, HEADER_FILE};
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RebuildReport {
@@ -73,14 +74,22 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
         let path = pack_path(root, &name);
         let size = fs::metadata(&path).ctx(|| format!("stat {}", path.display()))?.len();
         let mut frames = Vec::new();
+        let mut damaged = HashSet::new();
         let scanned = scan_pack(&path, true, |f| {
-            if f.error.is_some() {
-                report.damaged_chunks += 1;
-                log::error!("pack {name}: chunk {} at offset {}: {}", f.header.id, f.offset, f.error.as_deref().unwrap_or(""));
-                return;
-            }
-            if f.header.kind == ChunkKind::Manifest {
-                manifests.push(f.header.id);
+            for (e, err) in f.header.chunks.iter().zip(&f.errors) {
+                match err {
+                    Some(err) => {
+                        report.damaged_chunks += 1;
+                        damaged.insert(e.id);
+                        log::error!("pack {name}: chunk {} in the frame at offset {}: {err}", e.id, f.offset);
+                    }
+                    None => {
+                        report.chunks += 1;
+                        if f.header.kind == ChunkKind::Manifest {
+                            manifests.push(e.id);
+                        }
+                    }
+                }
             }
             frames.push(FrameLocation { header: f.header, offset: f.offset });
         });
@@ -89,14 +98,13 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
             report.damaged_packs.push(name.clone());
         }
         progress.advance(size);
-        report.chunks += frames.len() as u64;
         report.packs += 1;
-        catalog.commit_pack(&FinishedPack { name, size, frames })?;
+        catalog.commit_pack_except(&FinishedPack { name, size, frames }, &damaged)?;
     }
     progress.finish();
 
     // 2. Points: every manifest whose whole tree is in the new index.
-    let fetch: Arc<dyn ChunkFetcher> = Arc::new(Fetch { index: std::sync::Mutex::new(Catalog::open_reader(&index)?), packs: PackFiles::new(root) });
+    let fetch: Arc<dyn ChunkFetcher> = Arc::new(IndexFetcher::new(Catalog::open_reader(&index)?, Arc::new(PackFiles::new(root))));
     for id in manifests {
         let bytes = fetch.fetch(&id)?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -150,14 +158,3 @@ fn complete(m: &Manifest, index: &Catalog, fetch: &dyn ChunkFetcher) -> Result<(
     Ok(())
 }
 
-struct Fetch {
-    index: std::sync::Mutex<Catalog>,
-    packs: PackFiles,
-}
-
-impl ChunkFetcher for Fetch {
-    fn fetch(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
-        let loc = self.index.lock().unwrap().chunk_location(id)?.ok_or_else(|| Error::Corrupt(format!("chunk {id} is missing")))?;
-        Ok(Arc::new(self.packs.read_chunk(&loc.pack, loc.offset, loc.stored_len, *id)?))
-    }
-}

@@ -206,7 +206,7 @@ fn write_blocks(
                     let len = bs.min(size - off) as usize;
                     let r = match loc {
                         None => out.write_all_at(&zeros[..len], off),
-                        Some(loc) => match packs.read_chunk(&loc.pack, loc.offset, loc.stored_len, id) {
+                        Some(loc) => match packs.read_chunk(&loc, id) {
                             Ok(data) => out.write_all_at(&data, off),
                             Err(e) => {
                                 failed.store(true, Ordering::Relaxed);

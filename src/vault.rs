@@ -33,7 +33,8 @@ use crate::recovery_point::{ChunkFetcher, DiskReader, Manifest};
 use crate::store::PackFiles;
 
 pub const HEADER_FILE: &str = "kluis.vault";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: frames of several chunks (1: one chunk per frame; not readable any more).
+pub const FORMAT_VERSION: u32 = 2;
 pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
 /// `VAULT/reserve`: space held back so that gc can always run, even after a
 /// backup filled the filesystem to the last byte (SQLite needs room for its
@@ -57,7 +58,7 @@ pub struct VaultHeader {
 
 impl VaultHeader {
     /// ```text
-    /// kluis-vault 1
+    /// kluis-vault 2
     /// id 5f1c…(32 hex)
     /// block-size 65536
     /// zstd-level 3
@@ -182,6 +183,11 @@ impl Vault {
         self.header.block_size
     }
 
+    /// zstd level for frames written now.
+    pub fn zstd_level(&self) -> i32 {
+        self.header.zstd_level
+    }
+
     pub fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
         self.catalog.lock().unwrap()
     }
@@ -222,7 +228,7 @@ impl Vault {
     /// A fetcher reading chunks through the index and the packs. Each call
     /// looks the location up in SQLite; fine for restore and verify.
     pub fn fetcher(&self) -> Result<Arc<dyn ChunkFetcher>> {
-        Ok(Arc::new(IndexFetcher { index: Mutex::new(Catalog::open_reader(&self.index_path())?), packs: self.packs.clone() }))
+        Ok(Arc::new(IndexFetcher::new(Catalog::open_reader(&self.index_path())?, self.packs.clone())))
     }
 
     pub fn disk_reader(&self, point: &PointRow, disk: &str) -> Result<DiskReader> {
@@ -287,16 +293,24 @@ fn new_vault_id() -> String {
     crate::id::hex(&h.finalize().as_bytes()[..16])
 }
 
-struct IndexFetcher {
+/// Fetches chunks by looking each up in the index (maps, configs,
+/// manifests; bulk readers resolve locations in batches instead).
+pub(crate) struct IndexFetcher {
     index: Mutex<Catalog>,
     packs: Arc<PackFiles>,
+}
+
+impl IndexFetcher {
+    pub(crate) fn new(index: Catalog, packs: Arc<PackFiles>) -> IndexFetcher {
+        IndexFetcher { index: Mutex::new(index), packs }
+    }
 }
 
 impl ChunkFetcher for IndexFetcher {
     fn fetch(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
         let loc = self.index.lock().unwrap().chunk_location(id)?;
         let loc = loc.ok_or_else(|| Error::Corrupt(format!("chunk {id} is referenced but missing from the index")))?;
-        Ok(Arc::new(self.packs.read_chunk(&loc.pack, loc.offset, loc.stored_len, *id)?))
+        Ok(Arc::new(self.packs.read_chunk(&loc, *id)?))
     }
 }
 
@@ -306,15 +320,17 @@ mod tests {
 
     #[test]
     fn header_golden() {
-        let h = VaultHeader { format: 1, id: "00112233445566778899aabbccddeeff".into(), block_size: 65536, zstd_level: 3 };
-        assert_eq!(h.to_text(), "kluis-vault 1\nid 00112233445566778899aabbccddeeff\nblock-size 65536\nzstd-level 3\n");
-        // Headers written before the zstd-level line existed read as the default.
-        let old = VaultHeader::parse("kluis-vault 1\nid 00112233445566778899aabbccddeeff\nblock-size 65536\n", Path::new("v")).unwrap();
+        let h = VaultHeader { format: 2, id: "00112233445566778899aabbccddeeff".into(), block_size: 65536, zstd_level: 3 };
+        assert_eq!(h.to_text(), "kluis-vault 2\nid 00112233445566778899aabbccddeeff\nblock-size 65536\nzstd-level 3\n");
+        // A header without the zstd-level line reads as the default.
+        let old = VaultHeader::parse("kluis-vault 2\nid 00112233445566778899aabbccddeeff\nblock-size 65536\n", Path::new("v")).unwrap();
         assert_eq!(old.zstd_level, DEFAULT_ZSTD_LEVEL);
-        assert!(VaultHeader::parse("kluis-vault 1\nid x\nblock-size 65536\nzstd-level 99\n", Path::new("v")).is_err());
+        assert!(VaultHeader::parse("kluis-vault 2\nid x\nblock-size 65536\nzstd-level 99\n", Path::new("v")).is_err());
         assert_eq!(VaultHeader::parse(&h.to_text(), Path::new("v")).unwrap(), h);
-        assert!(VaultHeader::parse("kluis-vault 2\nid x\nblock-size 65536\n", Path::new("v")).is_err());
+        let e = VaultHeader::parse("kluis-vault 1\nid x\nblock-size 65536\n", Path::new("v")).unwrap_err();
+        assert!(e.to_string().contains("vault format 1 is not supported"), "{e}");
+        assert!(VaultHeader::parse("kluis-vault 3\nid x\nblock-size 65536\n", Path::new("v")).is_err());
         assert!(VaultHeader::parse("hello", Path::new("v")).is_err());
-        assert!(VaultHeader::parse("kluis-vault 1\nid x\nblock-size 1000\n", Path::new("v")).is_err());
+        assert!(VaultHeader::parse("kluis-vault 2\nid x\nblock-size 1000\n", Path::new("v")).is_err());
     }
 }

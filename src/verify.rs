@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::progress::Progress;
 use crate::recovery_point::{Manifest, FANOUT, PAGE_BYTES};
-use crate::store::{decode_payload, pack_path, FrameHeader, FRAME_HEADER_SIZE};
+use crate::catalog::PackChunk;
+use crate::store::{check_frame, pack_path, read_header};
 use crate::timefmt::rfc3339_s;
 use crate::vault::Vault;
 
@@ -83,45 +84,31 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
     report.orphan_packs = crate::store::packs_on_disk(vault.root())?.into_iter().filter(|n| !known.contains(n)).count();
     let total: u64 = packs.iter().map(|p| p.size).sum();
     progress.start(if read_data { "verify data" } else { "verify index" }, total);
-    let mut buf = Vec::new();
     for pack in &packs {
         let rows = vault.catalog().chunks_in_pack(pack.id)?;
         let path = pack_path(vault.root(), &pack.name);
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) => {
-                for (id, off, _) in rows {
-                    damaged.insert(id, (format!("pack {} offset {off}", pack.name), format!("pack file missing: {e}")));
+                for c in rows {
+                    damaged.insert(c.id, (format!("pack {} offset {}", pack.name, c.offset), format!("pack file missing: {e}")));
                 }
                 continue;
             }
         };
         let actual = file.metadata().map(|m| m.len()).unwrap_or(0);
-        for (id, off, stored_len) in rows {
-            report.chunks_checked += 1;
-            let want = FRAME_HEADER_SIZE + if read_data { stored_len as usize } else { 0 };
-            buf.resize(want, 0);
+        for frame_rows in rows.chunk_by(|a, b| a.offset == b.offset) {
+            let (off, frame_len) = (frame_rows[0].offset, frame_rows[0].frame_len);
+            report.chunks_checked += frame_rows.len() as u64;
             let loc = format!("pack {} offset {off}", pack.name);
-            let r = if off + FRAME_HEADER_SIZE as u64 + stored_len as u64 > actual {
-                Err(Error::Corrupt("frame runs past the end of the pack (truncated)".into()))
-            } else {
-                file.read_exact_at(&mut buf, off).map_err(|e| Error::io("read", e)).and_then(|_| {
-                    let h = FrameHeader::parse(&buf[..FRAME_HEADER_SIZE], &"frame")?;
-                    if h.id != id || h.stored_len != stored_len {
-                        return Err(Error::Corrupt(format!("frame holds chunk {} instead", h.id)));
-                    }
-                    if read_data {
-                        decode_payload(&h, &buf[FRAME_HEADER_SIZE..], &format_args!("pack {}", pack.name))?;
-                    }
-                    Ok(())
-                })
-            };
-            report.bytes_read += want as u64;
-            progress.advance((FRAME_HEADER_SIZE + stored_len as usize) as u64);
-            if let Err(e) = r {
-                let msg = e.to_string();
-                let msg = msg.rsplit(": ").next().unwrap_or(&msg).to_owned();
-                damaged.insert(id, (loc, msg));
+            let outcome = check_frame_at(&file, actual, off, frame_len, frame_rows, read_data, &loc);
+            report.bytes_read += outcome.bytes_read;
+            progress.advance(frame_len as u64);
+            for (c, err) in frame_rows.iter().zip(outcome.errors) {
+                if let Some(msg) = err {
+                    let msg = msg.rsplit(": ").next().unwrap_or(&msg).to_owned();
+                    damaged.insert(c.id, (loc.clone(), msg));
+                }
             }
         }
     }
@@ -263,4 +250,44 @@ impl Walk<'_> {
         }
         Ok(())
     }
+}
+
+struct FrameCheck {
+    bytes_read: u64,
+    /// Per row, in order: why its chunk is damaged, or None.
+    errors: Vec<Option<String>>,
+}
+
+/// Checks the frame at `off` against the index rows that point into it: its
+/// header, that its table holds each row's chunk where the row says, and
+/// with `read_data` that each chunk decodes and hashes to its id.
+fn check_frame_at(file: &File, pack_len: u64, off: u64, frame_len: u32, rows: &[PackChunk], read_data: bool, loc: &str) -> FrameCheck {
+    let all = |msg: String| rows.iter().map(|_| Some(msg.clone())).collect();
+    if off + frame_len as u64 > pack_len {
+        return FrameCheck { bytes_read: 0, errors: all("frame runs past the end of the pack (truncated)".into()) };
+    }
+    let header = read_header(file, off, &"frame").and_then(|h| match h.frame_len() == frame_len as u64 {
+        true => Ok(h),
+        false => Err(Error::Corrupt(format!("frame is {} bytes, the index says {frame_len}", h.frame_len()))),
+    });
+    let header = match header {
+        Ok(h) => h,
+        Err(e) => return FrameCheck { bytes_read: 0, errors: all(e.to_string()) },
+    };
+    let mut payload = vec![0u8; if read_data { header.stored_len as usize } else { 0 }];
+    if let Err(e) = file.read_exact_at(&mut payload, off + header.header_len() as u64) {
+        return FrameCheck { bytes_read: 0, errors: all(format!("read: {e}")) };
+    }
+    let checked = read_data.then(|| check_frame(&header, &payload, &format_args!("{loc}")));
+    let errors = rows
+        .iter()
+        .map(|c| {
+            let Some(i) = header.ranges().position(|(e, r)| e.id == c.id && r.start == c.inner as usize && r.len() == c.raw_len as usize) else {
+                return Some("the frame there does not hold this chunk".to_owned());
+            };
+            checked.as_ref().and_then(|k| k.errors[i].clone())
+        })
+        .collect();
+    let bytes_read = (header.header_len() + payload.len()) as u64;
+    FrameCheck { bytes_read, errors }
 }

@@ -15,19 +15,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::error::Result;
 use crate::id::{ChunkId, RecoveryPointId};
+pub use crate::store::ChunkLocation;
 use crate::store::FinishedPack;
 
 pub use items::{ItemRow, PolicyRow};
 pub use schema::SCHEMA_VERSION;
-
-/// Where a chunk lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChunkLocation {
-    pub pack: String,
-    pub offset: u64,
-    pub stored_len: u32,
-    pub raw_len: u32,
-}
 
 /// One recovery point as the index keeps it.
 #[derive(Clone, Debug)]
@@ -45,6 +37,16 @@ pub struct PointRow {
     /// How the disks were captured (`reflink`, `snapshot`, `held-freeze`,
     /// `live`, ...; see crate::consistency); None for points of schema 1.
     pub capture: Option<String>,
+}
+
+/// One chunk row of a pack (see [`Catalog::chunks_in_pack`]).
+#[derive(Clone, Debug)]
+pub struct PackChunk {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub frame_len: u32,
+    pub inner: u32,
+    pub raw_len: u32,
 }
 
 pub struct PackRow {
@@ -141,28 +143,36 @@ impl Catalog {
 
     pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT p.name, c.offset, c.stored_len, c.raw_len FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?1",
+            "SELECT p.name, c.offset, c.frame_len, c.inner, c.raw_len FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?1",
         )?;
         Ok(st
             .query_row([id_blob(id)], |r| {
-                Ok(ChunkLocation { pack: r.get(0)?, offset: r.get(1)?, stored_len: r.get(2)?, raw_len: r.get(3)? })
+                Ok(ChunkLocation { pack: r.get(0)?, offset: r.get(1)?, frame_len: r.get(2)?, inner: r.get(3)?, raw_len: r.get(4)? })
             })
             .optional()?)
     }
 
-    /// Records a durable pack and its frames in one transaction. A chunk that
-    /// is already indexed elsewhere keeps its old location (the duplicate
-    /// frame is garbage for gc).
+    /// Records a durable pack and the chunks of its frames in one
+    /// transaction. A chunk that is already indexed elsewhere keeps its old
+    /// location (the duplicate copy is garbage for gc).
     pub fn commit_pack(&mut self, pack: &FinishedPack) -> Result<()> {
+        self.commit_pack_except(pack, &std::collections::HashSet::new())
+    }
+
+    /// [`Catalog::commit_pack`] leaving out the chunks in `skip` (damaged
+    /// ones found while re-indexing).
+    pub fn commit_pack_except(&mut self, pack: &FinishedPack, skip: &std::collections::HashSet<ChunkId>) -> Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute("INSERT INTO packs(name, size, created_ms) VALUES (?1, ?2, ?3)", params![pack.name, pack.size, now_ms()])?;
         let pack_id = tx.last_insert_rowid();
         {
             let mut st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO chunks(id, pack, offset, stored_len, raw_len, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO chunks(id, pack, offset, frame_len, inner, raw_len, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for f in &pack.frames {
-                st.execute(params![id_blob(&f.header.id), pack_id, f.offset, f.header.stored_len, f.header.raw_len, f.header.kind as u8])?;
+                for (e, r) in f.header.ranges().filter(|(e, _)| !skip.contains(&e.id)) {
+                    st.execute(params![id_blob(&e.id), pack_id, f.offset, f.header.frame_len(), r.start, e.raw_len, f.header.kind as u8])?;
+                }
             }
         }
         tx.commit()?;
@@ -175,10 +185,19 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Chunks of one pack: (id, offset, stored_len).
-    pub fn chunks_in_pack(&self, pack_id: i64) -> Result<Vec<(ChunkId, u64, u32)>> {
-        let mut st = self.conn.prepare_cached("SELECT id, offset, stored_len FROM chunks WHERE pack = ?1 ORDER BY offset")?;
-        let rows = st.query_map([pack_id], |r| Ok((blob_id(r.get(0)?)?, r.get(1)?, r.get(2)?)))?;
+    /// Chunks of one pack in frame order.
+    pub fn chunks_in_pack(&self, pack_id: i64) -> Result<Vec<PackChunk>> {
+        Self::chunks_in_pack_tx(&self.conn, pack_id)
+    }
+
+    /// [`Catalog::chunks_in_pack`] inside a transaction of the caller's.
+    pub fn chunks_in_pack_tx(conn: &Connection, pack_id: i64) -> Result<Vec<PackChunk>> {
+        let mut st = conn.prepare_cached(
+            "SELECT id, offset, frame_len, inner, raw_len FROM chunks WHERE pack = ?1 ORDER BY offset, inner",
+        )?;
+        let rows = st.query_map([pack_id], |r| {
+            Ok(PackChunk { id: blob_id(r.get(0)?)?, offset: r.get(1)?, frame_len: r.get(2)?, inner: r.get(3)?, raw_len: r.get(4)? })
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

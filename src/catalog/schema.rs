@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 pub const SCHEMA_V1: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,8 +76,18 @@ ALTER TABLE jobs ADD COLUMN pid INTEGER;
 CREATE INDEX jobs_by_item ON jobs(item, kind, id);
 ";
 
+/// Version 3 (vault format 2): a frame holds several chunks, so a chunk's
+/// location is its frame (`offset`, `frame_len`: header and payload) plus
+/// its place in the frame's decoded bytes (`inner`). An index of version 2
+/// belongs to a vault of format 1, which this kluis refuses to open before
+/// it reaches the index, so no row is ever reinterpreted.
+pub const MIGRATE_V3: &str = "
+ALTER TABLE chunks RENAME COLUMN stored_len TO frame_len;
+ALTER TABLE chunks ADD COLUMN inner INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Steps from each version to the next; `MIGRATIONS[i]` goes from i+1 to i+2.
-const MIGRATIONS: &[&str] = &[MIGRATE_V2];
+const MIGRATIONS: &[&str] = &[MIGRATE_V2, MIGRATE_V3];
 
 pub fn migrate(conn: &mut Connection, create: bool) -> Result<()> {
     let mut version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;

@@ -4,22 +4,29 @@
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 
-/// First 16 bytes of every pack: magic "KLUISPAK", format version 1 (u32 LE), 4 reserved zero bytes.
-pub const PACK_HEADER: [u8; 16] = *b"KLUISPAK\x01\x00\x00\x00\x00\x00\x00\x00";
+/// First 16 bytes of every pack: magic "KLUISPAK", format version 2 (u32 LE), 4 reserved zero bytes.
+pub const PACK_HEADER: [u8; 16] = *b"KLUISPAK\x02\x00\x00\x00\x00\x00\x00\x00";
 pub const PACK_HEADER_SIZE: u64 = 16;
-pub const FRAME_MAGIC: [u8; 4] = *b"KCHK";
-pub const FRAME_HEADER_SIZE: usize = 56;
+pub const FRAME_MAGIC: [u8; 4] = *b"KFRM";
+/// The fixed part of a frame header; the chunk table follows it.
+pub const FRAME_FIXED_SIZE: usize = 24;
+/// One chunk-table entry: id (32) + raw length (4).
+pub const FRAME_ENTRY_SIZE: usize = 36;
+/// Upper bounds a parser enforces before allocating anything.
+pub const MAX_FRAME_CHUNKS: usize = 1024;
+pub const MAX_FRAME_RAW: u32 = 64 << 20;
 
 /// Low 4 bits of the flags: how the payload is encoded. Bits 4..16 are
-/// reserved (encryption, other codecs) and must be zero in format version 1.
+/// reserved (encryption, other codecs) and must be zero in format version 2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {
     Stored = 0,
     Zstd = 1,
 }
 
-/// What a chunk holds. Only a hint for tools (verify, re-indexing): chunk ids
-/// are content hashes, so a chunk is the same whatever it was stored as.
+/// What a frame's chunks hold. Only a hint for tools (verify, re-indexing):
+/// chunk ids are content hashes, so a chunk is the same whatever it was
+/// stored as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkKind {
     Data = 0,
@@ -40,52 +47,112 @@ impl ChunkKind {
     }
 }
 
+/// One chunk of a frame: its id and length; its bytes follow those of the
+/// entries before it in the frame's decoded payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameEntry {
+    pub id: ChunkId,
+    pub raw_len: u32,
+}
+
+/// A frame holds one or more chunks compressed together: the new blocks of
+/// one read run of a backup share one zstd frame, so zstd sees up to 1 MiB
+/// of context instead of one block (a smaller vault, and one decompression
+/// per run when reading back). See docs/format.md §2.
+///
 /// ```text
 /// offset size field
-///  0      4  magic "KCHK"
+///  0      4  magic "KFRM"
 ///  4      2  flags (u16 LE): bits 0-3 codec (0 stored, 1 zstd), rest reserved = 0
 ///  6      1  kind (0 data, 1 map page, 2 config, 3 manifest)
 ///  7      1  reserved = 0
-///  8      4  raw length (u32 LE)
-/// 12      4  stored length (u32 LE)
-/// 16     32  chunk id = blake3(raw bytes)
-/// 48      4  header check = first 4 bytes of blake3(bytes 0..48), LE
-/// 52      4  reserved = 0
-/// 56      …  stored bytes
+///  8      4  raw length (u32 LE) = sum of the entries' raw lengths
+/// 12      4  stored length (u32 LE) = payload bytes after the header
+/// 16      2  chunk count N (u16 LE), 1..=1024
+/// 18      2  reserved = 0
+/// 20      4  header check = first 4 bytes of blake3(bytes 0..20 ‖ chunk table), LE
+/// 24   36·N  chunk table: per chunk its id = blake3(raw bytes) (32) and raw length (u32 LE)
+///  …      …  payload: the chunks' raw bytes concatenated, stored or as one zstd frame
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
-    pub id: ChunkId,
     pub codec: Codec,
     pub kind: ChunkKind,
     pub raw_len: u32,
     pub stored_len: u32,
+    pub chunks: Vec<FrameEntry>,
 }
 
 impl FrameHeader {
-    pub fn to_bytes(&self) -> [u8; FRAME_HEADER_SIZE] {
-        let mut b = [0u8; FRAME_HEADER_SIZE];
+    /// Bytes of the header, chunk table included.
+    pub fn header_len(&self) -> usize {
+        header_len(self.chunks.len())
+    }
+
+    /// Bytes of the whole frame: header + payload.
+    pub fn frame_len(&self) -> u64 {
+        (self.header_len() + self.stored_len as usize) as u64
+    }
+
+    /// Where each chunk lies in the decoded payload, in table order.
+    pub fn ranges(&self) -> impl Iterator<Item = (&FrameEntry, std::ops::Range<usize>)> {
+        self.chunks.iter().scan(0usize, |at, e| {
+            let r = *at..*at + e.raw_len as usize;
+            *at = r.end;
+            Some((e, r))
+        })
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = vec![0u8; self.header_len()];
         b[0..4].copy_from_slice(&FRAME_MAGIC);
         b[4..6].copy_from_slice(&(self.codec as u16).to_le_bytes());
         b[6] = self.kind as u8;
         b[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
         b[12..16].copy_from_slice(&self.stored_len.to_le_bytes());
-        b[16..48].copy_from_slice(&self.id.0);
-        let check = header_check(&b[0..48]);
-        b[48..52].copy_from_slice(&check.to_le_bytes());
+        b[16..18].copy_from_slice(&(self.chunks.len() as u16).to_le_bytes());
+        for (i, e) in self.chunks.iter().enumerate() {
+            let at = FRAME_FIXED_SIZE + i * FRAME_ENTRY_SIZE;
+            b[at..at + 32].copy_from_slice(&e.id.0);
+            b[at + 32..at + 36].copy_from_slice(&e.raw_len.to_le_bytes());
+        }
+        let check = header_check(&b);
+        b[20..24].copy_from_slice(&check.to_le_bytes());
         b
     }
 
-    /// Parses and validates a frame header; `what` names it in errors.
-    pub fn parse(b: &[u8], what: &dyn std::fmt::Display) -> Result<FrameHeader> {
-        if b.len() < FRAME_HEADER_SIZE {
+    /// The length of the whole header (table included) announced by its
+    /// fixed part, after sanity checks; read that many bytes, then [`parse`].
+    ///
+    /// [`parse`]: FrameHeader::parse
+    pub fn announced_len(fixed: &[u8], what: &dyn std::fmt::Display) -> Result<usize> {
+        if fixed.len() < FRAME_FIXED_SIZE {
             return Err(Error::Corrupt(format!("{what}: truncated frame header")));
         }
-        if b[0..4] != FRAME_MAGIC {
+        if fixed[0..4] != FRAME_MAGIC {
             return Err(Error::Corrupt(format!("{what}: bad frame magic")));
         }
-        let stored_check = u32::from_le_bytes(b[48..52].try_into().unwrap());
-        if stored_check != header_check(&b[0..48]) {
+        let n = u16::from_le_bytes([fixed[16], fixed[17]]) as usize;
+        if n == 0 || n > MAX_FRAME_CHUNKS {
+            return Err(Error::Corrupt(format!("{what}: frame announces {n} chunks")));
+        }
+        Ok(header_len(n))
+    }
+
+    /// Parses and validates a frame header (its first [`announced_len`]
+    /// bytes); `what` names it in errors.
+    ///
+    /// [`announced_len`]: FrameHeader::announced_len
+    pub fn parse(b: &[u8], what: &dyn std::fmt::Display) -> Result<FrameHeader> {
+        let len = Self::announced_len(b, what)?;
+        if b.len() < len {
+            return Err(Error::Corrupt(format!("{what}: truncated frame header")));
+        }
+        let b = &b[..len];
+        let stored_check = u32::from_le_bytes(b[20..24].try_into().unwrap());
+        let mut checked = b.to_vec();
+        checked[20..24].fill(0);
+        if stored_check != header_check(&checked) {
             return Err(Error::Corrupt(format!("{what}: frame header checksum mismatch")));
         }
         let flags = u16::from_le_bytes([b[4], b[5]]);
@@ -94,65 +161,91 @@ impl FrameHeader {
             1 => Codec::Zstd,
             _ => return Err(Error::Corrupt(format!("{what}: unsupported frame flags {flags:#x}"))),
         };
-        let kind = ChunkKind::from_u8(b[6])
-            .ok_or_else(|| Error::Corrupt(format!("{what}: unknown chunk kind {}", b[6])))?;
-        Ok(FrameHeader {
-            id: ChunkId::from_slice(&b[16..48]).unwrap(),
-            codec,
-            kind,
-            raw_len: u32::from_le_bytes(b[8..12].try_into().unwrap()),
-            stored_len: u32::from_le_bytes(b[12..16].try_into().unwrap()),
-        })
+        let kind = ChunkKind::from_u8(b[6]).ok_or_else(|| Error::Corrupt(format!("{what}: unknown chunk kind {}", b[6])))?;
+        let chunks: Vec<FrameEntry> = b[FRAME_FIXED_SIZE..]
+            .chunks_exact(FRAME_ENTRY_SIZE)
+            .map(|e| FrameEntry { id: ChunkId::from_slice(&e[..32]).unwrap(), raw_len: u32::from_le_bytes(e[32..36].try_into().unwrap()) })
+            .collect();
+        let raw_len = u32::from_le_bytes(b[8..12].try_into().unwrap());
+        let sum: u64 = chunks.iter().map(|e| e.raw_len as u64).sum();
+        if sum != raw_len as u64 || raw_len > MAX_FRAME_RAW || b[7] != 0 || b[18..20] != [0, 0] {
+            return Err(Error::Corrupt(format!("{what}: inconsistent frame header")));
+        }
+        let stored_len = u32::from_le_bytes(b[12..16].try_into().unwrap());
+        if codec == Codec::Stored && stored_len != raw_len {
+            return Err(Error::Corrupt(format!("{what}: stored frame of {stored_len} bytes holds {raw_len}")));
+        }
+        Ok(FrameHeader { codec, kind, raw_len, stored_len, chunks })
     }
 }
 
-fn header_check(b: &[u8]) -> u32 {
-    let h = blake3::hash(b);
-    u32::from_le_bytes(h.as_bytes()[0..4].try_into().unwrap())
+fn header_len(chunks: usize) -> usize {
+    FRAME_FIXED_SIZE + chunks * FRAME_ENTRY_SIZE
 }
 
-/// A chunk ready to append: header + payload.
-pub struct EncodedChunk {
+/// blake3 of the header with its check field (bytes 20..24) zeroed.
+fn header_check(b: &[u8]) -> u32 {
+    let mut h = blake3::Hasher::new();
+    h.update(&b[..20]);
+    h.update(&[0u8; 4]);
+    h.update(&b[24..]);
+    u32::from_le_bytes(h.finalize().as_bytes()[0..4].try_into().unwrap())
+}
+
+/// A frame ready to append: header + payload.
+pub struct Frame {
     pub header: FrameHeader,
     pub payload: Vec<u8>,
 }
 
-impl EncodedChunk {
+impl Frame {
     pub fn frame_len(&self) -> u64 {
-        (FRAME_HEADER_SIZE + self.payload.len()) as u64
+        self.header.frame_len()
     }
-}
 
-/// Compresses a chunk with zstd at `level`; keeps the raw bytes when zstd
-/// does not make them smaller (already-compressed data, random pages).
-pub fn encode_chunk(id: ChunkId, kind: ChunkKind, raw: &[u8], level: i32) -> Result<EncodedChunk> {
-    // One compression context per thread and level: creating one costs
-    // about as much as compressing a 64 KiB block.
-    thread_local! {
-        static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
-    }
-    let compressed = CCTX
-        .with(|c| {
-            let mut c = c.borrow_mut();
-            if c.as_ref().map(|(l, _)| *l) != Some(level) {
-                *c = Some((level, zstd::bulk::Compressor::new(level)?));
-            }
-            c.as_mut().unwrap().1.compress(raw)
+    /// Compresses `chunks` (id and raw bytes, in order) into one frame with
+    /// zstd at `level`; keeps the raw bytes when zstd does not make them
+    /// smaller (already-compressed data, random pages). zstd's own content
+    /// checksum is on, so a damaged payload fails to decode.
+    pub fn encode(kind: ChunkKind, chunks: &[(ChunkId, &[u8])], level: i32) -> Result<Frame> {
+        assert!(!chunks.is_empty() && chunks.len() <= MAX_FRAME_CHUNKS);
+        // One compression context per thread and level: creating one costs
+        // about as much as compressing a 64 KiB block.
+        thread_local! {
+            static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+        }
+        let raw: std::borrow::Cow<[u8]> = match chunks {
+            [(_, one)] => std::borrow::Cow::Borrowed(one),
+            _ => std::borrow::Cow::Owned(chunks.iter().flat_map(|(_, b)| b.iter().copied()).collect()),
+        };
+        let compressed = CCTX
+            .with(|c| {
+                let mut c = c.borrow_mut();
+                if c.as_ref().map(|(l, _)| *l) != Some(level) {
+                    let mut z = zstd::bulk::Compressor::new(level)?;
+                    z.set_parameter(zstd::stream::raw::CParameter::ChecksumFlag(true))?;
+                    *c = Some((level, z));
+                }
+                c.as_mut().unwrap().1.compress(&raw)
+            })
+            .map_err(|e| Error::io(format!("compressing chunk {}", chunks[0].0), e))?;
+        let raw_len = raw.len() as u32;
+        let (codec, payload) = if compressed.len() < raw.len() {
+            (Codec::Zstd, compressed)
+        } else {
+            (Codec::Stored, raw.into_owned())
+        };
+        let entries = chunks.iter().map(|(id, b)| FrameEntry { id: *id, raw_len: b.len() as u32 }).collect();
+        Ok(Frame {
+            header: FrameHeader { codec, kind, raw_len, stored_len: payload.len() as u32, chunks: entries },
+            payload,
         })
-        .map_err(|e| Error::io(format!("compressing chunk {id}"), e))?;
-    let (codec, payload) = if compressed.len() < raw.len() {
-        (Codec::Zstd, compressed)
-    } else {
-        (Codec::Stored, raw.to_vec())
-    };
-    Ok(EncodedChunk {
-        header: FrameHeader { id, codec, kind, raw_len: raw.len() as u32, stored_len: payload.len() as u32 },
-        payload,
-    })
+    }
 }
 
-/// Decodes a payload and checks that it hashes to the header's id, so a
-/// flipped bit anywhere is caught before the bytes reach a restore or a mount.
+/// The decoded payload of a frame: all its chunks' bytes, concatenated.
+/// A zstd payload is checked by zstd's content checksum; a stored one is
+/// not checked here — see [`check_chunk`].
 pub fn decode_payload(h: &FrameHeader, payload: &[u8], what: &dyn std::fmt::Display) -> Result<Vec<u8>> {
     let raw = match h.codec {
         Codec::Stored => payload.to_vec(),
@@ -167,16 +260,50 @@ pub fn decode_payload(h: &FrameHeader, payload: &[u8], what: &dyn std::fmt::Disp
                 }
                 d.as_mut().unwrap().decompress(payload, h.raw_len as usize)
             })
-            .map_err(|e| Error::Corrupt(format!("chunk {} in {what}: cannot decompress: {e}", h.id)))?
+            .map_err(|e| Error::Corrupt(format!("chunk {} in {what}: cannot decompress: {e}", h.chunks[0].id)))?
         }
     };
     if raw.len() != h.raw_len as usize {
-        return Err(Error::Corrupt(format!("chunk {} in {what}: length {} != {}", h.id, raw.len(), h.raw_len)));
-    }
-    if ChunkId::of(&raw) != h.id {
-        return Err(Error::Corrupt(format!("chunk {} in {what}: checksum mismatch", h.id)));
+        return Err(Error::Corrupt(format!("chunk {} in {what}: length {} != {}", h.chunks[0].id, raw.len(), h.raw_len)));
     }
     Ok(raw)
+}
+
+/// Checks that `raw` hashes to `id`, so a flipped bit is caught before the
+/// bytes reach a restore or a mount.
+pub fn check_chunk(id: &ChunkId, raw: &[u8], what: &dyn std::fmt::Display) -> Result<()> {
+    if ChunkId::of(raw) != *id {
+        return Err(Error::Corrupt(format!("chunk {id} in {what}: checksum mismatch")));
+    }
+    Ok(())
+}
+
+/// A frame decoded with every chunk's hash checked.
+pub struct CheckedFrame {
+    /// The decoded payload; None when it does not decode at all.
+    pub raw: Option<Vec<u8>>,
+    /// Per chunk, in table order: why it is damaged, or None when sound.
+    pub errors: Vec<Option<String>>,
+}
+
+impl CheckedFrame {
+    pub fn is_sound(&self) -> bool {
+        self.errors.iter().all(Option::is_none)
+    }
+}
+
+/// Decodes a frame and checks every chunk's hash (verify, gc, re-indexing).
+pub fn check_frame(h: &FrameHeader, payload: &[u8], what: &dyn std::fmt::Display) -> CheckedFrame {
+    match decode_payload(h, payload, what) {
+        Ok(raw) => {
+            let errors = h.ranges().map(|(e, r)| check_chunk(&e.id, &raw[r], what).err().map(|e| e.to_string())).collect();
+            CheckedFrame { raw: Some(raw), errors }
+        }
+        Err(err) => {
+            let msg = err.to_string();
+            CheckedFrame { raw: None, errors: h.chunks.iter().map(|_| Some(msg.clone())).collect() }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -188,42 +315,74 @@ mod tests {
     #[test]
     fn frame_header_golden() {
         let h = FrameHeader {
-            id: ChunkId::of(b"golden"),
             codec: Codec::Zstd,
-            kind: ChunkKind::MapPage,
-            raw_len: 65536,
+            kind: ChunkKind::Data,
+            raw_len: 65536 + 4096,
             stored_len: 1234,
+            chunks: vec![
+                FrameEntry { id: ChunkId::of(b"golden"), raw_len: 65536 },
+                FrameEntry { id: ChunkId::of(b"golden 2"), raw_len: 4096 },
+            ],
         };
         let b = h.to_bytes();
-        assert_eq!(&b[0..16], b"KCHK\x01\x00\x01\x00\x00\x00\x01\x00\xd2\x04\x00\x00");
-        assert_eq!(&b[16..48], blake3::hash(b"golden").as_bytes());
-        assert_eq!(crate::id::hex(&b[48..56]), "46f54dcc00000000");
+        assert_eq!(b.len(), 24 + 2 * 36);
+        assert_eq!(&b[0..20], b"KFRM\x01\x00\x00\x00\x00\x10\x01\x00\xd2\x04\x00\x00\x02\x00\x00\x00");
+        assert_eq!(&b[24..56], blake3::hash(b"golden").as_bytes());
+        assert_eq!(&b[56..60], &65536u32.to_le_bytes());
+        assert_eq!(&b[60..92], blake3::hash(b"golden 2").as_bytes());
+        assert_eq!(&b[92..96], &4096u32.to_le_bytes());
+        assert_eq!(crate::id::hex(&b[20..24]), "02637096");
+        assert_eq!(FrameHeader::announced_len(&b[..24], &"t").unwrap(), 96);
         assert_eq!(FrameHeader::parse(&b, &"t").unwrap(), h);
-        assert_eq!(&PACK_HEADER[..], b"KLUISPAK\x01\x00\x00\x00\x00\x00\x00\x00");
+        assert_eq!(&PACK_HEADER[..], b"KLUISPAK\x02\x00\x00\x00\x00\x00\x00\x00");
     }
 
     #[test]
     fn corrupt_headers_are_rejected() {
-        let h = FrameHeader { id: ChunkId::of(b"x"), codec: Codec::Stored, kind: ChunkKind::Data, raw_len: 1, stored_len: 1 };
+        let h = FrameHeader {
+            codec: Codec::Stored,
+            kind: ChunkKind::Data,
+            raw_len: 3,
+            stored_len: 3,
+            chunks: vec![FrameEntry { id: ChunkId::of(b"x"), raw_len: 1 }, FrameEntry { id: ChunkId::of(b"yz"), raw_len: 2 }],
+        };
         let good = h.to_bytes();
-        for i in 0..52 {
-            let mut b = good;
+        for i in 0..good.len() {
+            let mut b = good.clone();
             b[i] ^= 0x40;
             assert!(FrameHeader::parse(&b, &"t").is_err(), "flip at byte {i} not caught");
         }
+        assert!(FrameHeader::parse(&good[..good.len() - 1], &"t").is_err());
     }
 
     #[test]
     fn encode_decode_round_trip() {
-        let data = vec![7u8; 65536];
-        let id = ChunkId::of(&data);
-        let e = encode_chunk(id, ChunkKind::Data, &data, 3).unwrap();
-        assert_eq!(e.header.codec, Codec::Zstd);
-        assert!(e.payload.len() < 100);
-        assert_eq!(decode_payload(&e.header, &e.payload, &"t").unwrap(), data);
-        let mut bad = e.payload.clone();
-        let n = bad.len() / 2;
-        bad[n] ^= 1;
-        assert!(decode_payload(&e.header, &bad, &"t").is_err());
+        let a = vec![7u8; 65536];
+        let b: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let chunks = [(ChunkId::of(&a), &a[..]), (ChunkId::of(&b), &b[..])];
+        let f = Frame::encode(ChunkKind::Data, &chunks, 3).unwrap();
+        assert_eq!(f.header.codec, Codec::Zstd);
+        assert!(f.payload.len() < 2000);
+        let c = check_frame(&f.header, &f.payload, &"t");
+        assert!(c.is_sound());
+        let raw = c.raw.unwrap();
+        let got: Vec<&[u8]> = f.header.ranges().map(|(_, r)| &raw[r]).collect();
+        assert_eq!(got, vec![&a[..], &b[..]]);
+        // zstd's checksum catches a flip anywhere in the payload.
+        for at in [5, f.payload.len() / 2, f.payload.len() - 1] {
+            let mut bad = f.payload.clone();
+            bad[at] ^= 1;
+            assert!(decode_payload(&f.header, &bad, &"t").is_err(), "flip at {at} decoded");
+            assert!(!check_frame(&f.header, &bad, &"t").is_sound());
+        }
+        // A stored frame: only the chunk with the flipped byte is damaged.
+        let mut rng = fastrand::Rng::with_seed(7);
+        let r: Vec<u8> = (0..8192).map(|_| rng.u8(..)).collect();
+        let s = [(ChunkId::of(&r[..4096]), &r[..4096]), (ChunkId::of(&r[4096..]), &r[4096..])];
+        let mut f = Frame::encode(ChunkKind::Data, &s, 3).unwrap();
+        assert_eq!(f.header.codec, Codec::Stored);
+        f.payload[5000] ^= 1;
+        let c = check_frame(&f.header, &f.payload, &"t");
+        assert!(c.errors[0].is_none() && c.errors[1].is_some());
     }
 }

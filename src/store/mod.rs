@@ -7,10 +7,11 @@
 //! VAULT/packs/NN/NAME.pack       a finished pack; NN = first two hex chars of NAME
 //! ```
 //!
-//! A pack is a 16-byte header followed by frames; each frame is a 56-byte
-//! header carrying the chunk's id, raw and stored length, codec flags and a
-//! header checksum, then the stored bytes. A pack can therefore be re-indexed
-//! and verified from its own bytes (see docs/format.md).
+//! A pack is a 16-byte header followed by frames; each frame holds one or
+//! more chunks compressed together: a header with codec flags, lengths, a
+//! table of the chunks' ids and lengths and a header checksum, then the
+//! stored bytes. A pack can therefore be re-indexed and verified from its own
+//! bytes (see docs/format.md).
 //!
 //! # Write order (crash safety)
 //!
@@ -27,5 +28,5 @@
 mod frame;
 mod pack;
 
-pub use frame::{decode_payload, encode_chunk, ChunkKind, EncodedChunk, FrameHeader, Codec, FRAME_HEADER_SIZE, PACK_HEADER, PACK_HEADER_SIZE};
-pub use pack::{pack_path, packs_on_disk, scan_pack, FinishedPack, FrameLocation, PackFiles, PackWriter, ScannedFrame};
+pub use frame::{check_chunk, check_frame, decode_payload, ChunkKind, Codec, Frame, FrameEntry, FrameHeader, PACK_HEADER, PACK_HEADER_SIZE};
+pub use pack::{pack_path, packs_on_disk, read_frame, read_header, scan_pack, ChunkLocation, DecodedFrame, FinishedPack, FrameLocation, PackFiles, PackWriter, ScannedFrame};

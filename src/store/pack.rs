@@ -35,7 +35,7 @@ fn new_pack_name() -> String {
 }
 
 /// Where one frame landed in a finished pack.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct FrameLocation {
     pub header: FrameHeader,
     pub offset: u64,
@@ -88,14 +88,14 @@ impl PackWriter {
     }
 
     /// Appends one frame and returns its offset in the pack.
-    pub fn append(&mut self, chunk: &EncodedChunk) -> Result<u64> {
+    pub fn append(&mut self, frame: &Frame) -> Result<u64> {
         let out = self.out.as_mut().expect("append after finish");
         let offset = self.len;
         let name = &self.name;
-        out.write_all(&chunk.header.to_bytes()).ctx(|| format!("write pack {name}"))?;
-        out.write_all(&chunk.payload).ctx(|| format!("write pack {name}"))?;
-        self.len += chunk.frame_len();
-        self.frames.push(FrameLocation { header: chunk.header, offset });
+        out.write_all(&frame.header.to_bytes()).ctx(|| format!("write pack {name}"))?;
+        out.write_all(&frame.payload).ctx(|| format!("write pack {name}"))?;
+        self.len += frame.frame_len();
+        self.frames.push(FrameLocation { header: frame.header.clone(), offset });
         Ok(offset)
     }
 
@@ -123,17 +123,87 @@ impl Drop for PackWriter {
     }
 }
 
+/// Where a chunk lives: the frame holding it, and its place in the frame's
+/// decoded bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub pack: String,
+    pub offset: u64,
+    pub frame_len: u32,
+    pub inner: u32,
+    pub raw_len: u32,
+}
+
+/// A frame read back and decoded (a zstd payload is checked by zstd's
+/// content checksum on the way; a stored one is not).
+pub struct DecodedFrame {
+    pub header: FrameHeader,
+    pub raw: Vec<u8>,
+}
+
+impl DecodedFrame {
+    /// The bytes of chunk `id` at `inner..inner + raw_len`, as the index
+    /// says, after checking that the frame's table agrees.
+    pub fn slice(&self, id: &ChunkId, inner: u32, raw_len: u32, what: &dyn std::fmt::Display) -> Result<&[u8]> {
+        let found = self.header.ranges().any(|(e, r)| e.id == *id && r.start == inner as usize && r.len() == raw_len as usize);
+        if !found {
+            return Err(Error::Corrupt(format!("chunk {id} in {what}: the frame there does not hold it")));
+        }
+        Ok(&self.raw[inner as usize..(inner + raw_len) as usize])
+    }
+
+    /// Every chunk of the frame with its bytes, in table order.
+    pub fn chunks(&self) -> impl Iterator<Item = (ChunkId, &[u8])> {
+        self.header.ranges().map(|(e, r)| (e.id, &self.raw[r]))
+    }
+}
+
+/// Reads and decodes the frame of `frame_len` bytes at `offset` of `file`
+/// (pack `name`).
+pub fn read_frame(file: &File, name: &str, offset: u64, frame_len: u32) -> Result<DecodedFrame> {
+    let what = format_args!("pack {name} at offset {offset}");
+    let mut buf = vec![0u8; frame_len as usize];
+    file.read_exact_at(&mut buf, offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::Corrupt(format!("{what}: pack is truncated"))
+        } else {
+            Error::io(format!("read {what}"), e)
+        }
+    })?;
+    let header = FrameHeader::parse(&buf, &what)?;
+    if header.frame_len() != frame_len as u64 {
+        return Err(Error::Corrupt(format!("{what}: frame is {} bytes, the index says {frame_len}", header.frame_len())));
+    }
+    let raw = decode_payload(&header, &buf[header.header_len()..], &what)?;
+    Ok(DecodedFrame { header, raw })
+}
+
+/// Reads the header (chunk table included) of the frame at `offset`.
+pub fn read_header(file: &File, offset: u64, what: &dyn std::fmt::Display) -> Result<FrameHeader> {
+    let truncated = || Error::Corrupt(format!("{what}: truncated frame header"));
+    let mut hb = vec![0u8; FRAME_FIXED_SIZE];
+    file.read_exact_at(&mut hb, offset).map_err(|_| truncated())?;
+    hb.resize(FrameHeader::announced_len(&hb, what)?, 0);
+    file.read_exact_at(&mut hb[FRAME_FIXED_SIZE..], offset + FRAME_FIXED_SIZE as u64).map_err(|_| truncated())?;
+    FrameHeader::parse(&hb, what)
+}
+
+/// Decoded frames kept by [`PackFiles`]: a restore asks for the chunks of one
+/// frame one after another, often from several threads, and must not
+/// decompress the frame again for each.
+const FRAME_CACHE_FRAMES: usize = 32;
+
 /// Open pack files, shared by readers. Files are opened on first use and kept
 /// open; a pack that `gc` unlinks stays readable through an fd opened before.
-#[derive(Default)]
 pub struct PackFiles {
     vault: PathBuf,
     open: Mutex<HashMap<String, Arc<File>>>,
+    frames: quick_cache::sync::Cache<(String, u64), Arc<DecodedFrame>>,
 }
 
 impl PackFiles {
     pub fn new(vault: &Path) -> PackFiles {
-        PackFiles { vault: vault.to_owned(), open: Mutex::new(HashMap::new()) }
+        PackFiles { vault: vault.to_owned(), open: Mutex::new(HashMap::new()), frames: quick_cache::sync::Cache::new(FRAME_CACHE_FRAMES) }
     }
 
     pub fn file(&self, name: &str) -> Result<Arc<File>> {
@@ -146,71 +216,60 @@ impl PackFiles {
         Ok(f)
     }
 
-    /// Reads, decodes and hash-checks the chunk `id` stored at `offset` of pack
-    /// `name` with `stored_len` payload bytes.
-    pub fn read_chunk(&self, name: &str, offset: u64, stored_len: u32, id: ChunkId) -> Result<Vec<u8>> {
-        let f = self.file(name)?;
-        let mut buf = vec![0u8; FRAME_HEADER_SIZE + stored_len as usize];
-        f.read_exact_at(&mut buf, offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::Corrupt(format!("chunk {id} in pack {name}: pack is truncated"))
-            } else {
-                Error::io(format!("read chunk {id} from pack {name}"), e)
-            }
+    /// Reads chunk `id` from where the index says it is, checking its hash.
+    pub fn read_chunk(&self, loc: &ChunkLocation, id: ChunkId) -> Result<Vec<u8>> {
+        // Concurrent misses on one frame wait for a single decompression.
+        let frame = self.frames.get_or_insert_with(&(loc.pack.clone(), loc.offset), || {
+            read_frame(&*self.file(&loc.pack)?, &loc.pack, loc.offset, loc.frame_len).map(Arc::new)
         })?;
-        let what = format_args!("pack {name} at offset {offset}");
-        let h = FrameHeader::parse(&buf[..FRAME_HEADER_SIZE], &what)?;
-        if h.id != id || h.stored_len != stored_len {
-            return Err(Error::Corrupt(format!("chunk {id} in pack {name}: frame at offset {offset} holds chunk {} instead", h.id)));
-        }
-        decode_payload(&h, &buf[FRAME_HEADER_SIZE..], &format_args!("pack {name}"))
+        let what = format_args!("pack {}", loc.pack);
+        let bytes = frame.slice(&id, loc.inner, loc.raw_len, &what)?;
+        check_chunk(&id, bytes, &what)?;
+        Ok(bytes.to_vec())
     }
 
-    /// Forgets open files (after gc replaced packs).
+    /// Forgets open files and decoded frames (after gc replaced packs).
     pub fn clear(&self) {
         self.open.lock().unwrap().clear();
+        self.frames.clear();
     }
 }
 
-/// One frame found by [`scan_pack`]; `error` is set when its payload failed
-/// to decode or hash (only checked with `read_data`).
+/// One frame found by [`scan_pack`]; with `read_data`, `errors` says per
+/// chunk why it is damaged (None when sound); without, it is empty.
 pub struct ScannedFrame {
     pub header: FrameHeader,
     pub offset: u64,
-    pub error: Option<String>,
+    pub errors: Vec<Option<String>>,
 }
 
 /// Walks a pack's frames from its own bytes. With `read_data`, every payload
-/// is decoded and hash-checked. Stops at the first unreadable header and
-/// reports it as the `Err` of the last element's position.
+/// is decoded and every chunk hash-checked. Stops at the first unreadable
+/// header with an error naming its offset.
 pub fn scan_pack(path: &Path, read_data: bool, mut visit: impl FnMut(ScannedFrame)) -> Result<()> {
     let f = File::open(path).map_err(|e| Error::io_path("open pack", path, e))?;
     let size = f.metadata().ctx(|| format!("stat {}", path.display()))?.len();
     let mut head = [0u8; PACK_HEADER_SIZE as usize];
     f.read_exact_at(&mut head, 0).map_err(|_| Error::Corrupt(format!("{}: truncated pack header", path.display())))?;
     if head != PACK_HEADER {
-        return Err(Error::Corrupt(format!("{}: not a kluis pack (bad header)", path.display())));
+        return Err(Error::Corrupt(format!("{}: not a kluis pack of this format (bad header)", path.display())));
     }
     let mut offset = PACK_HEADER_SIZE;
-    let mut hb = [0u8; FRAME_HEADER_SIZE];
     let mut payload = Vec::new();
     while offset < size {
         let what = format_args!("{} at offset {offset}", path.display());
-        f.read_exact_at(&mut hb, offset).map_err(|_| Error::Corrupt(format!("{what}: truncated frame header")))?;
-        let header = FrameHeader::parse(&hb, &what)?;
-        let end = offset + FRAME_HEADER_SIZE as u64 + header.stored_len as u64;
+        let header = read_header(&f, offset, &what)?;
+        let end = offset + header.frame_len();
         if end > size {
             return Err(Error::Corrupt(format!("{what}: frame runs past the end of the pack")));
         }
-        let mut error = None;
+        let mut errors = Vec::new();
         if read_data {
             payload.resize(header.stored_len as usize, 0);
-            f.read_exact_at(&mut payload, offset + FRAME_HEADER_SIZE as u64).ctx(|| format!("read {}", path.display()))?;
-            if let Err(e) = decode_payload(&header, &payload, &format_args!("pack {}", path.display())) {
-                error = Some(e.to_string());
-            }
+            f.read_exact_at(&mut payload, offset + header.header_len() as u64).ctx(|| format!("read {}", path.display()))?;
+            errors = check_frame(&header, &payload, &format_args!("pack {}", path.display())).errors;
         }
-        visit(ScannedFrame { header, offset, error });
+        visit(ScannedFrame { header, offset, errors });
         offset = end;
     }
     Ok(())
@@ -240,7 +299,7 @@ pub fn packs_on_disk(vault: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{encode_chunk, ChunkKind};
+    use crate::store::ChunkKind;
 
     #[test]
     fn write_read_scan() {
@@ -248,24 +307,32 @@ mod tests {
         let mut w = PackWriter::create(dir.path()).unwrap();
         let mut locs = Vec::new();
         for i in 0..10u8 {
-            let data = vec![i; 1000 + i as usize];
-            let id = ChunkId::of(&data);
-            let e = encode_chunk(id, ChunkKind::Data, &data, 3).unwrap();
-            locs.push((id, w.append(&e).unwrap(), e.header.stored_len, data));
+            // Frames of one to three chunks.
+            let data: Vec<Vec<u8>> = (0..1 + i % 3).map(|j| vec![i ^ j; 1000 + i as usize + j as usize]).collect();
+            let chunks: Vec<(ChunkId, &[u8])> = data.iter().map(|d| (ChunkId::of(d), &d[..])).collect();
+            let f = Frame::encode(ChunkKind::Data, &chunks, 3).unwrap();
+            let off = w.append(&f).unwrap();
+            for ((e, r), d) in f.header.ranges().zip(&data) {
+                locs.push((e.id, off, f.frame_len() as u32, r.start as u32, d.clone()));
+            }
         }
         let p = w.finish().unwrap();
         assert_eq!(packs_on_disk(dir.path()).unwrap(), vec![p.name.clone()]);
         let files = PackFiles::new(dir.path());
-        for (id, off, sl, data) in &locs {
-            assert_eq!(&files.read_chunk(&p.name, *off, *sl, *id).unwrap(), data);
+        for (id, offset, frame_len, inner, data) in &locs {
+            let loc = ChunkLocation { pack: p.name.clone(), offset: *offset, frame_len: *frame_len, inner: *inner, raw_len: data.len() as u32 };
+            assert_eq!(&files.read_chunk(&loc, *id).unwrap(), data);
+            // The index pointing at the wrong place is caught.
+            let wrong = ChunkLocation { inner: inner + 1, ..loc };
+            assert!(files.read_chunk(&wrong, *id).is_err());
         }
         let mut n = 0;
         scan_pack(&pack_path(dir.path(), &p.name), true, |f| {
-            assert!(f.error.is_none());
-            n += 1;
+            assert!(f.errors.iter().all(Option::is_none));
+            n += f.header.chunks.len();
         })
         .unwrap();
-        assert_eq!(n, 10);
+        assert_eq!(n, locs.len());
         // A dropped, unfinished writer leaves nothing behind.
         let w = PackWriter::create(dir.path()).unwrap();
         drop(w);

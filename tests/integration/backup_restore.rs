@@ -215,3 +215,46 @@ fn delete_and_gc_reclaim_space() {
     assert_eq!(gc2["chunks_removed"], 0, "{gc2}");
     assert_eq!(packs_size(&env.vault), after);
 }
+
+/// Compressible text, different for every `seed`: lines with counters.
+fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(format!("{seed:08} row {i:010} status=ok size={} path=/var/lib/{}\n", i * 7 % 1000, i % 97).as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn gc_recompresses_the_live_chunks_of_partly_dead_frames() {
+    let env = Env::new();
+    env.purge_deleted_at_gc();
+    let disk = env.path("os.raw");
+    fs::write(&disk, text_bytes(4 * MIB as usize, 1)).unwrap();
+    let p1 = env.backup("vm", &[("os", disk.as_path())], &[]);
+    // New content in three blocks of four: each 16-block frame of point 1
+    // keeps 4 live chunks once point 1 is gone.
+    for b in (0..4 * MIB / BLOCK).filter(|b| b % 4 != 3) {
+        write_at(&disk, b * BLOCK, &text_bytes(BLOCK as usize, 1000 + b));
+    }
+    let p2 = env.backup("vm", &[("os", disk.as_path())], &[]);
+    let grouped = |f: &Frame| f.kind == 0 && f.codec == 1 && f.chunks.len() > 1;
+    let before: Vec<Frame> = pack_files(&env.vault).iter().flat_map(|p| frames(p)).collect();
+    assert!(before.iter().any(|f| grouped(f) && f.chunks.len() == 16), "no full 16-chunk zstd frame: {before:?}");
+
+    env.ok(&["delete", &p1.sel()]);
+    let gc = env.json(&["gc"]);
+    assert!(gc["packs_rewritten"].as_u64().unwrap() + gc["packs_deleted"].as_u64().unwrap() >= 1, "{gc}");
+    let after: Vec<Frame> = pack_files(&env.vault).iter().flat_map(|p| frames(p)).collect();
+    // Point 1's frames kept only their live blocks, still compressed together.
+    assert!(after.iter().any(|f| grouped(f) && f.chunks.len() == 4), "no re-compressed partial frame: {after:?}");
+    let ids: std::collections::HashSet<String> = block_ids(&disk, BLOCK).into_iter().collect();
+    let stored: Vec<&String> = after.iter().flat_map(|f| f.chunks.iter().map(|(id, _)| id)).collect();
+    assert!(stored.iter().filter(|id| ids.contains(**id)).count() >= ids.len(), "a live block lost its frame");
+    assert_eq!(env.restore_hash(&p2.sel(), "os"), hash_file(&disk));
+    let v = env.verify_clean(true);
+    assert_eq!(v["unreferenced_chunks"], 0, "{v}");
+}

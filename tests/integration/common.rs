@@ -398,32 +398,72 @@ pub fn temp_packs(vault: &Path) -> Vec<PathBuf> {
 }
 
 /// One frame of a pack, parsed from its bytes (layout in src/store/frame.rs:
-/// 16-byte pack header, then frames of a 56-byte header + payload).
+/// 16-byte pack header, then frames of a 24-byte fixed header, a 36-byte
+/// table entry (id, raw length) per chunk, and the payload).
 #[derive(Clone, Debug)]
 pub struct Frame {
     pub offset: u64,
     pub kind: u8,
+    /// 0 stored (the payload is the chunks' bytes), 1 zstd.
+    pub codec: u8,
     pub raw_len: u32,
     pub stored_len: u32,
-    pub id: String,
+    /// (chunk id in hex, raw length), in payload order.
+    pub chunks: Vec<(String, u32)>,
+}
+
+impl Frame {
+    /// Offset in the pack of the first payload byte.
+    pub fn payload(&self) -> u64 {
+        self.offset + 24 + 36 * self.chunks.len() as u64
+    }
+
+    pub fn holds(&self, id: &str) -> bool {
+        self.chunks.iter().any(|(c, _)| c == id)
+    }
+
+    /// Where chunk `id`'s bytes start in the pack; only a stored frame keeps
+    /// them as they are.
+    pub fn chunk_offset(&self, id: &str) -> u64 {
+        assert_eq!(self.codec, 0, "chunk bytes are only addressable in a stored frame");
+        let i = self.chunks.iter().position(|(c, _)| c == id).expect("chunk in frame");
+        self.payload() + self.chunks[..i].iter().map(|(_, l)| *l as u64).sum::<u64>()
+    }
+
+    /// The chunk whose bytes lie at pack offset `at` of a stored frame.
+    pub fn chunk_at(&self, at: u64) -> &str {
+        assert_eq!(self.codec, 0, "chunk bytes are only addressable in a stored frame");
+        let mut start = self.payload();
+        for (id, len) in &self.chunks {
+            if at < start + *len as u64 {
+                return id;
+            }
+            start += *len as u64;
+        }
+        panic!("offset {at} is past frame at {}", self.offset)
+    }
 }
 
 pub const PACK_HEADER: u64 = 16;
-pub const FRAME_HEADER: u64 = 56;
 
 pub fn frames(pack: &Path) -> Vec<Frame> {
     let b = fs::read(pack).unwrap();
     assert_eq!(&b[..8], b"KLUISPAK", "{} is not a pack", pack.display());
+    let u32le = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
     let mut out = Vec::new();
     let mut off = PACK_HEADER as usize;
-    while off + FRAME_HEADER as usize <= b.len() {
-        let h = &b[off..off + FRAME_HEADER as usize];
-        assert_eq!(&h[..4], b"KCHK", "bad frame magic at {off} in {}", pack.display());
-        let raw_len = u32::from_le_bytes(h[8..12].try_into().unwrap());
-        let stored_len = u32::from_le_bytes(h[12..16].try_into().unwrap());
-        let id = h[16..48].iter().map(|x| format!("{x:02x}")).collect();
-        out.push(Frame { offset: off as u64, kind: h[6], raw_len, stored_len, id });
-        off += FRAME_HEADER as usize + stored_len as usize;
+    while off + 24 <= b.len() {
+        assert_eq!(&b[off..off + 4], b"KFRM", "bad frame magic at {off} in {}", pack.display());
+        let n = u16::from_le_bytes([b[off + 16], b[off + 17]]) as usize;
+        let chunks = (0..n)
+            .map(|i| {
+                let e = off + 24 + 36 * i;
+                (b[e..e + 32].iter().map(|x| format!("{x:02x}")).collect(), u32le(e + 32))
+            })
+            .collect();
+        let f = Frame { offset: off as u64, kind: b[off + 6], codec: b[off + 4], raw_len: u32le(off + 8), stored_len: u32le(off + 12), chunks };
+        off = (f.payload() + f.stored_len as u64) as usize;
+        out.push(f);
     }
     out
 }

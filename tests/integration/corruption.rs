@@ -67,19 +67,16 @@ fn flipped_byte_is_found_and_named_with_what_it_affects() {
     let f = frames
         .iter()
         .filter(|f| f.kind == 0)
-        .min_by_key(|f| (f.offset + FRAME_HEADER + f.stored_len as u64 / 2).abs_diff(mid))
+        .min_by_key(|f| (f.payload() + f.stored_len as u64 / 2).abs_diff(mid))
         .expect("a data frame");
-    let at = if mid >= f.offset + FRAME_HEADER && mid < f.offset + FRAME_HEADER + f.stored_len as u64 {
-        mid
-    } else {
-        f.offset + FRAME_HEADER + f.stored_len as u64 / 2
-    };
+    let at = if mid >= f.payload() && mid < f.payload() + f.stored_len as u64 { mid } else { f.payload() + f.stored_len as u64 / 2 };
     let file = OpenOptions::new().read(true).write(true).open(&pack).unwrap();
     let mut b = [0u8];
     file.read_exact_at(&mut b, at).unwrap();
     file.write_all_at(&[b[0] ^ 0x5a], at).unwrap();
     drop(file);
-    let chunk = f.id.clone();
+    // Random data is stored as is, so the flip damages exactly one chunk.
+    let chunk = f.chunk_at(at).to_owned();
     let block = block_ids(&v1, BLOCK).iter().position(|id| *id == chunk).expect("damaged chunk is a block of the disk") as u64;
     assert!(block > 0, "picked the block point 2 replaced");
     let range = (block * BLOCK, ((block + 1) * BLOCK).min(size));

@@ -762,7 +762,7 @@ fn mount_read_survives_delete_and_gc() {
     let mut unread_packs = std::collections::BTreeSet::new();
     let unread: std::collections::HashSet<&String> = p1_ids[(half as u64).div_ceil(BLOCK) as usize + 64..].iter().collect();
     for pack in pack_files(&env.vault) {
-        if frames(&pack).iter().any(|fr| unread.contains(&fr.id)) {
+        if frames(&pack).iter().any(|fr| fr.chunks.iter().any(|(id, _)| unread.contains(id))) {
             unread_packs.insert(pack);
         }
     }
@@ -1014,9 +1014,9 @@ fn mount_corrupt_chunk_gives_eio_and_stays_up() {
     let id = block_ids(&img, BLOCK)[bad as usize].clone();
     let (pack, frame) = pack_files(&env.vault)
         .into_iter()
-        .find_map(|p| frames(&p).into_iter().find(|f| f.id == id).map(|f| (p, f)))
+        .find_map(|p| frames(&p).into_iter().find(|f| f.holds(&id)).map(|f| (p, f)))
         .unwrap_or_else(|| panic!("chunk {id} of block {bad} is in no pack"));
-    let at = frame.offset + FRAME_HEADER + frame.stored_len as u64 / 2;
+    let at = frame.chunk_offset(&id) + BLOCK / 2;
     let mut byte = [0u8];
     File::open(&pack).unwrap().read_exact_at(&mut byte, at).unwrap();
     write_at(&pack, at, &[byte[0] ^ 0x5a]);

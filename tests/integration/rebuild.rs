@@ -57,7 +57,9 @@ fn lost_index_is_rebuilt_from_the_packs() {
     let pack = pack_files(&env.path("vault")).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
     let f = frames(&pack).into_iter().find(|f| f.kind == 0).expect("a data frame");
     let mut bytes = fs::read(&pack).unwrap();
-    bytes[(f.offset + FRAME_HEADER + f.stored_len as u64 / 2) as usize] ^= 0x55;
+    // Random data is stored as is, so the flip damages exactly one chunk.
+    assert_eq!(f.codec, 0);
+    bytes[(f.payload() + f.stored_len as u64 / 2) as usize] ^= 0x55;
     fs::write(&pack, bytes).unwrap();
     let rep = env.json(&["rebuild-index"]);
     assert_eq!(rep["damaged_chunks"].as_u64(), Some(1), "{rep}");
