@@ -10,11 +10,53 @@ use std::sync::Arc;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
-use crate::recovery_point::{collect_blocks, copy_blocks, DiskEntry};
-use crate::store::{check_chunk, pack_path, read_frame, Codec};
+use crate::recovery_point::{collect_blocks, copy_blocks, BlockBytes, DiskEntry};
+use crate::store::{check_chunk, pack_path, read_frame, Codec, DecodedFrame};
 
-/// Decompressed chunks shared by all open disks of a mount.
-pub type ChunkCache = quick_cache::sync::Cache<ChunkId, Arc<Vec<u8>>>;
+/// A frame as the mount keeps it: decoded, with the chunks that failed
+/// their check.
+pub struct CachedFrame {
+    frame: DecodedFrame,
+    /// Per chunk, in table order: why it is damaged (stored frames only).
+    damaged: Vec<Option<String>>,
+}
+
+impl AsRef<[u8]> for CachedFrame {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame.raw
+    }
+}
+
+/// Identifies a frame across the disks of a mount: (pack, offset of the frame).
+pub type FrameKey = (u64, u64);
+
+/// Decoded frames shared by all open disks of a mount, weighed by their bytes.
+pub type FrameCache = quick_cache::sync::Cache<FrameKey, Arc<CachedFrame>, FrameWeight>;
+
+#[derive(Clone)]
+pub struct FrameWeight;
+
+impl quick_cache::Weighter<FrameKey, Arc<CachedFrame>> for FrameWeight {
+    fn weight(&self, _: &FrameKey, f: &Arc<CachedFrame>) -> u64 {
+        f.frame.raw.len().max(1) as u64
+    }
+}
+
+/// A cache holding about `bytes` of decoded frames.
+pub fn frame_cache(bytes: u64) -> FrameCache {
+    FrameCache::with_weighter((bytes / (256 << 10)) as usize, bytes, FrameWeight)
+}
+
+/// A pack's name as a number: names are 16 hex chars (see store::pack);
+/// anything else is hashed.
+fn pack_key(name: &str) -> u64 {
+    u64::from_str_radix(name, 16).unwrap_or_else(|_| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        h.finish()
+    })
+}
 
 #[derive(Clone, Copy)]
 struct Loc {
@@ -28,34 +70,32 @@ struct Loc {
 /// Where every chunk a disk needs is, plus its packs held open.
 struct Locations {
     by_id: HashMap<ChunkId, Loc>,
-    packs: Vec<(String, Arc<File>)>,
+    /// (name, key, open file)
+    packs: Vec<(String, u64, Arc<File>)>,
 }
 
 impl Locations {
-    /// Reads the frame holding `id` and returns `id`'s bytes; the frame's
-    /// other chunks go into `cache`, since a sequential read wants them next.
+    fn get(&self, id: &ChunkId) -> Result<(Loc, FrameKey)> {
+        let loc = *self.by_id.get(id).ok_or_else(|| Error::Corrupt(format!("chunk {id} is not in the vault index")))?;
+        Ok((loc, (self.packs[loc.pack as usize].1, loc.offset)))
+    }
+
+    /// Reads and decodes the frame at `loc`.
     ///
     /// A zstd frame's bytes are vouched for by zstd's content checksum
     /// (XXH64 over the decoded frame), so they are served without hashing
     /// each chunk again with blake3, which would cost a quarter of the read
-    /// path's CPU; a stored frame has no such checksum and each chunk is
-    /// blake3-checked. `verify --read-data` and restore check every hash.
-    fn read(&self, id: &ChunkId, cache: &ChunkCache) -> Result<Vec<u8>> {
-        let loc = self.by_id.get(id).ok_or_else(|| Error::Corrupt(format!("chunk {id} is not in the vault index")))?;
-        let (name, file) = &self.packs[loc.pack as usize];
+    /// path's CPU; a stored frame has no such checksum and each of its
+    /// chunks is blake3-checked here, once. `verify --read-data` and restore
+    /// check every hash.
+    fn load(&self, loc: &Loc) -> Result<CachedFrame> {
+        let (name, _, file) = &self.packs[loc.pack as usize];
         let frame = read_frame(file, name, loc.offset, loc.frame_len)?;
-        let what = format_args!("pack {name}");
-        let wanted = frame.slice(id, loc.inner, loc.raw_len, &what)?.to_vec();
-        let hashed = frame.header.codec == Codec::Stored;
-        if hashed {
-            check_chunk(id, &wanted, &what)?;
-        }
-        for (other, bytes) in frame.chunks() {
-            if other != *id && cache.peek(&other).is_none() && (!hashed || check_chunk(&other, bytes, &what).is_ok()) {
-                cache.insert(other, Arc::new(bytes.to_vec()));
-            }
-        }
-        Ok(wanted)
+        let damaged = match frame.header.codec {
+            Codec::Zstd => vec![None; frame.header.chunks.len()],
+            Codec::Stored => frame.chunks().map(|(id, b)| check_chunk(&id, b, &format_args!("pack {name}")).err().map(|e| e.to_string())).collect(),
+        };
+        Ok(CachedFrame { frame, damaged })
     }
 }
 
@@ -64,7 +104,7 @@ pub struct OpenDisk {
     /// Chunk id of every block, in order (ZERO for holes).
     blocks: Vec<ChunkId>,
     locs: Locations,
-    cache: Arc<ChunkCache>,
+    cache: Arc<FrameCache>,
 }
 
 /// Reads a chunk by looking it up in the index: used only while opening.
@@ -82,7 +122,7 @@ impl OpenDisk {
     /// Loads the map and the locations of its chunks. A concurrent gc may
     /// move chunks between our lookup and our open(2) of the pack; then the
     /// open fails with ENOENT and we look again.
-    pub fn open(vault: &std::path::Path, index: &Catalog, entry: DiskEntry, cache: Arc<ChunkCache>) -> Result<OpenDisk> {
+    pub fn open(vault: &std::path::Path, index: &Catalog, entry: DiskEntry, cache: Arc<FrameCache>) -> Result<OpenDisk> {
         let mut last_err = None;
         for _ in 0..5 {
             match Self::try_open(vault, index, &entry) {
@@ -110,7 +150,7 @@ impl OpenDisk {
                 Some(p) => *p,
                 None => {
                     let f = File::open(pack_path(vault, &loc.pack)).map_err(|e| Error::io(format!("open pack {}", loc.pack), e))?;
-                    packs.push((loc.pack.clone(), Arc::new(f)));
+                    packs.push((loc.pack.clone(), pack_key(&loc.pack), Arc::new(f)));
                     pack_index.insert(loc.pack.clone(), (packs.len() - 1) as u32);
                     (packs.len() - 1) as u32
                 }
@@ -137,29 +177,40 @@ impl OpenDisk {
     }
 
     /// The plaintext of block `index` (None for a hole), via the cache.
-    pub fn block(&self, index: u64) -> Result<Option<Arc<Vec<u8>>>> {
+    pub fn block(&self, index: u64) -> Result<Option<BlockBytes>> {
         let id = self.block_id(index);
         if id.is_zero() {
             return Ok(None);
         }
-        // Concurrent misses on one chunk (a FUSE thread and a readahead
+        let context = |e: Error| {
+            let s = index * self.block_size();
+            let msg = format!("disk {} bytes {s}..{}: {e}", self.entry.name, (s + self.block_size()).min(self.size()));
+            match e {
+                Error::Io { source, .. } => Error::io(msg, source),
+                _ => Error::Corrupt(msg),
+            }
+        };
+        let (loc, key) = self.locs.get(&id).map_err(context)?;
+        // Concurrent misses on one frame (a FUSE thread and a readahead
         // thread, say) wait for a single load instead of each decompressing.
-        let data = self.cache.get_or_insert_with(&id, || {
-            self.locs.read(&id, &self.cache).map(Arc::new).map_err(|e| {
-                let s = index * self.block_size();
-                let msg = format!("disk {} bytes {s}..{}: {e}", self.entry.name, (s + self.block_size()).min(self.size()));
-                match e {
-                    Error::Io { source, .. } => Error::io(msg, source),
-                    _ => Error::Corrupt(msg),
-                }
-            })
-        })?;
-        Ok(Some(data))
+        let cached = self.cache.get_or_insert_with(&key, || self.locs.load(&loc).map(Arc::new)).map_err(context)?;
+        let what = format_args!("pack {}", self.locs.packs[loc.pack as usize].0);
+        let i = cached.frame.position(&id, loc.inner, loc.raw_len, &what).map_err(context)?;
+        if let Some(why) = &cached.damaged[i] {
+            return Err(context(Error::Corrupt(why.clone())));
+        }
+        let range = loc.inner as usize..(loc.inner + loc.raw_len) as usize;
+        Ok(Some(BlockBytes::new(cached, range)))
     }
 
-    pub fn is_cached(&self, index: u64) -> bool {
+    /// The frame holding block `index`, or None for a hole.
+    pub fn frame_of(&self, index: u64) -> Option<FrameKey> {
         let id = self.block_id(index);
-        id.is_zero() || self.cache.get(&id).is_some()
+        if id.is_zero() { None } else { self.locs.get(&id).ok().map(|(_, k)| k) }
+    }
+
+    pub fn is_cached(&self, key: &FrameKey) -> bool {
+        self.cache.contains_key(key)
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; short only at the end.

@@ -31,15 +31,16 @@ use crate::id::{ChunkId, RecoveryPointId};
 use crate::image::vhd;
 use crate::recovery_point::Manifest;
 use crate::timefmt::point_names;
-use disk::{ChunkCache, OpenDisk};
+use disk::{frame_cache, FrameCache, OpenDisk};
 pub use guest::{parse_part, GuestHandle, GuestMeta};
 
 /// How stale the list of items and points may be.
 pub const REFRESH: Duration = Duration::from_millis(1000);
-/// Decompressed chunks kept in memory (64 KiB each by default: 64 MiB).
-const CACHE_CHUNKS: usize = 1024;
-/// Blocks fetched ahead of a sequential reader.
-const READAHEAD_BLOCKS: u64 = 32;
+/// Decoded frames kept in memory, in bytes.
+const CACHE_BYTES: u64 = 96 << 20;
+/// Blocks fetched ahead of a sequential reader: 4 MiB at 64 KiB blocks,
+/// about four frames, so that both readahead threads have one to decode.
+const READAHEAD_BLOCKS: u64 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DiskFormat {
@@ -116,7 +117,7 @@ pub struct VaultTree {
     index: Mutex<Catalog>,
     snap: RwLock<(Instant, Arc<Snapshot>)>,
     inodes: Mutex<Inodes>,
-    cache: Arc<ChunkCache>,
+    cache: Arc<FrameCache>,
     guests: guest::GuestCache,
     open_disks: Mutex<HashMap<(RecoveryPointId, String), Weak<OpenDisk>>>,
     prefetch: Sender<(Arc<OpenDisk>, u64)>,
@@ -149,7 +150,7 @@ impl VaultTree {
             index: Mutex::new(index),
             snap: RwLock::new((Instant::now() - REFRESH * 2, Arc::new(Snapshot::default()))),
             inodes: Mutex::new(inodes),
-            cache: Arc::new(ChunkCache::new(CACHE_CHUNKS)),
+            cache: Arc::new(frame_cache(CACHE_BYTES)),
             guests: Default::default(),
             open_disks: Mutex::new(HashMap::new()),
             prefetch: tx,
@@ -580,8 +581,15 @@ impl DiskHandle {
         }
         let bs = self.disk.block_size();
         let first = (offset + len).div_ceil(bs);
+        // One request per frame: its first block loads all of it.
+        let mut last = None;
         for b in first..(first + READAHEAD_BLOCKS).min(self.disk.block_count()) {
-            if !self.disk.is_cached(b) && self.prefetch.try_send((self.disk.clone(), b)).is_err() {
+            let Some(frame) = self.disk.frame_of(b) else { continue };
+            if last == Some(frame) || self.disk.is_cached(&frame) {
+                continue;
+            }
+            last = Some(frame);
+            if self.prefetch.try_send((self.disk.clone(), b)).is_err() {
                 break;
             }
         }

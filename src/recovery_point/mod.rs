@@ -19,4 +19,4 @@ mod reader;
 
 pub use manifest::{ConfigEntry, DiskEntry, Manifest, MANIFEST_VERSION};
 pub use map::{collect_blocks, depth_for, MapBuilder, MapReader, FANOUT, PAGE_BYTES};
-pub use reader::{copy_blocks, ChunkFetcher, DiskReader};
+pub use reader::{copy_blocks, BlockBytes, ChunkFetcher, DiskReader};

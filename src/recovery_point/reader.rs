@@ -42,8 +42,33 @@ impl DiskReader {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
         copy_blocks(buf, offset, self.size(), self.block_size(), &mut |index| {
             let id = self.map.block(index)?;
-            if id.is_zero() { Ok(None) } else { self.fetch.fetch(&id).map(Some) }
+            if id.is_zero() { Ok(None) } else { self.fetch.fetch(&id).map(|c| Some(BlockBytes::whole(c))) }
         })
+    }
+}
+
+/// The bytes of one block: a range of a shared buffer (a chunk, or a
+/// decoded frame holding it), so a cache hit copies nothing.
+pub struct BlockBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: std::ops::Range<usize>,
+}
+
+impl BlockBytes {
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, range: std::ops::Range<usize>) -> BlockBytes {
+        BlockBytes { owner, range }
+    }
+
+    pub fn whole(chunk: Arc<Vec<u8>>) -> BlockBytes {
+        let range = 0..chunk.len();
+        BlockBytes { owner: chunk, range }
+    }
+}
+
+impl std::ops::Deref for BlockBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
     }
 }
 
@@ -55,7 +80,7 @@ pub fn copy_blocks(
     offset: u64,
     size: u64,
     block_size: u64,
-    block: &mut dyn FnMut(u64) -> Result<Option<Arc<Vec<u8>>>>,
+    block: &mut dyn FnMut(u64) -> Result<Option<BlockBytes>>,
 ) -> Result<usize> {
     if offset >= size {
         return Ok(0);

@@ -145,11 +145,16 @@ impl DecodedFrame {
     /// The bytes of chunk `id` at `inner..inner + raw_len`, as the index
     /// says, after checking that the frame's table agrees.
     pub fn slice(&self, id: &ChunkId, inner: u32, raw_len: u32, what: &dyn std::fmt::Display) -> Result<&[u8]> {
-        let found = self.header.ranges().any(|(e, r)| e.id == *id && r.start == inner as usize && r.len() == raw_len as usize);
-        if !found {
-            return Err(Error::Corrupt(format!("chunk {id} in {what}: the frame there does not hold it")));
-        }
+        self.position(id, inner, raw_len, what)?;
         Ok(&self.raw[inner as usize..(inner + raw_len) as usize])
+    }
+
+    /// The place in the table of chunk `id` at `inner..inner + raw_len`.
+    pub fn position(&self, id: &ChunkId, inner: u32, raw_len: u32, what: &dyn std::fmt::Display) -> Result<usize> {
+        self.header
+            .ranges()
+            .position(|(e, r)| e.id == *id && r.start == inner as usize && r.len() == raw_len as usize)
+            .ok_or_else(|| Error::Corrupt(format!("chunk {id} in {what}: the frame there does not hold it")))
     }
 
     /// Every chunk of the frame with its bytes, in table order.
