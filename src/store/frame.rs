@@ -216,7 +216,7 @@ impl Frame {
         }
         let raw: std::borrow::Cow<[u8]> = match chunks {
             [(_, one)] => std::borrow::Cow::Borrowed(one),
-            _ => std::borrow::Cow::Owned(chunks.iter().flat_map(|(_, b)| b.iter().copied()).collect()),
+            _ => std::borrow::Cow::Owned(chunks.iter().map(|(_, b)| *b).collect::<Vec<&[u8]>>().concat()),
         };
         let compressed = CCTX
             .with(|c| {
