@@ -203,6 +203,37 @@ impl OpenDisk {
         Ok(Some(BlockBytes::new(cached, range)))
     }
 
+    /// `len` bytes at `offset` as one range of a cached frame, when they
+    /// are consecutive in one frame and the frame is already decoded (the
+    /// readahead's work); None otherwise.
+    pub fn contiguous(&self, offset: u64, len: usize) -> Result<Option<BlockBytes>> {
+        let bs = self.block_size();
+        let (first, last) = (offset / bs, (offset + len as u64 - 1) / bs);
+        if len == 0 || last >= self.block_count() {
+            return Ok(None);
+        }
+        let Some(key) = self.frame_of(first) else { return Ok(None) };
+        if !self.is_cached(&key) {
+            return Ok(None);
+        }
+        let start = self.locs.get(&self.block_id(first))?.0.inner as u64;
+        for i in first + 1..=last {
+            let id = self.block_id(i);
+            match self.locs.get(&id) {
+                Ok((loc, k)) if !id.is_zero() && k == key && loc.inner as u64 == start + (i - first) * bs => {}
+                _ => return Ok(None),
+            }
+        }
+        // Every block is checked (and damage reported) the usual way.
+        let mut whole = None;
+        for i in first..=last {
+            whole = self.block(i)?;
+        }
+        let Some(b) = whole else { return Ok(None) };
+        let from = (start + offset % bs) as usize;
+        Ok(Some(b.widen(from..from + len)))
+    }
+
     /// The frame holding block `index`, or None for a hole.
     pub fn frame_of(&self, index: u64) -> Option<FrameKey> {
         let id = self.block_id(index);

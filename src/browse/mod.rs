@@ -29,7 +29,7 @@ use crate::catalog::{Catalog, PointRow};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, RecoveryPointId};
 use crate::image::vhd;
-use crate::recovery_point::Manifest;
+use crate::recovery_point::{BlockBytes, Manifest};
 use crate::timefmt::point_names;
 use disk::{frame_cache, FrameCache, OpenDisk};
 pub use guest::{parse_part, GuestHandle, GuestMeta};
@@ -489,6 +489,22 @@ pub struct DiskHandle {
     prefetch: Sender<(Arc<OpenDisk>, u64)>,
 }
 
+/// What a read returns: its own bytes, or a range of a cached frame.
+pub enum ReadBytes {
+    Owned(Vec<u8>),
+    Shared(BlockBytes),
+}
+
+impl std::ops::Deref for ReadBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadBytes::Owned(v) => v,
+            ReadBytes::Shared(b) => b,
+        }
+    }
+}
+
 pub enum Handle {
     Bytes(Arc<Vec<u8>>),
     Disk(DiskHandle),
@@ -511,17 +527,25 @@ impl Handle {
         }
     }
 
-    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+    pub fn read(&self, offset: u64, len: usize) -> Result<ReadBytes> {
         let size = self.size();
         if offset >= size {
-            return Ok(Vec::new());
+            return Ok(ReadBytes::Owned(Vec::new()));
         }
         let len = len.min((size - offset) as usize);
+        if let Handle::Disk(h) = self {
+            // The common case of a sequential reader: the whole request lies
+            // in one cached frame and is answered from it without a copy.
+            if let Some(b) = h.disk.contiguous(offset, len)? {
+                h.readahead(offset, len as u64);
+                return Ok(ReadBytes::Shared(b));
+            }
+        }
         let mut buf = vec![0u8; len];
         if let Handle::Guest(g) = self {
             let n = g.file.read_at(&mut buf, offset)?;
             buf.truncate(n);
-            return Ok(buf);
+            return Ok(ReadBytes::Owned(buf));
         }
         match self {
             Handle::Bytes(b) => buf.copy_from_slice(&b[offset as usize..offset as usize + len]),
@@ -546,7 +570,7 @@ impl Handle {
             }
             Handle::Guest(_) => unreachable!(),
         }
-        Ok(buf)
+        Ok(ReadBytes::Owned(buf))
     }
 
     /// SEEK_DATA (`data`) / SEEK_HOLE from `offset`.

@@ -120,7 +120,7 @@ impl KluisFs {
         self.handles.lock().unwrap().get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    fn read_(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    fn read_(&self, fh: FileHandle, offset: u64, size: u32) -> Result<crate::browse::ReadBytes, Errno> {
         let h = self.handle(fh)?;
         h.read(offset, size as usize).map_err(errno)
     }
