@@ -209,6 +209,9 @@ impl PackSink<'_> {
     }
 }
 
+/// How far ahead of the reader the source is asked to fetch.
+const PREFETCH_AHEAD: u64 = 8 << 20;
+
 /// Blocks travel between threads in runs of this many, so that channel
 /// hand-offs and read syscalls are per MiB rather than per block.
 const BATCH: u64 = 16;
@@ -432,6 +435,7 @@ fn backup_disk(
                     let end = ((first + b as u64 + 1) * bs).min(size);
                     data = free_rx.try_recv().unwrap_or_default();
                     data.resize((end - start) as usize, 0);
+                    source.will_read(start + PREFETCH_AHEAD, end - start);
                     source.read_at(&mut data, start)?;
                     read += end - start;
                     data_from = a;

@@ -25,6 +25,10 @@ pub trait DiskSource: Send + Sync {
     fn data_ranges(&self) -> Result<Vec<Range<u64>>>;
     /// What kind of source this is, for messages and the recovery point.
     fn kind(&self) -> &'static str;
+    /// A hint that `offset..offset + len` will be read soon (a backup asks a
+    /// few MiB ahead, so the device has more than the kernel's readahead in
+    /// flight). The default does nothing.
+    fn will_read(&self, _offset: u64, _len: u64) {}
 }
 
 /// Opens a disk source, telling the format from the content: a file whose

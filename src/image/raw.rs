@@ -55,6 +55,13 @@ impl DiskSource for RawSource {
     fn kind(&self) -> &'static str {
         if self.block_device { "block-device" } else { "raw" }
     }
+
+    fn will_read(&self, offset: u64, len: u64) {
+        // Only a hint: an error here changes nothing.
+        unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), offset as i64, len as i64, libc::POSIX_FADV_WILLNEED);
+        }
+    }
 }
 
 /// Walks a file's data extents with SEEK_DATA/SEEK_HOLE. Filesystems without
