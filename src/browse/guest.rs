@@ -62,6 +62,21 @@ pub fn kind_of(k: GKind) -> Kind {
     }
 }
 
+/// The mount's view of guest node `node`'s attributes `a`.
+fn attr_of(node: &Node, a: &GAttr) -> Attr {
+    let Node::Guest(id, disk, part, _) = node else { unreachable!("attr_of a vault node") };
+    let key = (*id, disk.clone(), *part);
+    Attr {
+        kind: kind_of(a.kind),
+        size: a.size,
+        allocated: a.size,
+        mode: a.mode,
+        mtime_ms: a.mtime_s.saturating_mul(1000) + (a.mtime_ns / 1_000_000) as i64,
+        nlink: a.nlink,
+        guest: Some(GuestMeta { uid: a.uid, gid: a.gid, mtime_s: a.mtime_s, mtime_ns: a.mtime_ns, ino: a.ino.map(|i| st_ino(&key, i)) }),
+    }
+}
+
 /// A stable st_ino for guest inode `ino` of one filesystem: hashed with the
 /// point, disk and partition, top bit set so it never meets a vault node's.
 fn st_ino(key: &FsKey, ino: u64) -> u64 {
@@ -143,19 +158,7 @@ impl VaultTree {
                 let n = self.note(node)?.len() as u64;
                 (t, n, true)
             }
-            Node::Guest(id, disk, part, path) => {
-                let a = self.guest_stat(node, id, disk, *part, path)?;
-                let key = (*id, disk.clone(), *part);
-                return Ok(Attr {
-                    kind: kind_of(a.kind),
-                    size: a.size,
-                    allocated: a.size,
-                    mode: a.mode,
-                    mtime_ms: a.mtime_s.saturating_mul(1000) + (a.mtime_ns / 1_000_000) as i64,
-                    nlink: a.nlink,
-                    guest: Some(GuestMeta { uid: a.uid, gid: a.gid, mtime_s: a.mtime_s, mtime_ns: a.mtime_ns, ino: a.ino.map(|i| st_ino(&key, i)) }),
-                });
-            }
+            Node::Guest(id, disk, part, path) => return Ok(attr_of(node, &self.guest_stat(node, id, disk, *part, path)?)),
             _ => return Err(Error::InvalidInput("not a guest node".into())),
         };
         debug_assert!(text);
@@ -168,12 +171,25 @@ impl VaultTree {
             return Ok(*a);
         }
         let a = self.guest_fs(id, disk, part)?.stat(path)?;
-        let mut c = self.guests.attrs.lock().unwrap();
-        if c.len() >= CACHED_ATTRS {
-            c.clear();
-        }
-        c.insert(node.clone(), a);
+        self.remember_attrs([(node.clone(), a)]);
         Ok(a)
+    }
+
+    fn remember_attrs(&self, attrs: impl IntoIterator<Item = (Node, GAttr)>) {
+        let mut c = self.guests.attrs.lock().unwrap();
+        for (node, a) in attrs {
+            if c.len() >= CACHED_ATTRS {
+                c.clear();
+            }
+            c.insert(node, a);
+        }
+    }
+
+    /// The attributes of guest node `node` if known without asking the
+    /// guest filesystem (from a stat or a listing); `None` for other nodes.
+    pub(super) fn guest_cached_attr(&self, node: &Node) -> Option<Attr> {
+        let a = *self.guests.attrs.lock().unwrap().get(node)?;
+        Some(attr_of(node, &a))
     }
 
     pub(super) fn guest_lookup(&self, parent: &Node, name: &[u8]) -> Result<Node> {
@@ -241,13 +257,23 @@ impl VaultTree {
             }
             Node::Guest(id, disk, part, path) => {
                 let fs = self.guest_fs(id, disk, *part)?;
-                fs.list(path)?
+                let mut attrs = Vec::new();
+                let out = fs
+                    .list(path)?
                     .into_iter()
                     .map(|e| {
                         let child = if path.is_empty() { e.name.clone() } else { [&path[..], b"/", &e.name].concat() };
-                        (e.name, Node::Guest(*id, disk.clone(), *part, child), kind_of(e.kind))
+                        let node = Node::Guest(*id, disk.clone(), *part, child);
+                        if let Some(a) = e.attr {
+                            attrs.push((node.clone(), a));
+                        }
+                        (e.name, node, kind_of(e.kind))
                     })
-                    .collect()
+                    .collect();
+                // The entries' stats, free with the listing: the lookups
+                // and getattrs (or readdirplus) that follow are answered here.
+                self.remember_attrs(attrs);
+                out
             }
             _ => return Err(Error::InvalidInput("not a directory".into())),
         })

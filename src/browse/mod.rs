@@ -263,6 +263,15 @@ impl VaultTree {
         })
     }
 
+    /// The attributes of `node` if they cost no guest-filesystem read:
+    /// every vault node, and a guest node already stat'ed or listed.
+    pub fn cached_attr(&self, node: &Node) -> Option<Attr> {
+        match node {
+            Node::Guest(..) => self.guest_cached_attr(node),
+            _ => self.attr(node).ok(),
+        }
+    }
+
     pub fn lookup(&self, parent: &Node, name: &str) -> Result<Node> {
         self.lookup_bytes(parent, name.as_bytes())
     }

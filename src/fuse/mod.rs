@@ -9,6 +9,12 @@
 //! else belongs to the mounting user. A directory's entries are listed once
 //! per opendir and served from that snapshot, so a 100,000-entry guest
 //! directory costs one listing, not one per readdir batch.
+//!
+//! Round trips to this process are what a big `ls -l` or `cp -r` costs, so
+//! the kernel is asked for as few as possible: readdir is READDIRPLUS,
+//! carrying the attributes the listing already has (so no lookup per entry
+//! follows), and the xattr calls answer ENOSYS once, which the kernel
+//! remembers for the mount (`ls -l` asks two per entry otherwise).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -20,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
-    ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, Request,
+    InitFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, Request,
 };
 
 use crate::browse::{Attr, Handle, Kind, Node, VaultTree};
@@ -145,6 +151,25 @@ impl KluisFs {
         Ok(())
     }
 
+    fn readdirplus_(&self, fh: FileHandle, offset: u64, reply: &mut ReplyDirectoryPlus) -> Result<(), Errno> {
+        let entries = self.dirs.lock().unwrap().get(&fh.0).cloned().ok_or(Errno::EBADF)?;
+        for (i, (name, child, kind)) in entries.iter().enumerate().skip(offset as usize) {
+            // An entry whose attributes would cost a guest read (and `.`
+            // and `..`, which the kernel does not take) goes out plain,
+            // node id 0: the kernel looks it up when it needs it.
+            let known = if i < 2 { None } else { self.tree.cached_attr(child) };
+            let (attr, ttl) = match known {
+                Some(a) => (self.file_attr(child, &a), Self::ttl(child)),
+                None => (plain_attr(*kind), Duration::ZERO),
+            };
+            let ino = if attr.ino.0 == 0 { self.tree.ino(child) } else { attr.ino.0 };
+            if reply.add(INodeNo(ino), (i + 1) as u64, OsStr::from_bytes(name), &ttl, &attr, Generation(0)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn lseek_(&self, fh: FileHandle, offset: i64, whence: i32) -> Result<i64, Errno> {
         let h = self.handle(fh)?;
         let data = match whence {
@@ -156,6 +181,27 @@ impl KluisFs {
             return Err(Errno::EINVAL);
         }
         h.seek(offset as u64, data).map(|o| o as i64).ok_or(Errno::ENXIO)
+    }
+}
+
+/// Attributes with node id 0: "no attributes" in a READDIRPLUS entry.
+fn plain_attr(k: Kind) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: file_type(k),
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
     }
 }
 
@@ -185,6 +231,12 @@ impl Filesystem for KluisFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(MAX_READ);
         let _ = config.set_max_write(MAX_READ);
+        // Always plus, not the kernel's adaptive mode: `ls -l` reads the
+        // whole directory before its first stat, and adaptive mode gives
+        // attributes with the first batch only.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+            log::info!("kernel without {missing:?}: one lookup per listed entry");
+        }
         Ok(())
     }
 
@@ -262,6 +314,13 @@ impl Filesystem for KluisFs {
         }
     }
 
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.readdirplus_(fh, offset, &mut reply) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         self.dirs.lock().unwrap().remove(&fh.0);
         reply.ok();
@@ -278,12 +337,14 @@ impl Filesystem for KluisFs {
         reply.ok();
     }
 
+    // No extended attributes are shown. ENOSYS (not ENODATA) makes the
+    // kernel stop asking: it answers EOPNOTSUPP itself from then on.
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::ENODATA);
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        if size == 0 { reply.size(0) } else { reply.data(&[]) }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -2,10 +2,18 @@
 //! memory, so a crash-consistent point of a mounted filesystem reads as the
 //! guest would see it after its next mount.
 //!
-//! Two gaps of the crate are filled here. It hides inode numbers: the one
-//! of a regular file is read from `File`'s Debug output (pinned by a test),
-//! and its link count straight from the inode table (superblock + group
-//! descriptor + inode, a few reads; a journal-only update of the count is
+//! The crate finds a file by walking its path from the root, checksumming
+//! every directory block on the way; a stat per entry of a big directory
+//! is then a walk per entry. So a directory is listed once with every
+//! entry's attributes, read by inode number (`DirEntry::metadata`, no
+//! walk), and kept in a [`DirCache`]: stat of a listed entry is a lookup.
+//!
+//! Two gaps of the crate are filled from our own reads (ext_raw.rs). It
+//! hides inode numbers: a listing takes them from the directory's blocks,
+//! each checked against the inode it names; where that fails (inline
+//! directories, a journal not yet written back) a regular file's number
+//! comes from `File`'s Debug output after a walk (pinned by a test). Link
+//! counts come from the inode table (a journal-only update of the count is
 //! not seen). And its handle is `Rc`-based, so it is kept behind a mutex
 //! that no `Rc` ever leaves — see [`State`].
 
@@ -14,9 +22,18 @@ use std::sync::{Arc, Mutex};
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read, FileType, Metadata};
 
-use super::readat::{Fuel, Slice};
+use super::dircache::{self, DirCache, Listing};
+use super::ext_raw::Geometry;
+use super::readat::{Fuel, Slice, META_FUEL};
 use super::{guard, show, FsKind, GAttr, GEntry, GKind, GuestFile, GuestFs, MAX_ENTRIES};
 use crate::error::{Error, Result};
+
+/// Inode numbers of this many listed directories are remembered (a
+/// directory's number is what lets its own listing read its blocks).
+const DIR_INOS: usize = 1_000_000;
+const ROOT_INO: u64 = 2;
+/// Read budget a listing adds per entry (one inode, a block-cache miss).
+const ENTRY_FUEL: i64 = 64 << 10;
 
 struct Reader(Slice);
 
@@ -31,9 +48,6 @@ struct State {
     fs: Ext4,
     files: HashMap<u64, ext4_view::File>,
     next: u64,
-    /// Kinds of the entries listed so far: a path known to be a regular
-    /// file is stat'ed with one path walk (open) instead of two.
-    kinds: HashMap<Vec<u8>, GKind>,
 }
 
 // SAFETY: `State` owns every `Rc` that points into the filesystem (the
@@ -51,59 +65,11 @@ struct Inner {
     fuel: Fuel,
     raw: Slice,
     geo: Geometry,
-}
-
-/// What we need to find an inode in the table ourselves.
-#[derive(Clone, Copy)]
-struct Geometry {
-    block_size: u64,
-    inodes_per_group: u64,
-    inode_size: u64,
-    desc_size: u64,
-    gdt_block: u64,
-    is64: bool,
-}
-
-impl Geometry {
-    fn read(s: &Slice) -> Result<Geometry> {
-        let mut sb = [0u8; 1024];
-        s.read_exact_at(&mut sb, 1024)?;
-        let u32le = |o: usize| u32::from_le_bytes(sb[o..o + 4].try_into().unwrap()) as u64;
-        let u16le = |o: usize| u16::from_le_bytes(sb[o..o + 2].try_into().unwrap()) as u64;
-        let log = u32le(24);
-        if log > 6 {
-            return Err(Error::Corrupt(format!("ext superblock: block size 2^{} KiB", log)));
-        }
-        let block_size = 1024u64 << log;
-        let rev = u32le(76);
-        let inode_size = if rev == 0 { 128 } else { u16le(88) };
-        let is64 = u32le(96) & 0x80 != 0;
-        let desc_size = if is64 { u16le(254).max(32) } else { 32 };
-        let first_data = u32le(20);
-        Ok(Geometry { block_size, inodes_per_group: u32le(40), inode_size, desc_size, gdt_block: first_data + 1, is64 })
-    }
-
-    /// The link count of inode `ino`, from its inode-table slot.
-    fn nlink(&self, s: &Slice, ino: u64) -> Result<u32> {
-        if ino == 0 || self.inodes_per_group == 0 || !(128..=65536).contains(&self.inode_size) {
-            return Err(Error::Corrupt(format!("ext inode {ino}: bad geometry")));
-        }
-        let (group, index) = ((ino - 1) / self.inodes_per_group, (ino - 1) % self.inodes_per_group);
-        let mut d = [0u8; 64];
-        let doff = self.gdt_block * self.block_size + group * self.desc_size;
-        s.read_exact_at(&mut d[..self.desc_size.min(64) as usize], doff)?;
-        let mut table = u32::from_le_bytes(d[8..12].try_into().unwrap()) as u64;
-        if self.is64 && self.desc_size >= 64 {
-            table |= (u32::from_le_bytes(d[0x28..0x2c].try_into().unwrap()) as u64) << 32;
-        }
-        let off = table
-            .checked_mul(self.block_size)
-            .and_then(|t| t.checked_add(index * self.inode_size))
-            .ok_or_else(|| Error::Corrupt(format!("ext inode {ino}: table offset overflows")))?;
-        let mut n = [0u8; 2];
-        s.read_exact_at(&mut n, off + 26)?;
-        Ok(u16::from_le_bytes(n) as u32)
-    }
+    dirs: DirCache,
+    /// Path → inode number of the directories seen in listings (checked
+    /// against their inodes), so that their own listing can read their
+    /// blocks for their entries' numbers.
+    dir_inos: Mutex<HashMap<Vec<u8>, u64>>,
 }
 
 fn err(path: &[u8], e: Ext4Error) -> Error {
@@ -143,50 +109,128 @@ fn kind(t: FileType) -> GKind {
 }
 
 /// `File { inode: 12, position: 0, .. }` → 12.
-fn inode_of(f: &ext4_view::File) -> Option<u64> {
+pub(super) fn inode_of(f: &ext4_view::File) -> Option<u64> {
     let d = format!("{f:?}");
     let rest = &d[d.find("inode: ")? + 7..];
     rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()
 }
 
+/// The attributes of `m`. `inode` is the (number, link count) where known;
+/// a regular file without it is *unresolved*: `ino` None, `nlink` 1, and
+/// [`ExtFs::stat`] completes it with a walk.
+fn attr_of(m: &Metadata, inode: Option<(u64, u32)>) -> GAttr {
+    let k = kind(m.file_type());
+    let t = m.modified();
+    let (ino, nlink) = match (k, inode) {
+        (GKind::Dir, _) => (None, 2),
+        (GKind::File, Some((i, n))) => (Some(i), n.max(1)),
+        _ => (None, 1),
+    };
+    GAttr {
+        kind: k,
+        size: if k == GKind::Dir { 0 } else { m.len() },
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime_s: t.seconds(),
+        mtime_ns: t.nanoseconds(),
+        ino,
+        nlink,
+    }
+}
+
+fn unresolved(a: &GAttr) -> bool {
+    a.kind == GKind::File && a.ino.is_none()
+}
+
 impl ExtFs {
     pub fn open(slice: Slice) -> Result<ExtFs> {
         let fuel = slice.fuel.clone();
-        fuel.set(super::readat::META_FUEL);
+        fuel.set(META_FUEL);
         let geo = Geometry::read(&slice)?;
         let fs = guard(|| "ext".into(), || Ext4::load(Box::new(Reader(slice.clone()))).map_err(|e| err(b"", e)))?;
-        Ok(ExtFs(Arc::new(Inner { state: Mutex::new(State { fs, files: HashMap::new(), next: 0, kinds: HashMap::new() }), fuel, raw: slice, geo })))
+        let state = Mutex::new(State { fs, files: HashMap::new(), next: 0 });
+        Ok(ExtFs(Arc::new(Inner { state, fuel, raw: slice, geo, dirs: DirCache::default(), dir_inos: Mutex::new(HashMap::new()) })))
     }
 
     fn with<T>(&self, path: &[u8], f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
-        self.0.with(path, super::readat::META_FUEL, f)
+        self.0.with(path, META_FUEL, f)
     }
 
-    fn attr(&self, st: &State, path: &[u8], p: &ext4_view::PathBuf, m: &Metadata, opened: Option<&ext4_view::File>) -> Result<GAttr> {
-        let k = kind(m.file_type());
-        let t = m.modified();
-        let (mut ino, mut nlink) = (None, if k == GKind::Dir { 2 } else { 1 });
-        if k == GKind::File {
-            let f = match opened {
-                Some(f) => inode_of(f),
-                None => inode_of(&st.fs.open(p).map_err(|e| err(path, e))?),
-            };
-            ino = f;
-            if let Some(i) = ino {
-                nlink = self.0.geo.nlink(&self.0.raw, i).unwrap_or(1).max(1);
-            }
+    /// Directory `dir` listed with its entries' attributes (cached).
+    fn listing(&self, dir: &[u8]) -> Result<Arc<Listing>> {
+        if let Some(l) = self.0.dirs.get(dir) {
+            return Ok(l);
         }
-        Ok(GAttr {
-            kind: k,
-            size: if k == GKind::Dir { 0 } else { m.len() },
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
-            mtime_s: t.seconds(),
-            mtime_ns: t.nanoseconds(),
-            ino,
-            nlink,
-        })
+        let p = abs(dir)?;
+        let dir_ino = if dir.is_empty() { Some(ROOT_INO) } else { self.0.dir_inos.lock().unwrap().get(dir).copied() };
+        let (inner, raw) = (&self.0, &self.0.raw);
+        let mut subdirs = Vec::new();
+        let entries = self.with(dir, |st| {
+            // Name → inode number from the directory's blocks; without it
+            // (unknown directory, inline data, damage) files stay unresolved.
+            let numbers = dir_ino.and_then(|d| inner.geo.slot(raw, d).and_then(|s| inner.geo.dir_entries(raw, &s)).ok()).unwrap_or_default();
+            let mut found = Vec::new();
+            for e in st.fs.read_dir(&p).map_err(|e| err(dir, e))? {
+                let e = e.map_err(|e| err(dir, e))?;
+                let name = e.file_name().as_ref().to_vec();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                if found.len() >= MAX_ENTRIES {
+                    return Err(Error::Corrupt(format!("ext {}: more than {MAX_ENTRIES} entries", show(dir))));
+                }
+                let number = numbers.get(&name).copied();
+                found.push((name, e, number));
+            }
+            // Inodes are read through the crate's small block cache: in an
+            // htree's hash order nearly every entry misses it, in inode
+            // order one read serves a block of inodes.
+            let mut order: Vec<usize> = (0..found.len()).collect();
+            order.sort_by_key(|&i| found[i].2.unwrap_or(u64::MAX));
+            let mut attrs = vec![None; found.len()];
+            for i in order {
+                let (name, e, number) = &found[i];
+                // Each entry's inode gets its own budget on top.
+                inner.fuel.add(ENTRY_FUEL);
+                let m = e.metadata().map_err(|e| err(&dircache::child(dir, name), e))?;
+                // Trusted only if the inode it names is the one ext4-view read.
+                let inode = number.and_then(|i| match inner.geo.slot(raw, i) {
+                    Ok(s) if s.matches(&m) => Some((i, s.nlink())),
+                    _ => None,
+                });
+                if let (true, Some((i, _))) = (m.is_dir(), inode) {
+                    subdirs.push((dircache::child(dir, name), i));
+                }
+                attrs[i] = Some(attr_of(&m, inode));
+            }
+            Ok(found.into_iter().zip(attrs).map(|((name, ..), a)| (name, a.expect("every entry was read"))).collect())
+        })?;
+        let mut inos = self.0.dir_inos.lock().unwrap();
+        if inos.len() + subdirs.len() > DIR_INOS {
+            inos.clear();
+        }
+        inos.extend(subdirs);
+        drop(inos);
+        Ok(self.0.dirs.insert(dir, Listing::new(entries)))
+    }
+
+    /// The attributes of `path` from its directory's listing (a regular
+    /// file maybe unresolved).
+    fn listed(&self, path: &[u8]) -> Result<GAttr> {
+        let Some((parent, name)) = dircache::split(path)? else {
+            let p = abs(path)?;
+            return self.with(path, |st| Ok(attr_of(&st.fs.symlink_metadata(&p).map_err(|e| err(path, e))?, None)));
+        };
+        self.listing(&parent)?.get(&name).copied().ok_or_else(|| Error::NotFound(format!("ext {}: no such file", show(path))))
+    }
+
+    /// Inode number and link count of regular file `path`, by a walk.
+    fn resolve(&self, path: &[u8]) -> Result<(Option<u64>, u32)> {
+        let p = abs(path)?;
+        let ino = self.with(path, |st| Ok(inode_of(&st.fs.open(&p).map_err(|e| err(path, e))?)))?;
+        let nlink = ino.and_then(|i| self.0.geo.slot(&self.0.raw, i).ok()).map_or(1, |s| s.nlink().max(1));
+        Ok((ino, nlink))
     }
 }
 
@@ -196,44 +240,16 @@ impl GuestFs for ExtFs {
     }
 
     fn stat(&self, path: &[u8]) -> Result<GAttr> {
-        let p = abs(path)?;
-        self.with(path, |st| {
-            if st.kinds.get(path) == Some(&GKind::File)
-                && let Ok(f) = st.fs.open(&p)
-            {
-                let m = f.metadata().clone();
-                return self.attr(st, path, &p, &m, Some(&f));
-            }
-            let m = st.fs.symlink_metadata(&p).map_err(|e| err(path, e))?;
-            self.attr(st, path, &p, &m, None)
-        })
+        let mut a = self.listed(path)?;
+        if unresolved(&a) {
+            (a.ino, a.nlink) = self.resolve(path)?;
+        }
+        Ok(a)
     }
 
     fn list(&self, path: &[u8]) -> Result<Vec<GEntry>> {
-        let p = abs(path)?;
-        self.with(path, |st| {
-            let mut out = Vec::new();
-            for e in st.fs.read_dir(&p).map_err(|e| err(path, e))? {
-                let e = e.map_err(|e| err(path, e))?;
-                let name = e.file_name();
-                let name = name.as_ref();
-                if name == b"." || name == b".." {
-                    continue;
-                }
-                if out.len() >= MAX_ENTRIES {
-                    return Err(Error::Corrupt(format!("ext {}: more than {MAX_ENTRIES} entries", show(path))));
-                }
-                out.push(GEntry { name: name.to_vec(), kind: kind(e.file_type().map_err(|e| err(path, e))?) });
-            }
-            if st.kinds.len() + out.len() > 2_000_000 {
-                st.kinds.clear();
-            }
-            for e in &out {
-                let child = if path.is_empty() { e.name.clone() } else { [path, b"/", &e.name].concat() };
-                st.kinds.insert(child, e.kind);
-            }
-            Ok(out)
-        })
+        let l = self.listing(&super::components(path)?.join(&b'/'))?;
+        Ok(l.entries().iter().map(|(n, a)| GEntry { name: n.clone(), kind: a.kind, attr: (!unresolved(a)).then_some(*a) }).collect())
     }
 
     fn readlink(&self, path: &[u8]) -> Result<Vec<u8>> {
@@ -245,16 +261,13 @@ impl GuestFs for ExtFs {
     }
 
     fn open(&self, path: &[u8]) -> Result<Box<dyn GuestFile>> {
+        // `open` follows symlinks: check first (from the listing) that
+        // `path` itself is a regular file.
+        if self.listed(path)?.kind != GKind::File {
+            return Err(Error::InvalidInput(format!("ext {}: not a regular file", show(path))));
+        }
         let p = abs(path)?;
         let (slot, size) = self.with(path, |st| {
-            // A listed regular file needs one path walk; else check first
-            // that `open` (which follows symlinks) will not follow one.
-            if st.kinds.get(path) != Some(&GKind::File) {
-                let m = st.fs.symlink_metadata(&p).map_err(|e| err(path, e))?;
-                if !m.file_type().is_regular_file() {
-                    return Err(Error::InvalidInput(format!("ext {}: not a regular file", show(path))));
-                }
-            }
             let f = st.fs.open(&p).map_err(|e| err(path, e))?;
             let size = f.metadata().len();
             st.next += 1;
@@ -294,7 +307,7 @@ impl GuestFile for ExtFile {
             return Ok(0);
         }
         let path = &self.path;
-        self.fs.with(path, super::readat::META_FUEL + 4 * want as i64, |st| {
+        self.fs.with(path, META_FUEL + 4 * want as i64, |st| {
             let f = st.files.get_mut(&self.slot).ok_or_else(|| Error::InvalidInput("file is closed".into()))?;
             // Sequential reads continue where the last one stopped; a jump
             // costs a walk of the extent list (the crate's seek).

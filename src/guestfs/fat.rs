@@ -3,23 +3,19 @@
 //! 0644 (0444 when read-only), directories 0755, owned by 0:0; times are
 //! the stored local time taken as UTC (FAT does not record the zone).
 //!
-//! `fatfs` finds an entry by scanning its directory, so the attributes of
-//! the last few directories listed are kept, making `ls -l` of a directory
+//! `fatfs` finds an entry by scanning its directory, so listings are kept
+//! with their attributes in a [`DirCache`], making `ls -l` of a directory
 //! one scan instead of one per entry.
 
-use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex};
 
 use fatfs::{DirEntry, FileSystem, FsOptions};
 
+use super::dircache::{DirCache, Listing};
 use super::readat::{Cursor, Fuel, Slice, META_FUEL};
 use super::{days_from_civil, guard, show, FsKind, GAttr, GEntry, GKind, GuestFile, GuestFs, MAX_ENTRIES};
 use crate::error::{Error, Result};
-
-const CACHED_DIRS: usize = 16;
-
-type Entries = Arc<Vec<(Vec<u8>, GAttr)>>;
 
 /// The crate's handle, used only under `Inner::fs`'s lock.
 struct Handle(FileSystem<Cursor>);
@@ -33,7 +29,7 @@ unsafe impl Send for Handle {}
 struct Inner {
     fs: Mutex<Handle>,
     fuel: Fuel,
-    dirs: Mutex<HashMap<Vec<u8>, Entries>>,
+    dirs: DirCache,
 }
 
 pub struct FatFs(Arc<Inner>);
@@ -85,12 +81,12 @@ impl FatFs {
         let fuel = slice.fuel.clone();
         fuel.set(META_FUEL);
         let fs = guard(|| "FAT".into(), || FileSystem::new(Cursor::new(slice), FsOptions::new()).map_err(|e| io_err(b"", e)))?;
-        Ok(FatFs(Arc::new(Inner { fs: Mutex::new(Handle(fs)), fuel, dirs: Mutex::new(HashMap::new()) })))
+        Ok(FatFs(Arc::new(Inner { fs: Mutex::new(Handle(fs)), fuel, dirs: DirCache::default() })))
     }
 
     /// Entries of a directory with their attributes, cached.
-    fn entries(&self, path: &[u8]) -> Result<Entries> {
-        if let Some(e) = self.0.dirs.lock().unwrap().get(path) {
+    fn entries(&self, path: &[u8]) -> Result<Arc<Listing>> {
+        if let Some(e) = self.0.dirs.get(path) {
             return Ok(e.clone());
         }
         let p = utf8(path)?.to_owned();
@@ -111,13 +107,7 @@ impl FatFs {
             }
             Ok(out)
         })?;
-        let list = Arc::new(list);
-        let mut dirs = self.0.dirs.lock().unwrap();
-        if dirs.len() >= CACHED_DIRS {
-            dirs.clear();
-        }
-        dirs.insert(path.to_vec(), list.clone());
-        Ok(list)
+        Ok(self.0.dirs.insert(path, Listing::new(list)))
     }
 }
 
@@ -140,10 +130,9 @@ impl GuestFs for FatFs {
         let parent = parent.join(&b'/');
         let list = self.entries(&parent)?;
         // FAT names are case-insensitive; prefer the exact spelling.
-        list.iter()
-            .find(|(n, _)| n == name)
-            .or_else(|| list.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)))
-            .map(|(_, a)| *a)
+        list.get(name)
+            .or_else(|| list.entries().iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, a)| a))
+            .copied()
             .ok_or_else(|| Error::NotFound(format!("FAT {}: no such file", show(path))))
     }
 
@@ -151,7 +140,7 @@ impl GuestFs for FatFs {
         if self.stat(path)?.kind != GKind::Dir {
             return Err(Error::InvalidInput(format!("FAT {}: not a directory", show(path))));
         }
-        Ok(self.entries(&super::components(path)?.join(&b'/'))?.iter().map(|(n, a)| GEntry { name: n.clone(), kind: a.kind }).collect())
+        Ok(self.entries(&super::components(path)?.join(&b'/'))?.entries().iter().map(|(n, a)| GEntry { name: n.clone(), kind: a.kind, attr: Some(*a) }).collect())
     }
 
     fn readlink(&self, path: &[u8]) -> Result<Vec<u8>> {

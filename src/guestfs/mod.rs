@@ -25,7 +25,9 @@
 
 pub mod readat;
 pub mod part;
+mod dircache;
 mod ext;
+mod ext_raw;
 mod fat;
 mod ntfs;
 
@@ -104,6 +106,9 @@ pub struct GAttr {
 pub struct GEntry {
     pub name: Vec<u8>,
     pub kind: GKind,
+    /// What `stat` of the entry returns, where the listing got it at no
+    /// extra cost (so a caller can answer stats from the listing).
+    pub attr: Option<GAttr>,
 }
 
 /// A filesystem inside a partition. Implementations are `Send + Sync` and

@@ -242,7 +242,7 @@ impl GuestFs for NtfsFs {
                     links.push((out.len(), rec));
                 }
                 let kind = if key.is_directory() { GKind::Dir } else { GKind::File };
-                out.push(GEntry { name: name.into_bytes(), kind });
+                out.push(GEntry { name: name.into_bytes(), kind, attr: None });
             }
             // The index's copy of the flags only hints at a link; ask the record.
             for (i, rec) in links {

@@ -78,6 +78,11 @@ impl Fuel {
     pub fn set(&self, bytes: i64) {
         self.0.store(bytes, Ordering::Relaxed);
     }
+    /// Adds to what is left: for an operation whose work grows with what
+    /// it finds (a listing, per entry).
+    pub fn add(&self, bytes: i64) {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
     /// Budget for reading `len` bytes of file data plus the metadata to find them.
     pub fn set_for_read(&self, len: usize) {
         self.set(META_FUEL + 4 * len as i64);
