@@ -21,6 +21,7 @@ use crate::id::ChunkId;
 use crate::image::{vhd, TargetFormat};
 use crate::progress::Progress;
 use crate::recovery_point::{DiskReader, FANOUT};
+use crate::store::{check_chunk, PackFiles};
 use crate::vault::Vault;
 
 #[derive(Debug, serde::Serialize)]
@@ -172,12 +173,22 @@ pub fn data_ranges(reader: &DiskReader) -> Result<Vec<std::ops::Range<u64>>> {
     Ok(out)
 }
 
+/// Blocks a restore worker writes in one go: all from one frame (decoded
+/// once), or zero blocks (`frame` None).
+struct Job {
+    frame: Option<ChunkLocation>,
+    /// (block index, chunk id, its offset in the frame's decoded bytes)
+    blocks: Vec<(u64, ChunkId, u32)>,
+}
+
 /// Writes every non-zero block at its offset (and zero blocks too when
 /// `write_zeros`, for devices that may hold old data). Returns bytes written.
 ///
 /// This thread walks the map and looks every chunk up in one read
-/// transaction (one SQLite snapshot, no per-statement locking); workers get
-/// ready locations and only read, check, decompress and pwrite.
+/// transaction (one SQLite snapshot, no per-statement locking), and hands
+/// the blocks out by frame, so that each worker decodes a different frame
+/// and no frame is decoded twice in a row; workers only read, decompress,
+/// check and pwrite.
 fn write_blocks(
     vault: &Vault,
     reader: &DiskReader,
@@ -193,7 +204,7 @@ fn write_blocks(
     let failed = AtomicBool::new(false);
     let index = Catalog::open_reader(&vault.index_path())?;
     let packs = vault.packs();
-    let (tx, rx) = bounded::<(u64, ChunkId, Option<ChunkLocation>)>(workers * 16);
+    let (tx, rx) = bounded::<Job>(workers * 2);
     std::thread::scope(|s| -> Result<()> {
         let mut handles = Vec::new();
         for _ in 0..workers {
@@ -201,27 +212,12 @@ fn write_blocks(
             let (written, failed) = (&written, &failed);
             handles.push(s.spawn(move || -> Result<()> {
                 let zeros = vec![0u8; bs as usize];
-                for (index, id, loc) in rx.iter() {
-                    let off = index * bs;
-                    let len = bs.min(size - off) as usize;
-                    let r = match loc {
-                        None => out.write_all_at(&zeros[..len], off),
-                        Some(loc) => match packs.read_chunk(&loc, id) {
-                            Ok(data) => out.write_all_at(&data, off),
-                            Err(e) => {
-                                failed.store(true, Ordering::Relaxed);
-                                return Err(match e {
-                                    Error::Corrupt(m) => Error::Corrupt(format!("{m} (disk bytes {off}..{})", off + len as u64)),
-                                    e => e,
-                                });
-                            }
-                        },
-                    };
-                    if let Err(e) = r {
+                for job in rx.iter() {
+                    let r = write_job(&job, packs, out, &zeros, bs, size, written);
+                    if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
-                        return Err(Error::io("write restored disk", e));
+                        return r;
                     }
-                    written.fetch_add(len as u64, Ordering::Relaxed);
                 }
                 Ok(())
             }));
@@ -229,6 +225,7 @@ fn write_blocks(
         drop(rx);
         let walk = || -> Result<()> {
             let _snapshot = index.conn().unchecked_transaction()?;
+            let mut job = Job { frame: None, blocks: Vec::new() };
             for page in 0..blocks.div_ceil(FANOUT as u64) {
                 let ids = reader.map().leaf(page)?;
                 for (i, id) in ids.iter().enumerate() {
@@ -250,12 +247,25 @@ fn write_blocks(
                                 Error::Corrupt(format!("chunk {id} (disk bytes {}..) is referenced but missing from the index", index_no * bs))
                             })?)
                         };
-                        if tx.send((index_no, *id, loc)).is_err() {
-                            return Ok(());
+                        let same = match (&job.frame, &loc) {
+                            (None, None) => true,
+                            (Some(a), Some(b)) => a.pack == b.pack && a.offset == b.offset,
+                            _ => false,
+                        };
+                        if !same || job.blocks.len() >= JOB_BLOCKS {
+                            let next = Job { frame: loc.clone(), blocks: Vec::new() };
+                            let done = std::mem::replace(&mut job, next);
+                            if !done.blocks.is_empty() && tx.send(done).is_err() {
+                                return Ok(());
+                            }
                         }
+                        job.blocks.push((index_no, *id, loc.map_or(0, |l| l.inner)));
                     }
                     progress.advance(bs.min(size - index_no * bs));
                 }
+            }
+            if !job.blocks.is_empty() {
+                let _ = tx.send(job);
             }
             Ok(())
         };
@@ -267,4 +277,42 @@ fn write_blocks(
         walked
     })?;
     Ok(written.into_inner())
+}
+
+/// Zero blocks per job at most (a frame holds far fewer).
+const JOB_BLOCKS: usize = 64;
+
+fn write_job(job: &Job, packs: &PackFiles, out: &File, zeros: &[u8], bs: u64, size: u64, written: &AtomicU64) -> Result<()> {
+    let span = |i: u64| (i * bs, bs.min(size - i * bs) as usize);
+    let frame = match &job.frame {
+        Some(loc) => Some((loc, packs.frame(loc).map_err(|e| {
+            let (first, _) = span(job.blocks[0].0);
+            let (last, len) = span(job.blocks[job.blocks.len() - 1].0);
+            in_range(e, first, (last + len as u64 - first) as usize)
+        })?)),
+        None => None,
+    };
+    for &(index, id, inner) in &job.blocks {
+        let (off, len) = span(index);
+        let data = match &frame {
+            None => &zeros[..len],
+            Some((loc, f)) => {
+                let what = format_args!("pack {}", loc.pack);
+                f.slice(&id, inner, len as u32, &what)
+                    .and_then(|b| check_chunk(&id, b, &what).map(|_| b))
+                    .map_err(|e| in_range(e, off, len))?
+            }
+        };
+        out.write_all_at(data, off).map_err(|e| Error::io("write restored disk", e))?;
+        written.fetch_add(len as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Adds the disk bytes to a damage report.
+fn in_range(e: Error, off: u64, len: usize) -> Error {
+    match e {
+        Error::Corrupt(m) => Error::Corrupt(format!("{m} (disk bytes {off}..{})", off + len as u64)),
+        e => e,
+    }
 }

@@ -52,7 +52,11 @@ pub enum DiskFormat {
 pub enum Node {
     Root,
     Item(String),
-    Latest(String),
+    /// `ITEM/latest` as it was looked up: (item, the name it points to).
+    /// A new newest point makes a new node (a new inode), so the kernel may
+    /// cache each node's target for good (FUSE_CACHE_SYMLINKS): `ls -l` of
+    /// a big directory under `latest/` then costs no readlink per entry.
+    Latest(String, String),
     Point(RecoveryPointId),
     PointJson(RecoveryPointId),
     DisksDir(RecoveryPointId),
@@ -219,7 +223,7 @@ impl VaultTree {
 
     /// True for nodes whose content can change (directories listing points).
     pub fn is_dynamic(node: &Node) -> bool {
-        matches!(node, Node::Root | Node::Item(_) | Node::Latest(_))
+        matches!(node, Node::Root | Node::Item(_) | Node::Latest(..))
     }
 
     pub fn attr(&self, node: &Node) -> Result<Attr> {
@@ -232,9 +236,8 @@ impl VaultTree {
                 let list = snap.items.get(item).ok_or_else(|| Error::NotFound(format!("no item {item}")))?;
                 dir(list.last().map(|p| p.row.time_ms).unwrap_or(self.started_ms))
             }
-            Node::Latest(item) => {
-                let target = self.readlink(node)?;
-                let t = self.snapshot()?.items.get(item).and_then(|l| l.last().map(|p| p.row.time_ms)).unwrap_or(0);
+            Node::Latest(item, target) => {
+                let t = self.snapshot()?.items.get(item).and_then(|l| l.iter().find(|p| p.name == *target)).map_or(0, |p| p.row.time_ms);
                 Attr { kind: Kind::Symlink, size: target.len() as u64, allocated: 0, mode: 0o777, mtime_ms: t, nlink: 1, guest: None }
             }
             Node::Point(id) | Node::DisksDir(id) | Node::ConfigDir(id) => dir(self.point(id)?.row.time_ms),
@@ -288,11 +291,11 @@ impl VaultTree {
                 if self.snapshot()?.items.contains_key(name) { Node::Item(name.to_owned()) } else { return Err(not_found()) }
             }
             Node::Item(item) => {
-                if name == "latest" {
-                    return Ok(Node::Latest(item.clone()));
-                }
                 let snap = self.snapshot()?;
                 let list = snap.items.get(item).ok_or_else(not_found)?;
+                if name == "latest" {
+                    return Ok(Node::Latest(item.clone(), list.last().ok_or_else(not_found)?.name.clone()));
+                }
                 Node::Point(list.iter().find(|p| p.name == name).ok_or_else(not_found)?.row.id)
             }
             Node::Point(id) => match name {
@@ -338,7 +341,7 @@ impl VaultTree {
             return self.guest_entries(dir);
         }
         let kind = |n: &Node| match n {
-            Node::Latest(_) => Kind::Symlink,
+            Node::Latest(..) => Kind::Symlink,
             Node::PointJson(_) | Node::Disk(..) | Node::Config(..) => Kind::File,
             _ => Kind::Dir,
         };
@@ -358,7 +361,10 @@ impl VaultTree {
             Node::Item(item) => {
                 let snap = self.snapshot()?;
                 let list = snap.items.get(item).ok_or_else(|| Error::NotFound(item.clone()))?;
-                let mut v = vec![("latest".to_owned(), Node::Latest(item.clone()))];
+                let mut v = Vec::new();
+                if let Some(newest) = list.last() {
+                    v.push(("latest".to_owned(), Node::Latest(item.clone(), newest.name.clone())));
+                }
                 v.extend(list.iter().map(|p| (p.name.clone(), Node::Point(p.row.id))));
                 v
             }
@@ -393,7 +399,7 @@ impl VaultTree {
     pub fn parent(&self, node: &Node) -> Node {
         match node {
             Node::Root | Node::Item(_) => Node::Root,
-            Node::Latest(i) => Node::Item(i.clone()),
+            Node::Latest(i, _) => Node::Item(i.clone()),
             Node::Point(id) => self.point(id).map(|p| Node::Item(p.row.item.clone())).unwrap_or(Node::Root),
             Node::PointJson(id) | Node::DisksDir(id) | Node::ConfigDir(id) => Node::Point(*id),
             Node::Disk(id, ..) => Node::DisksDir(*id),
@@ -410,11 +416,7 @@ impl VaultTree {
     pub fn readlink_bytes(&self, node: &Node) -> Result<Vec<u8>> {
         match node {
             Node::Guest(..) => self.guest_readlink(node),
-            Node::Latest(item) => {
-                let snap = self.snapshot()?;
-                let list = snap.items.get(item).ok_or_else(|| Error::NotFound(item.clone()))?;
-                Ok(list.last().ok_or_else(|| Error::NotFound(item.clone()))?.name.clone().into_bytes())
-            }
+            Node::Latest(_, target) => Ok(target.clone().into_bytes()),
             _ => Err(Error::InvalidInput("not a symlink".into())),
         }
     }

@@ -237,6 +237,11 @@ impl Filesystem for KluisFs {
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
             log::info!("kernel without {missing:?}: one lookup per listed entry");
         }
+        // Symlink targets never change for a given node (see Node::Latest),
+        // so the kernel may keep them.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS) {
+            log::info!("kernel without {missing:?}: one readlink per path walk through a symlink");
+        }
         Ok(())
     }
 

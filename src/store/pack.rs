@@ -221,12 +221,17 @@ impl PackFiles {
         Ok(f)
     }
 
+    /// The decoded frame `loc` points into.
+    pub fn frame(&self, loc: &ChunkLocation) -> Result<Arc<DecodedFrame>> {
+        // Concurrent misses on one frame wait for a single decompression.
+        self.frames.get_or_insert_with(&(loc.pack.clone(), loc.offset), || {
+            read_frame(&*self.file(&loc.pack)?, &loc.pack, loc.offset, loc.frame_len).map(Arc::new)
+        })
+    }
+
     /// Reads chunk `id` from where the index says it is, checking its hash.
     pub fn read_chunk(&self, loc: &ChunkLocation, id: ChunkId) -> Result<Vec<u8>> {
-        // Concurrent misses on one frame wait for a single decompression.
-        let frame = self.frames.get_or_insert_with(&(loc.pack.clone(), loc.offset), || {
-            read_frame(&*self.file(&loc.pack)?, &loc.pack, loc.offset, loc.frame_len).map(Arc::new)
-        })?;
+        let frame = self.frame(loc)?;
         let what = format_args!("pack {}", loc.pack);
         let bytes = frame.slice(&id, loc.inner, loc.raw_len, &what)?;
         check_chunk(&id, bytes, &what)?;
