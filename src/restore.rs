@@ -8,6 +8,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -305,6 +306,15 @@ fn write_job(job: &Job, packs: &PackFiles, out: &File, zeros: &[u8], bs: u64, si
         };
         out.write_all_at(data, off).map_err(|e| Error::io("write restored disk", e))?;
         written.fetch_add(len as u64, Ordering::Relaxed);
+    }
+    // Start writing the job's blocks back now, without waiting, so that the
+    // device works while we decode and the final fsync has little left to
+    // do. Only a hint: errors surface at that fsync.
+    if let (Some(&(first, ..)), Some(&(last, ..))) = (job.blocks.first(), job.blocks.last()) {
+        let (start, (end, len)) = (first * bs, span(last));
+        unsafe {
+            libc::sync_file_range(out.as_raw_fd(), start as i64, (end + len as u64 - start) as i64, libc::SYNC_FILE_RANGE_WRITE);
+        }
     }
     Ok(())
 }
