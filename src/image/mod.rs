@@ -31,6 +31,14 @@ pub trait DiskSource: Send + Sync {
     fn will_read(&self, _offset: u64, _len: u64) {}
 }
 
+/// Asks the kernel to start reading `offset..offset + len` of `file` (see
+/// [`DiskSource::will_read`]). Only a hint: an error changes nothing.
+pub(crate) fn will_need(file: &File, offset: u64, len: u64) {
+    unsafe {
+        libc::posix_fadvise(std::os::unix::io::AsRawFd::as_raw_fd(file), offset as i64, len as i64, libc::POSIX_FADV_WILLNEED);
+    }
+}
+
 /// Opens a disk source, telling the format from the content: a file whose
 /// last 512 bytes (or, for an odd-sized dynamic VHD, first 512) carry the
 /// `conectix` cookie is a VHD; a block device is read as one; anything else is raw.

@@ -57,10 +57,7 @@ impl DiskSource for RawSource {
     }
 
     fn will_read(&self, offset: u64, len: u64) {
-        // Only a hint: an error here changes nothing.
-        unsafe {
-            libc::posix_fadvise(self.file.as_raw_fd(), offset as i64, len as i64, libc::POSIX_FADV_WILLNEED);
-        }
+        super::will_need(&self.file, offset, len);
     }
 }
 

@@ -338,6 +338,14 @@ impl DiskSource for VhdSource {
     fn kind(&self) -> &'static str {
         if self.dynamic.is_some() { "vhd-dynamic" } else { "vhd-fixed" }
     }
+
+    fn will_read(&self, offset: u64, len: u64) {
+        // A fixed VHD's data sits at the disk's own offsets; a dynamic one's
+        // blocks are wherever they were allocated, so no hint for those.
+        if self.dynamic.is_none() {
+            super::will_need(&self.file, offset, len);
+        }
+    }
 }
 
 // ---------------------------------------------------------------- writing
