@@ -207,11 +207,13 @@ impl OpenDisk {
     /// are consecutive in one frame and the frame is already decoded (the
     /// readahead's work); None otherwise.
     pub fn contiguous(&self, offset: u64, len: usize) -> Result<Option<BlockBytes>> {
-        let bs = self.block_size();
-        let (first, last) = (offset / bs, (offset + len as u64 - 1) / bs);
-        if len == 0 || last >= self.block_count() {
+        // Only the disk's own bytes: past its end (a VHD's padding and
+        // footer) the frame holds other chunks or nothing.
+        if len == 0 || offset + len as u64 > self.size() {
             return Ok(None);
         }
+        let bs = self.block_size();
+        let (first, last) = (offset / bs, (offset + len as u64 - 1) / bs);
         let Some(key) = self.frame_of(first) else { return Ok(None) };
         if !self.is_cached(&key) {
             return Ok(None);

@@ -504,10 +504,22 @@ fn mount_vhd_passes_qemu_img() {
         let data_size = round512(size);
         assert_eq!(fs::metadata(&vhd_in_mount).unwrap().len(), data_size + 512, "size of {}", vhd_in_mount.display());
 
+        // The VHD's tail in one read, from the last block's start, once the
+        // disk's frames are decoded (the raw file is read first, the VHD not
+        // yet, so the kernel asks kluis): disk bytes, zero padding, footer.
+        let want = fs::read(&source).unwrap();
+        assert!(fs::read(disk_path(&mp, &p, name, "raw")).unwrap() == want, "{name}.raw differs from the disk");
+        let from = (size - 1) / BLOCK * BLOCK;
+        let mut tail = vec![0u8; (data_size + 512 - from) as usize];
+        File::open(&vhd_in_mount).unwrap().read_exact_at(&mut tail, from).unwrap();
+        let (data, rest) = tail.split_at((size - from) as usize);
+        assert!(data == &want[from as usize..], "{name}.vhd: the tail of the data differs");
+        let (pad, footer) = rest.split_at((data_size - size) as usize);
+        assert!(pad.iter().all(|&x| x == 0) && footer.starts_with(b"conectix"), "{name}.vhd: bad padding or footer in the tail read");
+
         let vhd = env.path(&format!("{name}.vhd"));
         tool_ok("cp", &[vhd_in_mount.to_str().unwrap(), vhd.to_str().unwrap()]);
         let b = fs::read(&vhd).unwrap();
-        let want = fs::read(&source).unwrap();
         assert!(b[..size as usize] == want[..], "{name}.vhd: the data part differs from the disk");
         assert!(b[size as usize..data_size as usize].iter().all(|&x| x == 0), "{name}.vhd: padding before the footer is not zero");
         assert_eq!(&b[data_size as usize..data_size as usize + 8], b"conectix", "{name}.vhd: no footer cookie at {data_size}");
