@@ -89,8 +89,15 @@ fn bad_input_fails_cleanly_and_leaves_the_vault_unchanged() {
         eprintln!("ok  {what}: {line}");
     }
 
-    // Directories that are not vaults stay untouched.
+    // A vault of an older format: its header says version 1.
+    let old_format = env.path("old-vault");
+    fs::create_dir(&old_format).unwrap();
+    fs::write(old_format.join("kluis.vault"), "kluis-vault 1\nid 00112233445566778899aabbccddeeff\nblock-size 65536\n").unwrap();
+
+    // Directories that are not vaults (of this format) stay untouched.
     for (what, dir, args) in [
+        ("points in a format-1 vault", &old_format, vec!["points".to_owned()]),
+        ("backup into a format-1 vault", &old_format, vec!["backup".into(), "web01".into(), "--disk".into(), os.clone()]),
         ("points in a non-vault", &not_vault, vec!["points".to_owned()]),
         ("backup into a non-vault", &not_vault, vec!["backup".into(), "web01".into(), "--disk".into(), os.clone()]),
         ("gc in a non-vault", &not_vault, vec!["gc".into()]),
