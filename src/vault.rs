@@ -72,8 +72,13 @@ impl VaultHeader {
         let mut lines = text.lines();
         let format = lines.next().and_then(|l| l.strip_prefix("kluis-vault ")).and_then(|v| v.parse().ok()).ok_or_else(bad)?;
         if format != FORMAT_VERSION {
+            let what = if format < FORMAT_VERSION {
+                "made by an older kluis: restore from it with that kluis and back up again"
+            } else {
+                "made by a newer kluis: upgrade kluis"
+            };
             return Err(Error::InvalidInput(format!(
-                "{}: vault format {format} is not supported by this kluis (knows {FORMAT_VERSION})",
+                "{}: vault format {format} is not supported by this kluis (knows {FORMAT_VERSION}; {what})",
                 path.display()
             )));
         }
