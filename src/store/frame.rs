@@ -94,6 +94,15 @@ impl FrameHeader {
         (self.header_len() + self.stored_len as usize) as u64
     }
 
+    /// Names the chunks of the frame for messages: "chunk ID", or "the
+    /// frame of chunks ID, ID, ..." when damage to it reaches them all.
+    pub fn describe(&self) -> String {
+        match &self.chunks[..] {
+            [one] => format!("chunk {}", one.id),
+            all => format!("the frame of chunks {}", all.iter().map(|e| e.id.to_string()).collect::<Vec<_>>().join(", ")),
+        }
+    }
+
     /// Where each chunk lies in the decoded payload, in table order.
     pub fn ranges(&self) -> impl Iterator<Item = (&FrameEntry, std::ops::Range<usize>)> {
         self.chunks.iter().scan(0usize, |at, e| {
@@ -260,11 +269,11 @@ pub fn decode_payload(h: &FrameHeader, payload: &[u8], what: &dyn std::fmt::Disp
                 }
                 d.as_mut().unwrap().decompress(payload, h.raw_len as usize)
             })
-            .map_err(|e| Error::Corrupt(format!("chunk {} in {what}: cannot decompress: {e}", h.chunks[0].id)))?
+            .map_err(|e| Error::Corrupt(format!("{} in {what}: cannot decompress: {e}", h.describe())))?
         }
     };
     if raw.len() != h.raw_len as usize {
-        return Err(Error::Corrupt(format!("chunk {} in {what}: length {} != {}", h.chunks[0].id, raw.len(), h.raw_len)));
+        return Err(Error::Corrupt(format!("{} in {what}: length {} != {}", h.describe(), raw.len(), h.raw_len)));
     }
     Ok(raw)
 }

@@ -216,18 +216,6 @@ fn delete_and_gc_reclaim_space() {
     assert_eq!(packs_size(&env.vault), after);
 }
 
-/// Compressible text, different for every `seed`: lines with counters.
-fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 64);
-    let mut i = 0u64;
-    while out.len() < len {
-        out.extend_from_slice(format!("{seed:08} row {i:010} status=ok size={} path=/var/lib/{}\n", i * 7 % 1000, i % 97).as_bytes());
-        i += 1;
-    }
-    out.truncate(len);
-    out
-}
-
 #[test]
 fn gc_recompresses_the_live_chunks_of_partly_dead_frames() {
     let env = Env::new();

@@ -468,6 +468,18 @@ pub fn frames(pack: &Path) -> Vec<Frame> {
     out
 }
 
+/// Compressible text, different for every `seed`: lines with counters.
+pub fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(format!("{seed:08} row {i:010} status=ok size={} path=/var/lib/{}\n", i * 7 % 1000, i % 97).as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
 /// blake3 of each `block`-sized block of a file (the chunk ids kluis gives them).
 pub fn block_ids(path: &Path, block: u64) -> Vec<String> {
     let b = fs::read(path).unwrap();

@@ -2,7 +2,7 @@
 //! `verify` must name what is damaged and what it affects; restores of the
 //! affected disk must fail naming the chunk, never write wrong bytes.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
@@ -187,4 +187,64 @@ fn missing_pack_is_reported() {
     check_lost_map(&v, &text(&out.stdout), &pb.id, MIB);
     env.fail(&["restore", "beta@latest", "--disk", "os", "--to", "bad.raw"]).one_error_line();
     assert_same_file(&env.restore("alpha@latest", "os", "raw"), &a);
+}
+
+#[test]
+fn damaged_compressed_frame_loses_its_blocks_and_only_those() {
+    let env = Env::new();
+    let disk = env.path("os.raw");
+    fs::write(&disk, text_bytes(3 * MIB as usize, 7)).unwrap();
+    let p = env.backup("web01", &[("os", disk.as_path())], &[]);
+
+    // The middle one of the three 16-block zstd frames of the disk.
+    let pack = largest_pack(&env);
+    let frame = frames(&pack)
+        .into_iter()
+        .filter(|f| f.kind == 0 && f.codec == 1 && f.chunks.len() == 16)
+        .nth(1)
+        .expect("a second full compressed frame");
+    let at = frame.payload() + frame.stored_len as u64 / 2;
+    let mut b = [0u8];
+    let file = OpenOptions::new().read(true).write(true).open(&pack).unwrap();
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_all_at(&[b[0] ^ 0x5a], at).unwrap();
+    drop(file);
+    let ids = block_ids(&disk, BLOCK);
+    let first = ids.iter().position(|id| *id == frame.chunks[0].0).expect("the frame holds blocks of the disk");
+    assert_eq!(first, 16, "the second frame starts at block 16");
+
+    // verify names exactly the frame's 16 chunks, each with its block's range.
+    let (code, v) = env.verify(true);
+    assert_eq!(code, 3, "{v:#}");
+    let damaged = v["damaged"].as_array().unwrap();
+    let named: std::collections::HashSet<&str> = damaged.iter().map(|d| d["chunk"].as_str().unwrap()).collect();
+    let want: std::collections::HashSet<&str> = frame.chunks.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(named, want, "{v:#}");
+    for d in damaged {
+        let i = ids.iter().position(|id| id == d["chunk"].as_str().unwrap()).unwrap() as u64;
+        let a = affects(d, &p.id).unwrap_or_else(|| panic!("{d:#}"));
+        assert_eq!(a["ranges"], serde_json::json!([[i * BLOCK, (i + 1) * BLOCK]]), "{d:#}");
+    }
+
+    // restore refuses with one line naming the first damaged block's chunk.
+    let f = env.fail(&["restore", &p.sel(), "--disk", "os", "--to", "bad.raw"]);
+    let line = f.one_error_line();
+    assert!(line.contains(&ids[16][..8]), "restore error does not name chunk {}: {line}", ids[16]);
+    assert!(!env.path("bad.raw").exists());
+    eprintln!("restore: {line}");
+
+    // The mount gives EIO for the frame's 1 MiB and the right bytes around it.
+    if super::mount::fuse_ok("damaged_compressed_frame") {
+        let mp = env.path("mnt");
+        let _m = super::mount::MountGuard::start(&env, &mp);
+        let want = fs::read(&disk).unwrap();
+        let raw = File::open(mp.join("web01/latest/disks/os.raw")).unwrap();
+        let mut buf = vec![0u8; BLOCK as usize];
+        let e = raw.read_exact_at(&mut buf, 16 * BLOCK + 100).expect_err("a block of the damaged frame read back");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        for blk in [15u64, 32] {
+            raw.read_exact_at(&mut buf, blk * BLOCK).unwrap();
+            assert!(buf[..] == want[(blk * BLOCK) as usize..((blk + 1) * BLOCK) as usize], "block {blk} next to the damage differs");
+        }
+    }
 }

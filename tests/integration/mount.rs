@@ -31,7 +31,7 @@ const LIVE_TIMEOUT: Duration = Duration::from_secs(3);
 // ---------------------------------------------------------------- the guard
 
 /// True when /dev/fuse can be opened; otherwise prints why the test is skipped.
-fn fuse_ok(test: &str) -> bool {
+pub(crate) fn fuse_ok(test: &str) -> bool {
     match OpenOptions::new().read(true).write(true).open("/dev/fuse") {
         Ok(_) => true,
         Err(e) => {
