@@ -11,7 +11,7 @@ use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::recovery_point::{collect_blocks, copy_blocks, BlockBytes, DiskEntry};
-use crate::store::{check_chunk, pack_path, read_frame, Codec, DecodedFrame};
+use crate::store::{check_chunk, pack_path, read_frame, read_frame_upto, Codec, DecodedFrame};
 
 /// A frame as the mount keeps it: decoded, with the chunks that failed
 /// their check.
@@ -182,14 +182,7 @@ impl OpenDisk {
         if id.is_zero() {
             return Ok(None);
         }
-        let context = |e: Error| {
-            let s = index * self.block_size();
-            let msg = format!("disk {} bytes {s}..{}: {e}", self.entry.name, (s + self.block_size()).min(self.size()));
-            match e {
-                Error::Io { source, .. } => Error::io(msg, source),
-                _ => Error::Corrupt(msg),
-            }
-        };
+        let context = |e: Error| self.in_block(index, e);
         let (loc, key) = self.locs.get(&id).map_err(context)?;
         // Concurrent misses on one frame (a FUSE thread and a readahead
         // thread, say) wait for a single load instead of each decompressing.
@@ -201,6 +194,45 @@ impl OpenDisk {
         }
         let range = loc.inner as usize..(loc.inner + loc.raw_len) as usize;
         Ok(Some(BlockBytes::new(cached, range)))
+    }
+
+    /// Reads `buf.len()` bytes at `offset` for a random reader: a block whose
+    /// frame is not cached is decoded from the frame's start only as far as
+    /// that block, checked with blake3, and nothing is cached (the kernel's
+    /// page cache keeps what the reader re-reads). A sequential reader goes
+    /// through [`OpenDisk::read_at`] instead and caches whole frames.
+    pub fn read_at_random(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        copy_blocks(buf, offset, self.size(), self.block_size(), &mut |i| {
+            let id = self.block_id(i);
+            match self.frame_of(i) {
+                Some(key) if !self.is_cached(&key) => self.block_prefix(i, &id).map(Some),
+                _ => self.block(i),
+            }
+        })
+    }
+
+    fn block_prefix(&self, index: u64, id: &ChunkId) -> Result<BlockBytes> {
+        let (loc, _) = self.locs.get(id)?;
+        let (name, _, file) = &self.locs.packs[loc.pack as usize];
+        let what = format_args!("pack {name}");
+        let frame = read_frame_upto(file, name, loc.offset, loc.frame_len, Some((loc.inner + loc.raw_len) as usize))
+            .and_then(|f| {
+                f.position(id, loc.inner, loc.raw_len, &what)?;
+                check_chunk(id, &f.raw[loc.inner as usize..(loc.inner + loc.raw_len) as usize], &what)?;
+                Ok(f)
+            })
+            .map_err(|e| self.in_block(index, e))?;
+        Ok(BlockBytes::new(Arc::new(frame.raw), loc.inner as usize..(loc.inner + loc.raw_len) as usize))
+    }
+
+    /// Adds the block's disk range to an error.
+    fn in_block(&self, index: u64, e: Error) -> Error {
+        let s = index * self.block_size();
+        let msg = format!("disk {} bytes {s}..{}: {e}", self.entry.name, (s + self.block_size()).min(self.size()));
+        match e {
+            Error::Io { source, .. } => Error::io(msg, source),
+            _ => Error::Corrupt(msg),
+        }
     }
 
     /// `len` bytes at `offset` as one range of a cached frame, when they

@@ -564,7 +564,13 @@ impl Handle {
                 let dsize = h.disk.size();
                 if offset < dsize {
                     let n = len.min((dsize - offset) as usize);
-                    h.disk.read_at(&mut buf[..n], offset)?;
+                    // A small read that does not continue the last one is
+                    // random access: don't decode (and cache) whole frames for it.
+                    if n as u64 <= h.disk.block_size() && h.next.load(Ordering::Relaxed) != offset {
+                        h.disk.read_at_random(&mut buf[..n], offset)?;
+                    } else {
+                        h.disk.read_at(&mut buf[..n], offset)?;
+                    }
                 }
                 if let Some(footer) = &h.footer {
                     let fstart = vhd::vhd_data_size(dsize);

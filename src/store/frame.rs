@@ -278,6 +278,29 @@ pub fn decode_payload(h: &FrameHeader, payload: &[u8], what: &dyn std::fmt::Disp
     Ok(raw)
 }
 
+/// The first `n` bytes of a frame's decoded payload, decoding no further.
+/// Not checked: zstd's checksum covers only the whole frame.
+pub fn decode_prefix(h: &FrameHeader, payload: &[u8], n: usize, what: &dyn std::fmt::Display) -> Result<Vec<u8>> {
+    use zstd::stream::raw::Operation;
+    let n = n.min(h.raw_len as usize);
+    if h.codec == Codec::Stored {
+        return Ok(payload[..n.min(payload.len())].to_vec());
+    }
+    let fail = |e: std::io::Error| Error::Corrupt(format!("{} in {what}: cannot decompress: {e}", h.describe()));
+    let mut out = vec![0u8; n];
+    let mut dec = zstd::stream::raw::Decoder::new().map_err(fail)?;
+    let (mut read, mut written) = (0, 0);
+    while written < n {
+        let st = dec.run_on_buffers(&payload[read..], &mut out[written..]).map_err(fail)?;
+        if st.bytes_read == 0 && st.bytes_written == 0 {
+            return Err(Error::Corrupt(format!("{} in {what}: payload ends at {written} of {n} bytes", h.describe())));
+        }
+        read += st.bytes_read;
+        written += st.bytes_written;
+    }
+    Ok(out)
+}
+
 /// Checks that `raw` hashes to `id`, so a flipped bit is caught before the
 /// bytes reach a restore or a mount.
 pub fn check_chunk(id: &ChunkId, raw: &[u8], what: &dyn std::fmt::Display) -> Result<()> {
@@ -383,6 +406,11 @@ mod tests {
             bad[at] ^= 1;
             assert!(decode_payload(&f.header, &bad, &"t").is_err(), "flip at {at} decoded");
             assert!(!check_frame(&f.header, &bad, &"t").is_sound());
+        }
+        // A prefix decodes to the same bytes, for any length.
+        for n in [1, 65536, 65537, 70000] {
+            let p = decode_prefix(&f.header, &f.payload, n, &"t").unwrap();
+            assert_eq!(p[..], raw[..n.min(raw.len())], "prefix of {n}");
         }
         // A stored frame: only the chunk with the flipped byte is damaged.
         let mut rng = fastrand::Rng::with_seed(7);
