@@ -22,7 +22,7 @@ use crate::id::ChunkId;
 use crate::image::{vhd, TargetFormat};
 use crate::progress::Progress;
 use crate::recovery_point::{DiskReader, FANOUT};
-use crate::store::{check_chunk, PackFiles};
+use crate::store::PackFiles;
 use crate::vault::Vault;
 
 #[derive(Debug, serde::Serialize)]
@@ -285,12 +285,14 @@ const JOB_BLOCKS: usize = 64;
 
 fn write_job(job: &Job, packs: &PackFiles, out: &File, zeros: &[u8], bs: u64, size: u64, written: &AtomicU64) -> Result<()> {
     let span = |i: u64| (i * bs, bs.min(size - i * bs) as usize);
+    // The job's disk bytes (jobs are never empty): blocks are in order.
+    let (start, _) = span(job.blocks[0].0);
+    let end = {
+        let (off, len) = span(job.blocks[job.blocks.len() - 1].0);
+        off + len as u64
+    };
     let frame = match &job.frame {
-        Some(loc) => Some((loc, packs.frame(loc).map_err(|e| {
-            let (first, _) = span(job.blocks[0].0);
-            let (last, len) = span(job.blocks[job.blocks.len() - 1].0);
-            in_range(e, first, (last + len as u64 - first) as usize)
-        })?)),
+        Some(loc) => Some((loc, packs.frame(loc).map_err(|e| in_range(e, start, (end - start) as usize))?)),
         None => None,
     };
     for &(index, id, inner) in &job.blocks {
@@ -299,9 +301,7 @@ fn write_job(job: &Job, packs: &PackFiles, out: &File, zeros: &[u8], bs: u64, si
             None => &zeros[..len],
             Some((loc, f)) => {
                 let what = format_args!("pack {}", loc.pack);
-                f.slice(&id, inner, len as u32, &what)
-                    .and_then(|b| check_chunk(&id, b, &what).map(|_| b))
-                    .map_err(|e| in_range(e, off, len))?
+                f.checked_slice(&id, inner, len as u32, &what).map_err(|e| in_range(e, off, len))?
             }
         };
         out.write_all_at(data, off).map_err(|e| Error::io("write restored disk", e))?;
@@ -310,11 +310,8 @@ fn write_job(job: &Job, packs: &PackFiles, out: &File, zeros: &[u8], bs: u64, si
     // Start writing the job's blocks back now, without waiting, so that the
     // device works while we decode and the final fsync has little left to
     // do. Only a hint: errors surface at that fsync.
-    if let (Some(&(first, ..)), Some(&(last, ..))) = (job.blocks.first(), job.blocks.last()) {
-        let (start, (end, len)) = (first * bs, span(last));
-        unsafe {
-            libc::sync_file_range(out.as_raw_fd(), start as i64, (end + len as u64 - start) as i64, libc::SYNC_FILE_RANGE_WRITE);
-        }
+    unsafe {
+        libc::sync_file_range(out.as_raw_fd(), start as i64, (end - start) as i64, libc::SYNC_FILE_RANGE_WRITE);
     }
     Ok(())
 }

@@ -112,10 +112,7 @@ fn fetch_via_index(vault: &std::path::Path, index: &Catalog, id: &ChunkId) -> Re
     let loc = index.chunk_location(id)?.ok_or_else(|| Error::Corrupt(format!("map page {id} is not in the vault index")))?;
     let f = File::open(pack_path(vault, &loc.pack)).map_err(|e| Error::io(format!("open pack {}", loc.pack), e))?;
     let frame = read_frame(&f, &loc.pack, loc.offset, loc.frame_len)?;
-    let what = format_args!("pack {}", loc.pack);
-    let bytes = frame.slice(id, loc.inner, loc.raw_len, &what)?;
-    check_chunk(id, bytes, &what)?;
-    Ok(bytes.to_vec())
+    Ok(frame.checked_slice(id, loc.inner, loc.raw_len, &format_args!("pack {}", loc.pack))?.to_vec())
 }
 
 impl OpenDisk {
@@ -182,18 +179,24 @@ impl OpenDisk {
         if id.is_zero() {
             return Ok(None);
         }
-        let context = |e: Error| self.in_block(index, e);
-        let (loc, key) = self.locs.get(&id).map_err(context)?;
+        let (loc, key) = self.locs.get(&id).map_err(|e| self.in_block(index, e))?;
         // Concurrent misses on one frame (a FUSE thread and a readahead
         // thread, say) wait for a single load instead of each decompressing.
-        let cached = self.cache.get_or_insert_with(&key, || self.locs.load(&loc).map(Arc::new)).map_err(context)?;
-        let what = format_args!("pack {}", self.locs.packs[loc.pack as usize].0);
-        let i = cached.frame.position(&id, loc.inner, loc.raw_len, &what).map_err(context)?;
-        if let Some(why) = &cached.damaged[i] {
-            return Err(context(Error::Corrupt(why.clone())));
-        }
+        let cached = self.cache.get_or_insert_with(&key, || self.locs.load(&loc).map(Arc::new)).map_err(|e| self.in_block(index, e))?;
+        self.check_in(&cached, index, &id, &loc)?;
         let range = loc.inner as usize..(loc.inner + loc.raw_len) as usize;
         Ok(Some(BlockBytes::new(cached, range)))
+    }
+
+    /// That `cached` holds block `index` (chunk `id`) where `loc` says, and
+    /// that the chunk is not one found damaged when the frame was loaded.
+    fn check_in(&self, cached: &CachedFrame, index: u64, id: &ChunkId, loc: &Loc) -> Result<()> {
+        let what = format_args!("pack {}", self.locs.packs[loc.pack as usize].0);
+        let i = cached.frame.position(id, loc.inner, loc.raw_len, &what).map_err(|e| self.in_block(index, e))?;
+        match &cached.damaged[i] {
+            Some(why) => Err(self.in_block(index, Error::Corrupt(why.clone()))),
+            None => Ok(()),
+        }
     }
 
     /// Reads `buf.len()` bytes at `offset` for a random reader: a block whose
@@ -217,8 +220,7 @@ impl OpenDisk {
         let what = format_args!("pack {name}");
         let frame = read_frame_upto(file, name, loc.offset, loc.frame_len, Some((loc.inner + loc.raw_len) as usize))
             .and_then(|f| {
-                f.position(id, loc.inner, loc.raw_len, &what)?;
-                check_chunk(id, &f.raw[loc.inner as usize..(loc.inner + loc.raw_len) as usize], &what)?;
+                f.checked_slice(id, loc.inner, loc.raw_len, &what)?;
                 Ok(f)
             })
             .map_err(|e| self.in_block(index, e))?;
@@ -247,25 +249,20 @@ impl OpenDisk {
         let bs = self.block_size();
         let (first, last) = (offset / bs, (offset + len as u64 - 1) / bs);
         let Some(key) = self.frame_of(first) else { return Ok(None) };
-        if !self.is_cached(&key) {
-            return Ok(None);
-        }
+        let Some(cached) = self.cache.get(&key) else { return Ok(None) };
         let start = self.locs.get(&self.block_id(first))?.0.inner as u64;
-        for i in first + 1..=last {
+        for i in first..=last {
             let id = self.block_id(i);
             match self.locs.get(&id) {
-                Ok((loc, k)) if !id.is_zero() && k == key && loc.inner as u64 == start + (i - first) * bs => {}
+                Ok((loc, k)) if !id.is_zero() && k == key && loc.inner as u64 == start + (i - first) * bs => {
+                    // Damage is reported as a read of the block would.
+                    self.check_in(&cached, i, &id, &loc)?;
+                }
                 _ => return Ok(None),
             }
         }
-        // Every block is checked (and damage reported) the usual way.
-        let mut whole = None;
-        for i in first..=last {
-            whole = self.block(i)?;
-        }
-        let Some(b) = whole else { return Ok(None) };
         let from = (start + offset % bs) as usize;
-        Ok(Some(b.widen(from..from + len)))
+        Ok(Some(BlockBytes::new(cached, from..from + len)))
     }
 
     /// The frame holding block `index`, or None for a hole.

@@ -32,10 +32,15 @@ pub trait DiskSource: Send + Sync {
 }
 
 /// Asks the kernel to start reading `offset..offset + len` of `file` (see
-/// [`DiskSource::will_read`]). Only a hint: an error changes nothing.
+/// [`DiskSource::will_read`]).
 pub(crate) fn will_need(file: &File, offset: u64, len: u64) {
+    advise(file, offset, len, libc::POSIX_FADV_WILLNEED);
+}
+
+/// posix_fadvise(2): only a hint, so an error changes nothing and is ignored.
+fn advise(file: &File, offset: u64, len: u64, advice: libc::c_int) {
     unsafe {
-        libc::posix_fadvise(std::os::unix::io::AsRawFd::as_raw_fd(file), offset as i64, len as i64, libc::POSIX_FADV_WILLNEED);
+        libc::posix_fadvise(std::os::unix::io::AsRawFd::as_raw_fd(file), offset as i64, len as i64, advice);
     }
 }
 
@@ -44,11 +49,8 @@ pub(crate) fn will_need(file: &File, offset: u64, len: u64) {
 /// `conectix` cookie is a VHD; a block device is read as one; anything else is raw.
 pub fn open_source(path: &Path) -> Result<Box<dyn DiskSource>> {
     let file = File::open(path).map_err(|e| Error::io_path("cannot open disk", path, e))?;
-    // Disks are read front to back: ask for the larger sequential readahead
-    // window (a hint; failure changes nothing).
-    unsafe {
-        libc::posix_fadvise(std::os::unix::io::AsRawFd::as_raw_fd(&file), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
-    }
+    // Disks are read front to back: ask for the larger sequential readahead window.
+    advise(&file, 0, 0, libc::POSIX_FADV_SEQUENTIAL);
     let meta = file.metadata().ctx(|| format!("cannot stat {}", path.display()))?;
     use std::os::unix::fs::FileTypeExt;
     let ft = meta.file_type();

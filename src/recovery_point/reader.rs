@@ -59,11 +59,6 @@ impl BlockBytes {
         BlockBytes { owner, range }
     }
 
-    /// Another range of the same buffer.
-    pub fn widen(self, range: std::ops::Range<usize>) -> BlockBytes {
-        BlockBytes { owner: self.owner, range }
-    }
-
     pub fn whole(chunk: Arc<Vec<u8>>) -> BlockBytes {
         let range = 0..chunk.len();
         BlockBytes { owner: chunk, range }

@@ -143,10 +143,16 @@ pub struct DecodedFrame {
 
 impl DecodedFrame {
     /// The bytes of chunk `id` at `inner..inner + raw_len`, as the index
-    /// says, after checking that the frame's table agrees.
-    pub fn slice(&self, id: &ChunkId, inner: u32, raw_len: u32, what: &dyn std::fmt::Display) -> Result<&[u8]> {
+    /// says, after checking that the frame's table agrees and that they hash
+    /// to `id`. Works on a decoded prefix too, as far as it goes.
+    pub fn checked_slice(&self, id: &ChunkId, inner: u32, raw_len: u32, what: &dyn std::fmt::Display) -> Result<&[u8]> {
         self.position(id, inner, raw_len, what)?;
-        Ok(&self.raw[inner as usize..(inner + raw_len) as usize])
+        let bytes = self
+            .raw
+            .get(inner as usize..(inner + raw_len) as usize)
+            .ok_or_else(|| Error::Corrupt(format!("chunk {id} in {what}: past the decoded bytes")))?;
+        check_chunk(id, bytes, what)?;
+        Ok(bytes)
     }
 
     /// The place in the table of chunk `id` at `inner..inner + raw_len`.
@@ -244,10 +250,7 @@ impl PackFiles {
     /// Reads chunk `id` from where the index says it is, checking its hash.
     pub fn read_chunk(&self, loc: &ChunkLocation, id: ChunkId) -> Result<Vec<u8>> {
         let frame = self.frame(loc)?;
-        let what = format_args!("pack {}", loc.pack);
-        let bytes = frame.slice(&id, loc.inner, loc.raw_len, &what)?;
-        check_chunk(&id, bytes, &what)?;
-        Ok(bytes.to_vec())
+        Ok(frame.checked_slice(&id, loc.inner, loc.raw_len, &format_args!("pack {}", loc.pack))?.to_vec())
     }
 
     /// Forgets open files and decoded frames (after gc replaced packs).
