@@ -8,7 +8,11 @@
 //! entry's attributes, read by inode number (`DirEntry::metadata`, no
 //! walk), and kept in a [`DirCache`]: stat of a listed entry is a lookup.
 //!
-//! Two gaps of the crate are filled from our own reads (ext_raw.rs). It
+//! Three gaps of the crate are filled from our own reads (ext_raw.rs).
+//! Opening a file walks its path, and every read of the crate runs under
+//! one lock: where the filesystem needs no journal replay, a listed file
+//! is opened by its inode number instead and read through its block map
+//! ([`MappedFile`]), concurrently, in runs as long as the extents. It
 //! hides inode numbers: a listing takes them from the directory's blocks,
 //! each checked against the inode it names; where that fails (inline
 //! directories, a journal not yet written back) a regular file's number
@@ -23,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use ext4_view::{Ext4, Ext4Error, Ext4Read, FileType, Metadata};
 
 use super::dircache::{self, DirCache, Listing};
-use super::ext_raw::Geometry;
+use super::ext_raw::{Geometry, Run};
 use super::readat::{Fuel, Slice, META_FUEL};
 use super::{guard, show, FsKind, GAttr, GEntry, GKind, GuestFile, GuestFs, MAX_ENTRIES};
 use crate::error::{Error, Result};
@@ -169,7 +173,7 @@ impl ExtFs {
         let entries = self.with(dir, |st| {
             // Name → inode number from the directory's blocks; without it
             // (unknown directory, inline data, damage) files stay unresolved.
-            let numbers = dir_ino.and_then(|d| inner.geo.slot(raw, d).and_then(|s| inner.geo.dir_entries(raw, &s)).ok()).unwrap_or_default();
+            let numbers = dir_ino.and_then(|d| inner.geo.slot(raw, d).and_then(|s| inner.geo.dir_entries(raw, d, &s)).ok()).unwrap_or_default();
             let mut found = Vec::new();
             for e in st.fs.read_dir(&p).map_err(|e| err(dir, e))? {
                 let e = e.map_err(|e| err(dir, e))?;
@@ -234,6 +238,30 @@ impl ExtFs {
     }
 }
 
+impl ExtFs {
+    /// Regular file `path` (listed as `a`) opened by inode number, when
+    /// the filesystem needs no journal replay and the listing knows the
+    /// number; None where the crate must read it (a journal to replay, an
+    /// unresolved number, inline data, encryption).
+    pub(super) fn open_mapped(&self, path: &[u8], a: &GAttr) -> Result<Option<MappedFile>> {
+        let (inner, Some(ino)) = (&self.0, a.ino) else { return Ok(None) };
+        if !inner.geo.as_replayed() {
+            return Ok(None);
+        }
+        // Its own budget: this runs outside the crate's lock.
+        let raw = inner.raw.with_fuel(META_FUEL);
+        let slot = inner.geo.slot(&raw, ino)?;
+        if !slot.is_regular() || slot.size() != a.size {
+            return Err(Error::Corrupt(format!("ext {}: inode {ino} is not the listed file", show(path))));
+        }
+        match inner.geo.block_map(&raw, ino, &slot) {
+            Ok(runs) => Ok(Some(MappedFile { data: raw.with_fuel(i64::MAX), runs, size: a.size, block_size: inner.geo.block_size() })),
+            Err(Error::InvalidInput(_)) => Ok(None),
+            Err(e) => Err(Error::Corrupt(format!("ext {}: {e}", show(path)))),
+        }
+    }
+}
+
 impl GuestFs for ExtFs {
     fn kind(&self) -> FsKind {
         FsKind::Ext
@@ -263,8 +291,12 @@ impl GuestFs for ExtFs {
     fn open(&self, path: &[u8]) -> Result<Box<dyn GuestFile>> {
         // `open` follows symlinks: check first (from the listing) that
         // `path` itself is a regular file.
-        if self.listed(path)?.kind != GKind::File {
+        let a = self.listed(path)?;
+        if a.kind != GKind::File {
             return Err(Error::InvalidInput(format!("ext {}: not a regular file", show(path))));
+        }
+        if let Some(f) = self.open_mapped(path, &a)? {
+            return Ok(Box::new(f));
         }
         let p = abs(path)?;
         let (slot, size) = self.with(path, |st| {
@@ -327,3 +359,49 @@ impl Drop for ExtFile {
     }
 }
 
+
+/// A regular file read through its block map (see [`ExtFs::open_mapped`]):
+/// no lock, and one read of the partition per run a request spans.
+pub(super) struct MappedFile {
+    /// The partition, with a budget of its own that never runs out: the
+    /// map is finite, so a read cannot loop.
+    data: Slice,
+    runs: Vec<Run>,
+    size: u64,
+    block_size: u64,
+}
+
+impl GuestFile for MappedFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let want = super::readable(self.size, offset, buf.len());
+        let bs = self.block_size;
+        let mut done = 0;
+        while done < want {
+            let pos = offset + done as u64;
+            let block = pos / bs;
+            // The first run that ends past `block`: it holds it, or the
+            // hole before it does.
+            let i = self.runs.partition_point(|r| r.logical + r.len <= block);
+            let left = (want - done) as u64;
+            let n = match self.runs.get(i) {
+                Some(r) if r.logical <= block => {
+                    let n = left.min((r.logical + r.len) * bs - pos);
+                    let at = (r.physical + block - r.logical) * bs + pos % bs;
+                    self.data.read_exact_at(&mut buf[done..done + n as usize], at)?;
+                    n
+                }
+                next => {
+                    let n = next.map_or(left, |r| left.min(r.logical * bs - pos));
+                    buf[done..done + n as usize].fill(0);
+                    n
+                }
+            };
+            done += n as usize;
+        }
+        Ok(want)
+    }
+}

@@ -1,13 +1,21 @@
 //! What ext.rs reads of an ext2/3/4 filesystem itself, because `ext4-view`
-//! does not expose it: inode-table slots (for the link count) and the
-//! inode numbers stored in directory blocks (for `st_ino` and hard links
-//! of every entry of a listing, without a path walk per entry).
+//! does not expose it: inode-table slots (for the link count), the inode
+//! numbers stored in directory blocks (for `st_ino` and hard links of
+//! every entry of a listing, without a path walk per entry), and a file's
+//! block map (extent tree or ext2/3 indirect blocks) as [`Run`]s, so that
+//! a file is read by inode without the crate's path walk and global lock.
 //!
 //! These reads see the filesystem as written, not as its journal would
 //! replay it. So nothing here is trusted alone: ext.rs takes an inode
 //! number from a directory block only when that inode's slot agrees with
 //! what `ext4-view` (journal applied) says of the entry, and walks the
-//! path otherwise.
+//! path otherwise; and it reads file data through a block map only when
+//! [`Geometry::as_replayed`] says there is no journal to replay, which is
+//! exactly when `ext4-view` itself reads the blocks as written.
+//!
+//! Hand-written because no crate reads ext4 by inode number (ext4-view
+//! opens by path only); the formats are the kernel's
+//! (Documentation/filesystems/ext4).
 
 use std::collections::HashMap;
 
@@ -18,6 +26,12 @@ use crate::error::{Error, Result};
 
 const EXTENTS_FL: u32 = 0x8_0000;
 const INLINE_DATA_FL: u32 = 0x1000_0000;
+const ENCRYPT_FL: u32 = 0x800;
+const COMPAT_HAS_JOURNAL: u32 = 0x4;
+const INCOMPAT_RECOVER: u32 = 0x4;
+const INCOMPAT_64BIT: u32 = 0x80;
+const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 const EXTENT_MAGIC: u16 = 0xf30a;
 /// Extent tree depth ext4 allows (a deeper one is corrupt).
 const MAX_DEPTH: u16 = 5;
@@ -31,6 +45,22 @@ pub struct Geometry {
     desc_size: u64,
     gdt_block: u64,
     is64: bool,
+    blocks: u64,
+    /// No journal, or one with nothing to replay: the blocks as written
+    /// are the filesystem (`ext4-view` replays only when RECOVER is set).
+    as_replayed: bool,
+    /// Seed of the metadata checksums (metadata_csum), if on.
+    csum_seed: Option<u32>,
+}
+
+/// `len` blocks of a file from logical block `logical`, stored from
+/// physical block `physical`. Blocks no run covers (holes, unwritten
+/// extents) read as zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub logical: u64,
+    pub len: u64,
+    pub physical: u64,
 }
 
 /// The classic 128 bytes of an inode, as stored in the table.
@@ -55,10 +85,36 @@ impl Geometry {
         let block_size = 1024u64 << log;
         let rev = u32le(&sb, 76);
         let inode_size = if rev == 0 { 128 } else { u16le(&sb, 88) as u64 };
-        let is64 = u32le(&sb, 96) & 0x80 != 0;
+        let (compat, incompat, ro_compat) = (u32le(&sb, 92), u32le(&sb, 96), u32le(&sb, 100));
+        let is64 = incompat & INCOMPAT_64BIT != 0;
         let desc_size = if is64 { (u16le(&sb, 254) as u64).max(32) } else { 32 };
         let first_data = u32le(&sb, 20) as u64;
-        Ok(Geometry { block_size, inodes_per_group: u32le(&sb, 40) as u64, inode_size, desc_size, gdt_block: first_data + 1, is64 })
+        // What the superblock claims, within what the partition holds.
+        let blocks = (u32le(&sb, 4) as u64 | if is64 { (u32le(&sb, 0x150) as u64) << 32 } else { 0 }).min(s.len() / block_size);
+        let as_replayed = compat & COMPAT_HAS_JOURNAL == 0 || incompat & INCOMPAT_RECOVER == 0;
+        let csum_seed = (ro_compat & RO_COMPAT_METADATA_CSUM != 0)
+            .then(|| if incompat & INCOMPAT_CSUM_SEED != 0 { u32le(&sb, 0x270) } else { crc32c(!0, &[&sb[0x68..0x78]]) });
+        Ok(Geometry {
+            block_size,
+            inodes_per_group: u32le(&sb, 40) as u64,
+            inode_size,
+            desc_size,
+            gdt_block: first_data + 1,
+            is64,
+            blocks,
+            as_replayed,
+            csum_seed,
+        })
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    /// True when the filesystem needs no journal replay, so a file's
+    /// blocks as written are its contents (see the module doc).
+    pub fn as_replayed(&self) -> bool {
+        self.as_replayed
     }
 
     /// Inode `ino`'s slot in the inode table.
@@ -84,23 +140,16 @@ impl Geometry {
     }
 
     /// Name → inode number of every entry in the blocks of directory
-    /// inode `slot`. Err for what we do not read (inline data) or cannot.
-    pub fn dir_entries(&self, s: &Slice, slot: &Slot) -> Result<HashMap<Vec<u8>, u64>> {
-        let b = &slot.0;
-        let flags = u32le(b, 0x20);
-        if flags & INLINE_DATA_FL != 0 {
-            return Err(Error::InvalidInput("ext: inline directory".into()));
-        }
-        let size = u32le(b, 4) as u64 | (u32le(b, 0x6c) as u64) << 32;
-        let nblocks = size.div_ceil(self.block_size);
+    /// inode `ino` (`slot`). Err for what we do not read (inline data) or
+    /// cannot.
+    pub fn dir_entries(&self, s: &Slice, ino: u64, slot: &Slot) -> Result<HashMap<Vec<u8>, u64>> {
+        let nblocks = slot.size().div_ceil(self.block_size);
         if nblocks > super::MAX_ENTRIES as u64 {
             return Err(Error::Corrupt("ext: directory too large".into()));
         }
         let mut blocks = Vec::with_capacity(nblocks as usize);
-        if flags & EXTENTS_FL != 0 {
-            self.extent_blocks(s, &b[0x28..0x64], MAX_DEPTH, nblocks, &mut blocks)?;
-        } else {
-            self.mapped_blocks(s, &b[0x28..0x64], nblocks, &mut blocks)?;
+        for r in self.block_map(s, ino, slot)? {
+            blocks.extend((0..r.len).map(|i| r.physical + i));
         }
         let mut out = HashMap::new();
         let mut buf = vec![0u8; self.block_size as usize];
@@ -125,9 +174,71 @@ impl Geometry {
         Ok(out)
     }
 
-    /// Physical blocks of the first `want` logical blocks of an extent
-    /// tree (0 for holes), in logical order.
-    fn extent_blocks(&self, s: &Slice, node: &[u8], depth_left: u16, want: u64, out: &mut Vec<u64>) -> Result<()> {
+    /// The block map of inode `ino` (`slot`) up to its size: the runs of
+    /// stored blocks in logical order. Err for inline data and encrypted
+    /// files (not read here) and for a damaged map: a bad extent header,
+    /// a tree deeper than ext4 allows, runs out of order or past the end
+    /// of the filesystem, or an extent block whose checksum is wrong.
+    pub fn block_map(&self, s: &Slice, ino: u64, slot: &Slot) -> Result<Vec<Run>> {
+        let b = &slot.0;
+        let flags = u32le(b, 0x20);
+        if flags & (INLINE_DATA_FL | ENCRYPT_FL) != 0 {
+            return Err(Error::InvalidInput("ext: inline or encrypted data".into()));
+        }
+        let want = slot.size().div_ceil(self.block_size);
+        let mut map = BlockMap { geo: self, want, runs: Vec::new(), csum: None };
+        if flags & EXTENTS_FL != 0 {
+            // Extent blocks are checksummed with the inode's own seed.
+            map.csum = self.csum_seed.map(|seed| crc32c(seed, &[&(ino as u32).to_le_bytes(), &b[0x64..0x68]]));
+            map.extents(s, &b[0x28..0x64], MAX_DEPTH)?;
+        } else {
+            for i in 0..15usize {
+                let level = i.saturating_sub(11) as u32;
+                let first = match level {
+                    0 => i as u64,
+                    l => 12 + (1..l).map(|k| self.per_block().pow(k)).sum::<u64>(),
+                };
+                map.indirect(s, u32le(b, 0x28 + i * 4) as u64, level, first)?;
+            }
+        }
+        Ok(map.runs)
+    }
+
+    fn per_block(&self) -> u64 {
+        self.block_size / 4
+    }
+}
+
+/// A block map being read: the runs found so far, up to `want` blocks.
+struct BlockMap<'a> {
+    geo: &'a Geometry,
+    want: u64,
+    runs: Vec<Run>,
+    /// The inode's checksum seed, when extent blocks carry checksums.
+    csum: Option<u32>,
+}
+
+impl BlockMap<'_> {
+    /// Adds `len` blocks at `logical` stored from `physical`, merging with
+    /// the run before when they continue it.
+    fn push(&mut self, logical: u64, len: u64, physical: u64) -> Result<()> {
+        let bad = || Error::Corrupt("ext: bad block map".into());
+        let len = len.min(self.want.saturating_sub(logical));
+        if len == 0 {
+            return Ok(());
+        }
+        if physical == 0 || physical.checked_add(len).is_none_or(|end| end > self.geo.blocks) {
+            return Err(bad());
+        }
+        match self.runs.last_mut() {
+            Some(r) if logical < r.logical + r.len => return Err(bad()),
+            Some(r) if logical == r.logical + r.len && physical == r.physical + r.len => r.len += len,
+            _ => self.runs.push(Run { logical, len, physical }),
+        }
+        Ok(())
+    }
+
+    fn extents(&mut self, s: &Slice, node: &[u8], depth_left: u16) -> Result<()> {
         let bad = || Error::Corrupt("ext: bad extent tree".into());
         if u16le(node, 0) != EXTENT_MAGIC || depth_left == 0 {
             return Err(bad());
@@ -138,77 +249,92 @@ impl Geometry {
         }
         for i in 0..count {
             let e = &node[12 + i * 12..24 + i * 12];
+            let logical = u32le(e, 0) as u64;
+            if logical >= self.want {
+                break;
+            }
             if depth > 0 {
                 let leaf = u32le(e, 4) as u64 | (u16le(e, 8) as u64) << 32;
-                let mut child = vec![0u8; self.block_size as usize];
-                s.read_exact_at(&mut child, leaf.checked_mul(self.block_size).ok_or_else(bad)?)?;
-                self.extent_blocks(s, &child, depth, want, out)?;
+                if leaf == 0 || leaf >= self.geo.blocks {
+                    return Err(bad());
+                }
+                let mut child = vec![0u8; self.geo.block_size as usize];
+                s.read_exact_at(&mut child, leaf * self.geo.block_size)?;
+                self.check(&child)?;
+                self.extents(s, &child, depth)?;
             } else {
-                let logical = u32le(e, 0) as u64;
                 let len = u16le(e, 4) as u64;
                 let start = u32le(e, 8) as u64 | (u16le(e, 6) as u64) << 32;
                 // Past 32768: an unwritten extent, which reads as zeros.
-                let (len, unwritten) = if len > 32768 { (len - 32768, true) } else { (len, false) };
-                if logical < out.len() as u64 {
-                    return Err(bad());
+                if len <= 32768 {
+                    self.push(logical, len, start)?;
                 }
-                while (out.len() as u64) < logical.min(want) {
-                    out.push(0);
-                }
-                for j in 0..len {
-                    if out.len() as u64 >= want {
-                        return Ok(());
-                    }
-                    out.push(if unwritten { 0 } else { start + j });
-                }
-            }
-            if out.len() as u64 >= want {
-                break;
             }
         }
         Ok(())
     }
 
-    /// The same for an ext2/3 block map: 12 direct, then single, double
-    /// and triple indirect blocks.
-    fn mapped_blocks(&self, s: &Slice, iblock: &[u8], want: u64, out: &mut Vec<u64>) -> Result<()> {
-        for i in 0..15 {
-            if out.len() as u64 >= want {
-                break;
-            }
-            let b = u32le(iblock, i * 4) as u64;
-            let level = i.saturating_sub(11) as u32;
-            self.mapped(s, b, level, want, out)?;
+    /// The checksum in the tail of extent block `node`, when the
+    /// filesystem has metadata checksums.
+    fn check(&self, node: &[u8]) -> Result<()> {
+        let Some(seed) = self.csum else { return Ok(()) };
+        let tail = 12 + 12 * u16le(node, 4) as usize;
+        if tail + 4 > node.len() || crc32c(seed, &[&node[..tail]]) != u32le(node, tail) {
+            return Err(Error::Corrupt("ext: extent block checksum mismatch".into()));
         }
         Ok(())
     }
 
-    fn mapped(&self, s: &Slice, block: u64, level: u32, want: u64, out: &mut Vec<u64>) -> Result<()> {
-        let per = self.block_size / 4;
+    /// An ext2/3 block pointer of `level` (0 direct, 1–3 indirect) whose
+    /// first logical block is `first`.
+    fn indirect(&mut self, s: &Slice, block: u64, level: u32, first: u64) -> Result<()> {
+        if block == 0 || first >= self.want {
+            return Ok(());
+        }
         if level == 0 {
-            out.push(block);
-            return Ok(());
+            return self.push(first, 1, block);
         }
-        if block == 0 {
-            let n = per.pow(level).min(want - out.len() as u64);
-            out.extend(std::iter::repeat_n(0, n as usize));
-            return Ok(());
+        if block >= self.geo.blocks {
+            return Err(Error::Corrupt("ext: bad indirect block".into()));
         }
-        let mut b = vec![0u8; self.block_size as usize];
-        s.read_exact_at(&mut b, block * self.block_size)?;
-        for i in 0..per as usize {
-            if out.len() as u64 >= want {
-                break;
-            }
-            self.mapped(s, u32le(&b, i * 4) as u64, level - 1, want, out)?;
+        let per = self.geo.per_block();
+        let mut b = vec![0u8; self.geo.block_size as usize];
+        s.read_exact_at(&mut b, block * self.geo.block_size)?;
+        let span = per.pow(level - 1);
+        for i in 0..per {
+            self.indirect(s, u32le(&b, i as usize * 4) as u64, level - 1, first + i * span)?;
         }
         Ok(())
     }
 }
 
+/// The kernel's crc32c of `parts` from `seed`, without the final
+/// inversion (what ext4 stores), through the `crc` crate.
+fn crc32c(seed: u32, parts: &[&[u8]]) -> u32 {
+    const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+    let mut d = CRC32C.digest_with_initial(seed.reverse_bits());
+    for p in parts {
+        d.update(p);
+    }
+    !d.finalize()
+}
+
 impl Slot {
     pub fn nlink(&self) -> u32 {
         u16le(&self.0, 26) as u32
+    }
+
+    pub fn size(&self) -> u64 {
+        u32le(&self.0, 4) as u64 | (u32le(&self.0, 0x6c) as u64) << 32
+    }
+
+    #[cfg(test)]
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn is_regular(&self) -> bool {
+        u16le(&self.0, 0) & 0o170000 == 0o100000
     }
 
     /// True when this slot holds the inode `m` describes (`ext4-view`
@@ -218,7 +344,7 @@ impl Slot {
         let b = &self.0;
         let uid = u16le(b, 2) as u32 | (u16le(b, 0x78) as u32) << 16;
         let gid = u16le(b, 0x18) as u32 | (u16le(b, 0x7a) as u32) << 16;
-        let size = u32le(b, 4) as u64 | (u32le(b, 0x6c) as u64) << 32;
+        let size = self.size();
         let kind_ok = match u16le(b, 0) & 0o170000 {
             0o040000 => m.is_dir(),
             0o120000 => m.is_symlink(),

@@ -117,6 +117,14 @@ impl Slice {
         Slice::new(inner, 0, n)
     }
 
+    /// The same window with a read budget of its own, for work that runs
+    /// outside the filesystem's lock.
+    pub fn with_fuel(&self, bytes: i64) -> Slice {
+        let fuel = Fuel::default();
+        fuel.set(bytes);
+        Slice { fuel, ..self.clone() }
+    }
+
     pub fn len(&self) -> u64 {
         self.len
     }
