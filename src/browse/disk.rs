@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 
+use crossbeam_channel::Sender;
+
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
@@ -46,6 +48,10 @@ impl quick_cache::Weighter<FrameKey, Arc<CachedFrame>> for FrameWeight {
 pub fn frame_cache(bytes: u64) -> FrameCache {
     FrameCache::with_weighter((bytes / (256 << 10)) as usize, bytes, FrameWeight)
 }
+
+/// The queue of the mount's readahead threads: (disk, block) whose frame
+/// to load into the cache.
+pub type Prefetch = Sender<(Arc<OpenDisk>, u64)>;
 
 /// A pack's name as a number: names are 16 hex chars (see store::pack);
 /// anything else is hashed.
@@ -273,6 +279,25 @@ impl OpenDisk {
 
     pub fn is_cached(&self, key: &FrameKey) -> bool {
         self.cache.contains_key(key)
+    }
+
+    /// Queues the frames holding `[offset, offset + len)` that are not
+    /// cached for the readahead threads, one request per frame (its first
+    /// block loads all of it). Stops quietly when the queue is full.
+    pub fn prefetch(self: &Arc<Self>, tx: &Prefetch, offset: u64, len: u64) {
+        let bs = self.block_size();
+        let (first, end) = (offset / bs, (offset + len).div_ceil(bs).min(self.block_count()));
+        let mut last = None;
+        for b in first..end {
+            let Some(frame) = self.frame_of(b) else { continue };
+            if last == Some(frame) || self.is_cached(&frame) {
+                continue;
+            }
+            last = Some(frame);
+            if tx.try_send((self.clone(), b)).is_err() {
+                break;
+            }
+        }
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; short only at the end.

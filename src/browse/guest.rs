@@ -69,7 +69,7 @@ fn attr_of(node: &Node, a: &GAttr) -> Attr {
     Attr {
         kind: kind_of(a.kind),
         size: a.size,
-        allocated: a.size,
+        allocated: a.allocated.unwrap_or(a.size),
         mode: a.mode,
         mtime_ms: a.mtime_s.saturating_mul(1000) + (a.mtime_ns / 1_000_000) as i64,
         nlink: a.nlink,
@@ -116,7 +116,7 @@ impl VaultTree {
     }
 
     fn disk_bytes(&self, p: &PointInfo, disk: &str) -> Result<Arc<dyn ReadAt>> {
-        Ok(Arc::new(DiskReadAt(self.open_disk(p, disk)?)))
+        Ok(Arc::new(DiskReadAt { disk: self.open_disk(p, disk)?, prefetch: self.prefetch.clone() }))
     }
 
     /// The open filesystem of partition `part` (cached).

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::bounded;
 
 use crate::catalog::{Catalog, PointRow};
 use crate::error::{Error, Result};
@@ -31,7 +31,7 @@ use crate::id::{ChunkId, RecoveryPointId};
 use crate::image::vhd;
 use crate::recovery_point::{BlockBytes, Manifest};
 use crate::timefmt::point_names;
-use disk::{frame_cache, FrameCache, OpenDisk};
+use disk::{frame_cache, FrameCache, OpenDisk, Prefetch};
 pub use guest::{parse_part, GuestHandle, GuestMeta};
 
 /// How stale the list of items and points may be.
@@ -124,7 +124,7 @@ pub struct VaultTree {
     cache: Arc<FrameCache>,
     guests: guest::GuestCache,
     open_disks: Mutex<HashMap<(RecoveryPointId, String), Weak<OpenDisk>>>,
-    prefetch: Sender<(Arc<OpenDisk>, u64)>,
+    prefetch: Prefetch,
     started_ms: i64,
 }
 
@@ -497,7 +497,7 @@ pub struct DiskHandle {
     footer: Option<Box<[u8; 512]>>,
     /// Where the next sequential read would start; drives readahead.
     next: AtomicU64,
-    prefetch: Sender<(Arc<OpenDisk>, u64)>,
+    prefetch: Prefetch,
 }
 
 /// What a read returns: its own bytes, or a range of a cached frame.
@@ -597,7 +597,8 @@ impl Handle {
             return None;
         }
         match self {
-            Handle::Bytes(_) | Handle::Guest(_) => Some(if data { offset } else { size }),
+            Handle::Bytes(_) => Some(if data { offset } else { size }),
+            Handle::Guest(g) => g.file.seek(offset, data),
             Handle::Disk(h) => {
                 let dsize = h.disk.size();
                 match (h.footer.is_some(), h.disk.seek(offset.min(dsize), data)) {
@@ -617,22 +618,9 @@ impl DiskHandle {
     /// threads so that decompression overlaps with the reader's own work.
     fn readahead(&self, offset: u64, len: u64) {
         let expected = self.next.swap(offset + len, Ordering::Relaxed);
-        if expected != offset {
-            return;
-        }
-        let bs = self.disk.block_size();
-        let first = (offset + len).div_ceil(bs);
-        // One request per frame: its first block loads all of it.
-        let mut last = None;
-        for b in first..(first + READAHEAD_BLOCKS).min(self.disk.block_count()) {
-            let Some(frame) = self.disk.frame_of(b) else { continue };
-            if last == Some(frame) || self.disk.is_cached(&frame) {
-                continue;
-            }
-            last = Some(frame);
-            if self.prefetch.try_send((self.disk.clone(), b)).is_err() {
-                break;
-            }
+        if expected == offset {
+            let bs = self.disk.block_size();
+            self.disk.prefetch(&self.prefetch, (offset + len).next_multiple_of(bs), READAHEAD_BLOCKS * bs);
         }
     }
 }

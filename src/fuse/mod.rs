@@ -15,6 +15,13 @@
 //! carrying the attributes the listing already has (so no lookup per entry
 //! follows), and the xattr calls answer ENOSYS once, which the kernel
 //! remembers for the mount (`ls -l` asks two per entry otherwise).
+//!
+//! OPEN answers ENOSYS too, where the kernel supports that (it says so at
+//! INIT): it then opens files without asking and sends no RELEASE, which
+//! halves the round trips of reading a small file. A file's handle is made
+//! at its first read and kept per inode until the kernel forgets the inode,
+//! which it never does while the file is open; so an open disk keeps its
+//! packs open through a gc, as with handles per open.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -44,7 +51,12 @@ type DirSnapshot = Arc<Vec<(Vec<u8>, Node, Kind)>>;
 
 pub struct KluisFs {
     tree: Arc<VaultTree>,
+    /// Handles by file handle number (kernels that send OPEN).
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Handles by inode number, when the kernel opens without asking.
+    by_ino: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// The kernel opens files without OPEN when told ENOSYS.
+    no_open: bool,
     /// Open directories: their entries as listed at opendir.
     dirs: Mutex<HashMap<u64, DirSnapshot>>,
     next_fh: AtomicU64,
@@ -57,6 +69,8 @@ impl KluisFs {
         KluisFs {
             tree,
             handles: Mutex::new(HashMap::new()),
+            by_ino: Mutex::new(HashMap::new()),
+            no_open: false,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             uid: unsafe { libc::getuid() },
@@ -111,9 +125,15 @@ impl KluisFs {
         Ok((node.clone(), self.file_attr(&node, &attr)))
     }
 
+    /// Opens `ino`: a file handle number, or (no-open mode) ENOSYS once
+    /// its handle is made, so that this first open still fails as it should.
     fn open_(&self, ino: INodeNo, flags: OpenFlags) -> Result<u64, Errno> {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(Errno::EROFS);
+        }
+        if self.no_open {
+            self.handle(ino, FileHandle(0))?;
+            return Err(Errno::ENOSYS);
         }
         let node = self.node(ino)?;
         let h = self.tree.open(&node).map_err(errno)?;
@@ -122,12 +142,23 @@ impl KluisFs {
         Ok(fh)
     }
 
-    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
-        self.handles.lock().unwrap().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    /// The handle of open file `fh`, or for 0 (opened without OPEN) the
+    /// handle of inode `ino`, made at its first use.
+    fn handle(&self, ino: INodeNo, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        if fh.0 != 0 {
+            return self.handles.lock().unwrap().get(&fh.0).cloned().ok_or(Errno::EBADF);
+        }
+        if let Some(h) = self.by_ino.lock().unwrap().get(&ino.0) {
+            return Ok(h.clone());
+        }
+        // Made outside the lock (a disk's map loads here); a racing first
+        // read of the same inode may make a second one, and one wins.
+        let h = Arc::new(self.tree.open(&self.node(ino)?).map_err(errno)?);
+        Ok(self.by_ino.lock().unwrap().entry(ino.0).or_insert(h).clone())
     }
 
-    fn read_(&self, fh: FileHandle, offset: u64, size: u32) -> Result<crate::browse::ReadBytes, Errno> {
-        let h = self.handle(fh)?;
+    fn read_(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32) -> Result<crate::browse::ReadBytes, Errno> {
+        let h = self.handle(ino, fh)?;
         h.read(offset, size as usize).map_err(errno)
     }
 
@@ -170,8 +201,8 @@ impl KluisFs {
         Ok(())
     }
 
-    fn lseek_(&self, fh: FileHandle, offset: i64, whence: i32) -> Result<i64, Errno> {
-        let h = self.handle(fh)?;
+    fn lseek_(&self, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32) -> Result<i64, Errno> {
+        let h = self.handle(ino, fh)?;
         let data = match whence {
             libc::SEEK_DATA => true,
             libc::SEEK_HOLE => false,
@@ -242,7 +273,13 @@ impl Filesystem for KluisFs {
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS) {
             log::info!("kernel without {missing:?}: one readlink per path walk through a symlink");
         }
+        self.no_open = config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         Ok(())
+    }
+
+    // The kernel has dropped the inode: no file of it is open any more.
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.by_ino.lock().unwrap().remove(&ino.0);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -277,7 +314,7 @@ impl Filesystem for KluisFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -285,7 +322,7 @@ impl Filesystem for KluisFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.read_(fh, offset, size) {
+        match self.read_(ino, fh, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
         }
@@ -331,8 +368,8 @@ impl Filesystem for KluisFs {
         reply.ok();
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
-        match self.lseek_(fh, offset, whence) {
+    fn lseek(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        match self.lseek_(ino, fh, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e),
         }

@@ -22,6 +22,7 @@
 //! that no `Rc` ever leaves — see [`State`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read, FileType, Metadata};
@@ -119,16 +120,20 @@ pub(super) fn inode_of(f: &ext4_view::File) -> Option<u64> {
     rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()
 }
 
-/// The attributes of `m`. `inode` is the (number, link count) where known;
-/// a regular file without it is *unresolved*: `ino` None, `nlink` 1, and
+/// What our own read of an inode's slot adds to ext4-view's metadata:
+/// number, link count and allocated bytes.
+type Inode = (u64, u32, u64);
+
+/// The attributes of `m`. `inode` is known where the slot was read; a
+/// regular file without it is *unresolved*: `ino` None, `nlink` 1, and
 /// [`ExtFs::stat`] completes it with a walk.
-fn attr_of(m: &Metadata, inode: Option<(u64, u32)>) -> GAttr {
+fn attr_of(m: &Metadata, inode: Option<Inode>) -> GAttr {
     let k = kind(m.file_type());
     let t = m.modified();
-    let (ino, nlink) = match (k, inode) {
-        (GKind::Dir, _) => (None, 2),
-        (GKind::File, Some((i, n))) => (Some(i), n.max(1)),
-        _ => (None, 1),
+    let (ino, nlink, allocated) = match (k, inode) {
+        (GKind::Dir, _) => (None, 2, None),
+        (GKind::File, Some((i, n, a))) => (Some(i), n.max(1), Some(a)),
+        _ => (None, 1, None),
     };
     GAttr {
         kind: k,
@@ -140,6 +145,7 @@ fn attr_of(m: &Metadata, inode: Option<(u64, u32)>) -> GAttr {
         mtime_ns: t.nanoseconds(),
         ino,
         nlink,
+        allocated,
     }
 }
 
@@ -200,10 +206,10 @@ impl ExtFs {
                 let m = e.metadata().map_err(|e| err(&dircache::child(dir, name), e))?;
                 // Trusted only if the inode it names is the one ext4-view read.
                 let inode = number.and_then(|i| match inner.geo.slot(raw, i) {
-                    Ok(s) if s.matches(&m) => Some((i, s.nlink())),
+                    Ok(s) if s.matches(&m) => Some((i, s.nlink(), inner.geo.allocated(&s))),
                     _ => None,
                 });
-                if let (true, Some((i, _))) = (m.is_dir(), inode) {
+                if let (true, Some((i, ..))) = (m.is_dir(), inode) {
                     subdirs.push((dircache::child(dir, name), i));
                 }
                 attrs[i] = Some(attr_of(&m, inode));
@@ -229,12 +235,15 @@ impl ExtFs {
         self.listing(&parent)?.get(&name).copied().ok_or_else(|| Error::NotFound(format!("ext {}: no such file", show(path))))
     }
 
-    /// Inode number and link count of regular file `path`, by a walk.
-    fn resolve(&self, path: &[u8]) -> Result<(Option<u64>, u32)> {
+    /// Completes the attributes `a` of regular file `path` (unresolved) by
+    /// a walk: inode number, and from its slot link count and allocation.
+    fn resolve(&self, path: &[u8], a: &mut GAttr) -> Result<()> {
         let p = abs(path)?;
-        let ino = self.with(path, |st| Ok(inode_of(&st.fs.open(&p).map_err(|e| err(path, e))?)))?;
-        let nlink = ino.and_then(|i| self.0.geo.slot(&self.0.raw, i).ok()).map_or(1, |s| s.nlink().max(1));
-        Ok((ino, nlink))
+        a.ino = self.with(path, |st| Ok(inode_of(&st.fs.open(&p).map_err(|e| err(path, e))?)))?;
+        if let Some(s) = a.ino.and_then(|i| self.0.geo.slot(&self.0.raw, i).ok()) {
+            (a.nlink, a.allocated) = (s.nlink().max(1), Some(self.0.geo.allocated(&s)));
+        }
+        Ok(())
     }
 }
 
@@ -255,7 +264,13 @@ impl ExtFs {
             return Err(Error::Corrupt(format!("ext {}: inode {ino} is not the listed file", show(path))));
         }
         match inner.geo.block_map(&raw, ino, &slot) {
-            Ok(runs) => Ok(Some(MappedFile { data: raw.with_fuel(i64::MAX), runs, size: a.size, block_size: inner.geo.block_size() })),
+            Ok(runs) => Ok(Some(MappedFile {
+                data: raw.with_fuel(i64::MAX),
+                runs,
+                size: a.size,
+                block_size: inner.geo.block_size(),
+                next: AtomicU64::new(0),
+            })),
             Err(Error::InvalidInput(_)) => Ok(None),
             Err(e) => Err(Error::Corrupt(format!("ext {}: {e}", show(path)))),
         }
@@ -270,7 +285,7 @@ impl GuestFs for ExtFs {
     fn stat(&self, path: &[u8]) -> Result<GAttr> {
         let mut a = self.listed(path)?;
         if unresolved(&a) {
-            (a.ino, a.nlink) = self.resolve(path)?;
+            self.resolve(path, &mut a)?;
         }
         Ok(a)
     }
@@ -369,6 +384,26 @@ pub(super) struct MappedFile {
     runs: Vec<Run>,
     size: u64,
     block_size: u64,
+    /// Where a sequential reader's next read starts.
+    next: AtomicU64,
+}
+
+/// How far ahead of a sequential reader its blocks are asked for.
+const READAHEAD: u64 = 4 << 20;
+
+impl MappedFile {
+    /// The stored stretches of `[offset, offset + len)` in order, as
+    /// (`pos`, `at`, `n`): `n` bytes of the file from `pos`, found at `at`
+    /// in the partition. What lies between them reads as zeros.
+    fn stretches(&self, offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        let bs = self.block_size;
+        let end = offset.saturating_add(len).min(self.size);
+        let first = self.runs.partition_point(|r| r.logical + r.len <= offset / bs);
+        self.runs[first..].iter().map_while(move |r| {
+            let (from, to) = ((r.logical * bs).max(offset), ((r.logical + r.len) * bs).min(end));
+            (from < to).then(|| (from, (r.physical + from / bs - r.logical) * bs + from % bs, to - from))
+        })
+    }
 }
 
 impl GuestFile for MappedFile {
@@ -376,32 +411,42 @@ impl GuestFile for MappedFile {
         self.size
     }
 
+    fn seek(&self, offset: u64, data: bool) -> Option<u64> {
+        let mut after = self.stretches(offset, u64::MAX);
+        match (after.next(), data) {
+            (first, true) => first.map(|(pos, ..)| pos),
+            // In data: the hole starts where consecutive stretches stop.
+            (Some((pos, _, n)), false) if pos == offset => {
+                let mut end = pos + n;
+                for (pos, _, n) in after {
+                    if pos != end {
+                        break;
+                    }
+                    end = pos + n;
+                }
+                Some(end)
+            }
+            (_, false) => Some(offset),
+        }
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
         let want = super::readable(self.size, offset, buf.len());
-        let bs = self.block_size;
-        let mut done = 0;
-        while done < want {
-            let pos = offset + done as u64;
-            let block = pos / bs;
-            // The first run that ends past `block`: it holds it, or the
-            // hole before it does.
-            let i = self.runs.partition_point(|r| r.logical + r.len <= block);
-            let left = (want - done) as u64;
-            let n = match self.runs.get(i) {
-                Some(r) if r.logical <= block => {
-                    let n = left.min((r.logical + r.len) * bs - pos);
-                    let at = (r.physical + block - r.logical) * bs + pos % bs;
-                    self.data.read_exact_at(&mut buf[done..done + n as usize], at)?;
-                    n
-                }
-                next => {
-                    let n = next.map_or(left, |r| left.min(r.logical * bs - pos));
-                    buf[done..done + n as usize].fill(0);
-                    n
-                }
-            };
-            done += n as usize;
+        let end = offset + want as u64;
+        if self.next.swap(end, Ordering::Relaxed) == offset {
+            for (_, at, n) in self.stretches(end, READAHEAD) {
+                self.data.will_need(at, n);
+            }
         }
+        // Bytes of `buf` filled so far; the gaps between stretches are holes.
+        let mut filled = 0;
+        for (pos, at, n) in self.stretches(offset, want as u64) {
+            let (from, to) = ((pos - offset) as usize, (pos - offset + n) as usize);
+            buf[filled..from].fill(0);
+            self.data.read_exact_at(&mut buf[from..to], at)?;
+            filled = to;
+        }
+        buf[filled..want].fill(0);
         Ok(want)
     }
 }

@@ -32,6 +32,9 @@ const INCOMPAT_RECOVER: u32 = 0x4;
 const INCOMPAT_64BIT: u32 = 0x80;
 const INCOMPAT_CSUM_SEED: u32 = 0x2000;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+const RO_COMPAT_HUGE_FILE: u32 = 0x8;
+/// i_blocks counts filesystem blocks, not 512-byte sectors.
+const HUGE_FILE_FL: u32 = 0x4_0000;
 const EXTENT_MAGIC: u16 = 0xf30a;
 /// Extent tree depth ext4 allows (a deeper one is corrupt).
 const MAX_DEPTH: u16 = 5;
@@ -51,6 +54,8 @@ pub struct Geometry {
     as_replayed: bool,
     /// Seed of the metadata checksums (metadata_csum), if on.
     csum_seed: Option<u32>,
+    /// i_blocks has 48 bits (huge_file).
+    huge_files: bool,
 }
 
 /// `len` blocks of a file from logical block `logical`, stored from
@@ -104,11 +109,26 @@ impl Geometry {
             blocks,
             as_replayed,
             csum_seed,
+            huge_files: ro_compat & RO_COMPAT_HUGE_FILE != 0,
         })
     }
 
     pub fn block_size(&self) -> u64 {
         self.block_size
+    }
+
+    /// Bytes allocated to the inode in `slot` (its i_blocks), as stat's
+    /// st_blocks counts them.
+    pub fn allocated(&self, slot: &Slot) -> u64 {
+        let b = &slot.0;
+        let mut n = u32le(b, 0x1c) as u64;
+        if self.huge_files {
+            n |= (u16le(b, 0x74) as u64) << 32;
+            if u32le(b, 0x20) & HUGE_FILE_FL != 0 {
+                return n.saturating_mul(self.block_size);
+            }
+        }
+        n.saturating_mul(512)
     }
 
     /// True when the filesystem needs no journal replay, so a file's

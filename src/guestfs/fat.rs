@@ -48,7 +48,7 @@ fn utf8(path: &[u8]) -> Result<&str> {
 }
 
 fn root_attr() -> GAttr {
-    GAttr { kind: GKind::Dir, size: 0, mode: 0o755, uid: 0, gid: 0, mtime_s: 0, mtime_ns: 0, ino: None, nlink: 2 }
+    GAttr { kind: GKind::Dir, size: 0, mode: 0o755, uid: 0, gid: 0, mtime_s: 0, mtime_ns: 0, ino: None, nlink: 2, allocated: None }
 }
 
 fn entry_attr(e: &DirEntry<Cursor>) -> GAttr {
@@ -73,6 +73,7 @@ fn entry_attr(e: &DirEntry<Cursor>) -> GAttr {
         mtime_ns: (t.millis as u32 % 1000) * 1_000_000,
         ino: None,
         nlink: if dir { 2 } else { 1 },
+        allocated: None,
     }
 }
 

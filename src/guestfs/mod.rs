@@ -100,6 +100,9 @@ pub struct GAttr {
     /// The guest's inode number, where hard links can share it.
     pub ino: Option<u64>,
     pub nlink: u32,
+    /// Bytes the filesystem gave the file, where known (less than `size`
+    /// for a file with holes; it counts the file's own metadata blocks).
+    pub allocated: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +132,12 @@ pub trait GuestFile: Send + Sync {
     fn size(&self) -> u64;
     /// Reads up to `buf.len()` bytes at `offset`; short only at the end.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize>;
+    /// SEEK_DATA (`data`) / SEEK_HOLE from `offset` (< size): where the
+    /// next data or hole starts, None for no more data. Without a block
+    /// map, the file is all data.
+    fn seek(&self, offset: u64, data: bool) -> Option<u64> {
+        Some(if data { offset } else { self.size() })
+    }
 }
 
 /// Opens the filesystem of kind `kind` in `slice`.

@@ -128,6 +128,7 @@ impl Inner {
             mtime_ns: (t.rem_euclid(10_000_000) * 100) as u32,
             ino: Some(f.file_record_number()),
             nlink: if dir { 2 } else { f.hard_link_count().max(1) as u32 },
+            allocated: None,
         })
     }
 

@@ -12,28 +12,36 @@ use std::io;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use crate::browse::disk::OpenDisk;
+use crate::browse::disk::{OpenDisk, Prefetch};
 use crate::error::{Error, Result};
 
 pub trait ReadAt: Send + Sync {
     fn size(&self) -> u64;
     /// Fills `buf` from `offset`; an error if that runs past the end.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// A hint that `[offset, offset + len)` will be read soon.
+    fn will_need(&self, _offset: u64, _len: u64) {}
 }
 
-/// A disk of a recovery point.
-pub struct DiskReadAt(pub Arc<OpenDisk>);
+/// A disk of a recovery point, with the mount's readahead queue.
+pub struct DiskReadAt {
+    pub disk: Arc<OpenDisk>,
+    pub prefetch: Prefetch,
+}
 
 impl ReadAt for DiskReadAt {
     fn size(&self) -> u64 {
-        self.0.size()
+        self.disk.size()
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let n = self.0.read_at(buf, offset)?;
+        let n = self.disk.read_at(buf, offset)?;
         if n < buf.len() {
             return Err(past_end(offset, buf.len(), self.size()));
         }
         Ok(())
+    }
+    fn will_need(&self, offset: u64, len: u64) {
+        self.disk.prefetch(&self.prefetch, offset, len);
     }
 }
 
@@ -138,6 +146,13 @@ impl Slice {
         match offset.checked_add(buf.len() as u64) {
             Some(end) if end <= self.len => self.inner.read_exact_at(buf, self.start + offset),
             _ => Err(past_end(offset, buf.len(), self.len)),
+        }
+    }
+
+    /// Passes on a hint that `[offset, offset + len)` will be read soon.
+    pub fn will_need(&self, offset: u64, len: u64) {
+        if offset < self.len {
+            self.inner.will_need(self.start + offset, len.min(self.len - offset));
         }
     }
 

@@ -480,7 +480,7 @@ fn ext_mapped_reads_match_the_source() {
     let src = t.path().join("src");
     let files = mapped_tree(&src);
     let variants: [(&str, &[&str]); 4] = [
-        ("ext4", &["-t", "ext4"]),
+        ("ext4", &["-t", "ext4", "-b", "4096"]),
         ("ext4-1k", &["-t", "ext4", "-b", "1024"]),
         ("ext3", &["-t", "ext3", "-b", "1024"]),
         ("ext2", &["-t", "ext2", "-b", "1024"]),
@@ -499,6 +499,11 @@ fn ext_mapped_reads_match_the_source() {
         let fs = ext::ExtFs::open(Slice::whole(Arc::new(bytes) as Arc<dyn ReadAt>)).unwrap();
         for (name, want) in &files {
             let a = fs.stat(name.as_bytes()).unwrap();
+            // Allocation as debugfs counts it (i_blocks, 512-byte units).
+            let out = Command::new("debugfs").args(["-R", &format!("stat /{name}"), img.to_str().unwrap()]).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let count: u64 = text.split("Blockcount: ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).expect("debugfs Blockcount");
+            assert_eq!(a.allocated, Some(count * 512), "{variant} {name}: allocated");
             let f = fs.open_mapped(name.as_bytes(), &a).unwrap().expect("opened by block map");
             let mut got = vec![0xAAu8; want.len() + 10];
             assert_eq!(f.read_at(&mut got, 0).unwrap(), want.len(), "{variant} {name}");
@@ -507,6 +512,22 @@ fn ext_mapped_reads_match_the_source() {
             match reference.read(format!("/{name}").as_str()) {
                 Ok(r) => assert!(r == *want, "{variant} {name}: ext4-view"),
                 Err(e) => assert!(name == "sparse" && ["ext2", "ext3"].contains(&variant), "{variant} {name}: {e}"),
+            }
+            if name == "sparse" {
+                // Each island is data to its block's end, then a hole.
+                let bs = ext_raw::Geometry::read(&Slice::whole(Arc::new(std::fs::read(&img).unwrap()) as Arc<dyn ReadAt>)).unwrap().block_size();
+                assert_eq!(bs, if variant == "ext4" { 4096 } else { 1024 }, "{variant}: block size");
+                let island = 5000u64.next_multiple_of(bs);
+                for i in [0u64, 1, 150, 299] {
+                    let at = i << 18;
+                    assert_eq!(f.seek(at, true), Some(at), "{variant} data at island {i}");
+                    assert_eq!(f.seek(at + 1, false), Some(at + island), "{variant} hole after island {i}");
+                    assert_eq!(f.seek(at + island, false), Some(at + island), "{variant} in the hole after {i}");
+                    let next = if i == 299 { None } else { Some((i + 1) << 18) };
+                    assert_eq!(f.seek(at + island, true), next, "{variant} data after island {i}");
+                }
+                assert_eq!(f.seek((80 << 20) - 1, false), Some((80 << 20) - 1), "{variant} tail hole");
+                assert!(a.allocated.unwrap() < want.len() as u64 / 10, "{variant}: the holes are not allocated");
             }
             // Reads that start and end inside blocks, runs and holes.
             for &(off, len) in &[(1usize, 4094usize), (4095, 2), (5000, 70_000), (262_100, 100), (3 << 20, 5)] {

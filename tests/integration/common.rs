@@ -5,8 +5,9 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -555,4 +556,47 @@ impl Drop for LoopDev {
     fn drop(&mut self) {
         let _ = tool("losetup", &["-d", self.dev.to_str().unwrap()]);
     }
+}
+
+pub fn lseek(f: &File, off: i64, whence: libc::c_int) -> io::Result<u64> {
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as u64) }
+}
+
+/// The data runs `[start, end)` of an open file as SEEK_DATA / SEEK_HOLE
+/// walk them, checked for consistency: probed at every run boundary (±1) and
+/// at random offsets, SEEK_DATA must give the offset itself inside a run and
+/// the next run's start otherwise (ENXIO past the last), SEEK_HOLE the run's
+/// end inside a run and the offset itself otherwise.
+pub fn seek_runs(f: &File, size: u64, extra: &[u64], rng: &mut fastrand::Rng) -> Vec<(u64, u64)> {
+    let data = |x: u64| match lseek(f, x as i64, libc::SEEK_DATA) {
+        Ok(o) => Some(o),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => None,
+        Err(e) => panic!("SEEK_DATA from {x}: {e}"),
+    };
+    let hole = |x: u64| lseek(f, x as i64, libc::SEEK_HOLE).unwrap_or_else(|e| panic!("SEEK_HOLE from {x}: {e}"));
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let Some(s) = data(pos) else { break };
+        let e = hole(s);
+        assert!(s >= pos && e > s && e <= size, "SEEK_DATA from {pos} gave {s}, SEEK_HOLE from there {e} (size {size}; runs so far {runs:?})");
+        runs.push((s, e));
+        pos = e;
+    }
+    assert_eq!(data(size), None, "SEEK_DATA at the end of the file");
+    let mut probes: Vec<u64> = (0..20).map(|_| rng.u64(0..size)).collect();
+    probes.extend_from_slice(extra);
+    probes.push(0);
+    probes.push(size - 1);
+    for &(s, e) in &runs {
+        probes.extend([s.saturating_sub(1), s, s + 1, e - 1, e, e + 1]);
+    }
+    for x in probes.into_iter().filter(|&x| x < size) {
+        let inside = runs.iter().find(|r| r.0 <= x && x < r.1);
+        let want_data = inside.map(|_| x).or_else(|| runs.iter().find(|r| r.0 > x).map(|r| r.0));
+        assert_eq!(data(x), want_data, "SEEK_DATA from {x} disagrees with the runs {runs:?}");
+        assert_eq!(hole(x), inside.map(|r| r.1).unwrap_or(x), "SEEK_HOLE from {x} disagrees with the runs {runs:?}");
+    }
+    runs
 }

@@ -17,12 +17,16 @@ use std::time::{Duration, Instant};
 use super::common::*;
 
 /// The source tree every filesystem gets (FAT: without links and modes).
+/// The data of `etc/sparse` (3 MiB): the rest is holes.
+const SPARSE: [(u64, u64); 3] = [(0, 5000), (MIB + 100, 100), (3 * MIB - 10, 10)];
+
 fn make_tree(dir: &Path, rng: &mut fastrand::Rng) {
     fs::create_dir_all(dir.join("etc/deep/er/est")).unwrap();
     fs::create_dir_all(dir.join("home/user")).unwrap();
     for (name, size) in [("empty", 0u64), ("one", 1), ("page-1", 4095), ("etc/big", MIB + 1), ("etc/deep/er/est/x", 70_000), ("home/user/notes.txt", 12)] {
         random_file(&dir.join(name), size, rng);
     }
+    sparse_file(&dir.join("etc/sparse"), 3 * MIB, &SPARSE, rng);
     for (name, mode) in [("one", 0o600), ("page-1", 0o4755), ("etc/big", 0o640), ("home/user", 0o700)] {
         fs::set_permissions(dir.join(name), fs::Permissions::from_mode(mode)).unwrap();
     }
@@ -303,6 +307,15 @@ fn guest_files_through_mount_and_cli() {
     let e = fs::read_dir(files.join("bad/p0")).and_then(|mut d| d.next().transpose()).expect_err("damaged ext4 listed");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     assert_same_file(&files.join("os/p1/etc/big"), &s.full.join("etc/big"));
+    // A sparse guest file keeps its holes: SEEK_DATA/SEEK_HOLE find its
+    // data in whole guest blocks, and st_blocks counts only those.
+    let sparse = fs::File::open(files.join("os/p1/etc/sparse")).unwrap();
+    let runs = seek_runs(&sparse, 3 * MIB, &[], &mut rng);
+    assert_eq!(runs.len(), SPARSE.len(), "{runs:?}");
+    for ((s, e), (off, len)) in runs.iter().zip(SPARSE) {
+        assert!(*s <= off && off + len <= *e && e - s <= len + 8192, "run {s}..{e} for data {off}+{len}");
+    }
+    assert!(sparse.metadata().unwrap().blocks() * 512 <= 64 * 1024, "st_blocks of a sparse guest file");
     // Read-only.
     assert!(fs::write(files.join("os/p1/new"), b"x").is_err());
 
