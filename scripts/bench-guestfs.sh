@@ -7,9 +7,9 @@
 #   3 cp -r of a guest tree from the mount / cp -r of the same tree from a
 #     loop mount of the restored raw image                                [<= 1.5]
 #     (info: `kluis files cp -r` / the loop mount)
-# Both sides of 3 start with the filesystem cold and the backing bytes (pack
-# files, restored image) as the page cache happens to hold them; the page
-# cache is dropped before each side when BENCH_DROP_CACHES=1 (default).
+# Both sides of 3 start with the filesystem mounted and its root listed, and
+# the page cache dropped (BENCH_DROP_CACHES=1, the default); they alternate
+# CP_RUNS times (3) and the medians are compared.
 #
 # Needs root (loop devices, mkfs -d with owners). Usage:
 #   scripts/bench-guestfs.sh            # KLUIS=path/to/kluis (default target/release/kluis)
@@ -98,26 +98,43 @@ fusermount3 -u "$MP"; wait "$MOUNT_PID" || true; MOUNT_PID=
 
 echo "== 3. cp -r of the tree: mount vs loop mount of the restored raw image"
 "$KLUIS" restore vm@latest --disk os --to "$DIR/restored.raw" >/dev/null
-# The partition by offset (no udev here for loopXpN nodes): 1 MiB to the end - 1 MiB.
-LOOPDEV=$(losetup -r -f --show -o $((1 << 20)) --sizelimit $((2048 * 1024 * 1024 - 2 * 1024 * 1024)) "$DIR/restored.raw")
-mount -o ro "$LOOPDEV" "$LOOPMP"
-drop
-t0=$(now); cp -r "$LOOPMP/tree" "$DIR/out-loop"; t1=$(now)
-loop_s=$(python3 -c "print($t1-$t0)")
-umount "$LOOPMP"; losetup -d "$LOOPDEV"; LOOPDEV=
-rm -f "$DIR/restored.raw"
-"$KLUIS" mount "$MP" >/dev/null 2>>"$DIR/mount.log" &
-MOUNT_PID=$!
-until [ -d "$MP/vm" ]; do sleep 0.01; done
-drop
-t0=$(now); cp -r "$MP/vm/latest/files/os/p1/tree" "$DIR/out-mount"; t1=$(now)
-mount_s=$(python3 -c "print($t1-$t0)")
-fusermount3 -u "$MP"; wait "$MOUNT_PID" || true; MOUNT_PID=
+median() { python3 -c "import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))" "$@"; }
+# Each side: the filesystem mounted and its root listed (what mounting does
+# for the kernel's ext4), then the page cache dropped and the copy timed.
+# Sides alternate, CP_RUNS times each; the medians are compared.
+cp_loop() {
+    # The partition by offset (no udev here for loopXpN nodes): 1 MiB to the end - 1 MiB.
+    LOOPDEV=$(losetup -r -f --show -o $((1 << 20)) --sizelimit $((2048 * 1024 * 1024 - 2 * 1024 * 1024)) "$DIR/restored.raw")
+    mount -o ro "$LOOPDEV" "$LOOPMP"
+    ls "$LOOPMP" >/dev/null
+    rm -rf "$DIR/out-loop"; drop
+    local t0 t1; t0=$(now); cp -r "$LOOPMP/tree" "$DIR/out-loop"; t1=$(now)
+    umount "$LOOPMP"; losetup -d "$LOOPDEV"; LOOPDEV=
+    python3 -c "print($t1-$t0)"
+}
+cp_mount() {
+    "$KLUIS" mount "$MP" >/dev/null 2>>"$DIR/mount.log" &
+    MOUNT_PID=$!
+    until [ -d "$MP/vm" ]; do sleep 0.01; done
+    ls "$MP/vm/latest/files/os/p1" >/dev/null
+    rm -rf "$DIR/out-mount"; drop
+    local t0 t1; t0=$(now); cp -r "$MP/vm/latest/files/os/p1/tree" "$DIR/out-mount"; t1=$(now)
+    fusermount3 -u "$MP"; wait "$MOUNT_PID" || true; MOUNT_PID=
+    python3 -c "print($t1-$t0)"
+}
+loops=() mounts=()
+for _ in $(seq "${CP_RUNS:-3}"); do
+    loops+=("$(cp_loop)")
+    mounts+=("$(cp_mount)")
+done
 diff -r "$DIR/out-loop" "$DIR/out-mount" >/dev/null || { echo "copies differ"; exit 1; }
+rm -f "$DIR/restored.raw"
 drop
 t0=$(now); "$KLUIS" files cp -r vm@latest os:p1/tree "$DIR/out-cli" >/dev/null; t1=$(now)
 cli_s=$(python3 -c "print($t1-$t0)")
 diff -r "$DIR/out-loop" "$DIR/out-cli" >/dev/null || { echo "CLI copy differs"; exit 1; }
-echo "   loop mount: $(python3 -c "print(f'{$loop_s:.2f}')") s, kluis mount: $(python3 -c "print(f'{$mount_s:.2f}')") s"
+loop_s=$(median "${loops[@]}") mount_s=$(median "${mounts[@]}")
+echo "   loop mount: ${loops[*]} s; kluis mount: ${mounts[*]} s"
+echo "   medians: loop mount $(python3 -c "print(f'{$loop_s:.2f}')") s, kluis mount $(python3 -c "print(f'{$mount_s:.2f}')") s"
 echo "   cp -r from the mount / from a loop mount: $(ratio "$mount_s" "$loop_s") [<= 1.5]"
 echo "   info: kluis files cp -r / loop mount: $(ratio "$cli_s" "$loop_s")"

