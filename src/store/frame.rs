@@ -56,9 +56,9 @@ pub struct FrameEntry {
 }
 
 /// A frame holds one or more chunks compressed together: the new blocks of
-/// one read run of a backup share one zstd frame, so zstd sees up to 1 MiB
+/// one read run of a backup share one zstd frame, so zstd sees up to 2 MiB
 /// of context instead of one block (a smaller vault, and one decompression
-/// per run when reading back). See docs/format.md §2.
+/// per run when reading back). See docs/format.md §4.
 ///
 /// ```text
 /// offset size field
@@ -217,16 +217,36 @@ impl Frame {
     /// smaller (already-compressed data, random pages). zstd's own content
     /// checksum is on, so a damaged payload fails to decode.
     pub fn encode(kind: ChunkKind, chunks: &[(ChunkId, &[u8])], level: i32) -> Result<Frame> {
-        assert!(!chunks.is_empty() && chunks.len() <= MAX_FRAME_CHUNKS);
+        let raw: std::borrow::Cow<[u8]> = match chunks {
+            [(_, one)] => std::borrow::Cow::Borrowed(one),
+            _ => std::borrow::Cow::Owned(chunks.iter().map(|(_, b)| *b).collect::<Vec<&[u8]>>().concat()),
+        };
+        let entries: Vec<FrameEntry> = chunks.iter().map(|(id, b)| FrameEntry { id: *id, raw_len: b.len() as u32 }).collect();
+        Self::encode_raw(kind, entries, raw, level)
+    }
+
+    /// [`Frame::encode`] of chunks that are ranges of `buf`, in order: when
+    /// each starts where the one before ends (every block of a run is new,
+    /// as in a first backup), `buf` is compressed in place, without first
+    /// copying the chunks together.
+    pub fn encode_ranges(kind: ChunkKind, chunks: &[(ChunkId, std::ops::Range<usize>)], buf: &[u8], level: i32) -> Result<Frame> {
+        let entries: Vec<FrameEntry> = chunks.iter().map(|(id, r)| FrameEntry { id: *id, raw_len: r.len() as u32 }).collect();
+        let contiguous = chunks.windows(2).all(|w| w[0].1.end == w[1].1.start);
+        let raw: std::borrow::Cow<[u8]> = match (chunks.first(), chunks.last()) {
+            (Some(first), Some(last)) if contiguous => std::borrow::Cow::Borrowed(&buf[first.1.start..last.1.end]),
+            _ => std::borrow::Cow::Owned(chunks.iter().map(|(_, r)| &buf[r.clone()]).collect::<Vec<&[u8]>>().concat()),
+        };
+        Self::encode_raw(kind, entries, raw, level)
+    }
+
+    /// Compresses `raw`, the chunks of `entries` concatenated.
+    fn encode_raw(kind: ChunkKind, entries: Vec<FrameEntry>, raw: std::borrow::Cow<[u8]>, level: i32) -> Result<Frame> {
+        assert!(!entries.is_empty() && entries.len() <= MAX_FRAME_CHUNKS);
         // One compression context per thread and level: creating one costs
         // about as much as compressing a 64 KiB block.
         thread_local! {
             static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
         }
-        let raw: std::borrow::Cow<[u8]> = match chunks {
-            [(_, one)] => std::borrow::Cow::Borrowed(one),
-            _ => std::borrow::Cow::Owned(chunks.iter().map(|(_, b)| *b).collect::<Vec<&[u8]>>().concat()),
-        };
         let compressed = CCTX
             .with(|c| {
                 let mut c = c.borrow_mut();
@@ -237,14 +257,13 @@ impl Frame {
                 }
                 c.as_mut().unwrap().1.compress(&raw)
             })
-            .map_err(|e| Error::io(format!("compressing chunk {}", chunks[0].0), e))?;
+            .map_err(|e| Error::io(format!("compressing chunk {}", entries[0].id), e))?;
         let raw_len = raw.len() as u32;
         let (codec, payload) = if compressed.len() < raw.len() {
             (Codec::Zstd, compressed)
         } else {
             (Codec::Stored, raw.into_owned())
         };
-        let entries = chunks.iter().map(|(id, b)| FrameEntry { id: *id, raw_len: b.len() as u32 }).collect();
         Ok(Frame {
             header: FrameHeader { codec, kind, raw_len, stored_len: payload.len() as u32, chunks: entries },
             payload,
@@ -463,6 +482,16 @@ mod tests {
         let cut = &f.payload[..f.payload.len() / 2];
         let mut next = |at: usize| Ok(cut[at.min(cut.len())..].to_vec());
         assert!(decode_prefix_from(&f.header, 70000, &"t", &mut next).is_err());
+        // Chunks given as ranges of one buffer make the same frame, whether
+        // they follow each other in it or not.
+        let both = [&a[..], &b[..]].concat();
+        let ranges = [(chunks[0].0, 0..a.len()), (chunks[1].0, a.len()..both.len())];
+        let g = Frame::encode_ranges(ChunkKind::Data, &ranges, &both, 3).unwrap();
+        assert_eq!((g.header.clone(), g.payload), (f.header.clone(), f.payload.clone()));
+        let gap = [&a[..], &[9u8; 100], &b[..]].concat();
+        let ranges = [(chunks[0].0, 0..a.len()), (chunks[1].0, a.len() + 100..gap.len())];
+        let g = Frame::encode_ranges(ChunkKind::Data, &ranges, &gap, 3).unwrap();
+        assert_eq!((g.header, g.payload), (f.header.clone(), f.payload.clone()));
         // A stored frame: only the chunk with the flipped byte is damaged.
         let mut rng = fastrand::Rng::with_seed(7);
         let r: Vec<u8> = (0..8192).map(|_| rng.u8(..)).collect();
