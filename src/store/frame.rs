@@ -56,9 +56,9 @@ pub struct FrameEntry {
 }
 
 /// A frame holds one or more chunks compressed together: the new blocks of
-/// one read run of a backup share one zstd frame, so zstd sees up to 1 MiB
+/// one read run of a backup share one zstd frame, so zstd sees up to 2 MiB
 /// of context instead of one block (a smaller vault, and one decompression
-/// per run when reading back). See docs/format.md §2.
+/// per run when reading back). See docs/format.md §4.
 ///
 /// ```text
 /// offset size field
@@ -217,16 +217,36 @@ impl Frame {
     /// smaller (already-compressed data, random pages). zstd's own content
     /// checksum is on, so a damaged payload fails to decode.
     pub fn encode(kind: ChunkKind, chunks: &[(ChunkId, &[u8])], level: i32) -> Result<Frame> {
-        assert!(!chunks.is_empty() && chunks.len() <= MAX_FRAME_CHUNKS);
+        let raw: std::borrow::Cow<[u8]> = match chunks {
+            [(_, one)] => std::borrow::Cow::Borrowed(one),
+            _ => std::borrow::Cow::Owned(chunks.iter().map(|(_, b)| *b).collect::<Vec<&[u8]>>().concat()),
+        };
+        let entries: Vec<FrameEntry> = chunks.iter().map(|(id, b)| FrameEntry { id: *id, raw_len: b.len() as u32 }).collect();
+        Self::encode_raw(kind, entries, raw, level)
+    }
+
+    /// [`Frame::encode`] of chunks that are ranges of `buf`, in order: when
+    /// each starts where the one before ends (every block of a run is new,
+    /// as in a first backup), `buf` is compressed in place, without first
+    /// copying the chunks together.
+    pub fn encode_ranges(kind: ChunkKind, chunks: &[(ChunkId, std::ops::Range<usize>)], buf: &[u8], level: i32) -> Result<Frame> {
+        let entries: Vec<FrameEntry> = chunks.iter().map(|(id, r)| FrameEntry { id: *id, raw_len: r.len() as u32 }).collect();
+        let contiguous = chunks.windows(2).all(|w| w[0].1.end == w[1].1.start);
+        let raw: std::borrow::Cow<[u8]> = match (chunks.first(), chunks.last()) {
+            (Some(first), Some(last)) if contiguous => std::borrow::Cow::Borrowed(&buf[first.1.start..last.1.end]),
+            _ => std::borrow::Cow::Owned(chunks.iter().map(|(_, r)| &buf[r.clone()]).collect::<Vec<&[u8]>>().concat()),
+        };
+        Self::encode_raw(kind, entries, raw, level)
+    }
+
+    /// Compresses `raw`, the chunks of `entries` concatenated.
+    fn encode_raw(kind: ChunkKind, entries: Vec<FrameEntry>, raw: std::borrow::Cow<[u8]>, level: i32) -> Result<Frame> {
+        assert!(!entries.is_empty() && entries.len() <= MAX_FRAME_CHUNKS);
         // One compression context per thread and level: creating one costs
         // about as much as compressing a 64 KiB block.
         thread_local! {
             static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
         }
-        let raw: std::borrow::Cow<[u8]> = match chunks {
-            [(_, one)] => std::borrow::Cow::Borrowed(one),
-            _ => std::borrow::Cow::Owned(chunks.iter().map(|(_, b)| *b).collect::<Vec<&[u8]>>().concat()),
-        };
         let compressed = CCTX
             .with(|c| {
                 let mut c = c.borrow_mut();
@@ -237,14 +257,13 @@ impl Frame {
                 }
                 c.as_mut().unwrap().1.compress(&raw)
             })
-            .map_err(|e| Error::io(format!("compressing chunk {}", chunks[0].0), e))?;
+            .map_err(|e| Error::io(format!("compressing chunk {}", entries[0].id), e))?;
         let raw_len = raw.len() as u32;
         let (codec, payload) = if compressed.len() < raw.len() {
             (Codec::Zstd, compressed)
         } else {
             (Codec::Stored, raw.into_owned())
         };
-        let entries = chunks.iter().map(|(id, b)| FrameEntry { id: *id, raw_len: b.len() as u32 }).collect();
         Ok(Frame {
             header: FrameHeader { codec, kind, raw_len, stored_len: payload.len() as u32, chunks: entries },
             payload,
@@ -281,24 +300,63 @@ pub fn decode_payload(h: &FrameHeader, payload: &[u8], what: &dyn std::fmt::Disp
 /// The first `n` bytes of a frame's decoded payload, decoding no further.
 /// Not checked: zstd's checksum covers only the whole frame.
 pub fn decode_prefix(h: &FrameHeader, payload: &[u8], n: usize, what: &dyn std::fmt::Display) -> Result<Vec<u8>> {
-    use zstd::stream::raw::Operation;
+    let mut whole = Some(payload);
+    decode_prefix_from(h, n, what, &mut |_| Ok(whole.take().map(<[u8]>::to_vec).unwrap_or_default()))
+}
+
+/// [`decode_prefix`] over a payload that `next(at)` hands out piece by
+/// piece, in order, from payload offset `at` (an empty piece: no more), so
+/// a reader fetches only about as much of the payload as the prefix needs.
+/// A stored payload is asked for from offset 0 until `n` bytes are in.
+pub fn decode_prefix_from(h: &FrameHeader, n: usize, what: &dyn std::fmt::Display, next: &mut dyn FnMut(usize) -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+    use zstd::stream::raw::{Decoder, Operation};
     let n = n.min(h.raw_len as usize);
+    let short = |at: usize| Error::Corrupt(format!("{} in {what}: payload ends at {at} of {n} bytes", h.describe()));
     if h.codec == Codec::Stored {
-        return Ok(payload[..n.min(payload.len())].to_vec());
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let piece = next(out.len())?;
+            if piece.is_empty() {
+                return Err(short(out.len()));
+            }
+            out.extend_from_slice(&piece[..piece.len().min(n - out.len())]);
+        }
+        return Ok(out);
+    }
+    // One decoder per thread: a fresh one allocates (and page-faults in) a
+    // window as large as the frame on every random read.
+    thread_local! {
+        static DEC: std::cell::RefCell<Option<Decoder<'static>>> = const { std::cell::RefCell::new(None) };
     }
     let fail = |e: std::io::Error| Error::Corrupt(format!("{} in {what}: cannot decompress: {e}", h.describe()));
-    let mut out = vec![0u8; n];
-    let mut dec = zstd::stream::raw::Decoder::new().map_err(fail)?;
-    let (mut read, mut written) = (0, 0);
-    while written < n {
-        let st = dec.run_on_buffers(&payload[read..], &mut out[written..]).map_err(fail)?;
-        if st.bytes_read == 0 && st.bytes_written == 0 {
-            return Err(Error::Corrupt(format!("{} in {what}: payload ends at {written} of {n} bytes", h.describe())));
+    DEC.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(Decoder::new().map_err(fail)?);
         }
-        read += st.bytes_read;
-        written += st.bytes_written;
-    }
-    Ok(out)
+        let dec = d.as_mut().unwrap();
+        dec.reinit().map_err(fail)?;
+        let mut out = vec![0u8; n];
+        let (mut piece, mut read, mut fed, mut written) = (Vec::new(), 0, 0, 0);
+        while written < n {
+            let st = dec.run_on_buffers(&piece[read..], &mut out[written..]).map_err(fail)?;
+            read += st.bytes_read;
+            written += st.bytes_written;
+            if st.bytes_read == 0 && st.bytes_written == 0 {
+                if read < piece.len() {
+                    return Err(Error::Corrupt(format!("{} in {what}: decoding stalls at {written} of {n} bytes", h.describe())));
+                }
+                // It has used all it was given: the next piece.
+                piece = next(fed)?;
+                read = 0;
+                fed += piece.len();
+                if piece.is_empty() {
+                    return Err(short(written));
+                }
+            }
+        }
+        Ok(out)
+    })
 }
 
 /// Checks that `raw` hashes to `id`, so a flipped bit is caught before the
@@ -412,12 +470,36 @@ mod tests {
             let p = decode_prefix(&f.header, &f.payload, n, &"t").unwrap();
             assert_eq!(p[..], raw[..n.min(raw.len())], "prefix of {n}");
         }
+        // ... and from the payload handed out in pieces of any size.
+        for piece in [1, 7, 1000, f.payload.len()] {
+            for n in [1, 65536, 70000] {
+                let mut next = |at: usize| Ok(f.payload[at.min(f.payload.len())..(at + piece).min(f.payload.len())].to_vec());
+                let p = decode_prefix_from(&f.header, n, &"t", &mut next).unwrap();
+                assert_eq!(p[..], raw[..n.min(raw.len())], "prefix of {n} in pieces of {piece}");
+            }
+        }
+        // A payload cut short is an error, not a short prefix.
+        let cut = &f.payload[..f.payload.len() / 2];
+        let mut next = |at: usize| Ok(cut[at.min(cut.len())..].to_vec());
+        assert!(decode_prefix_from(&f.header, 70000, &"t", &mut next).is_err());
+        // Chunks given as ranges of one buffer make the same frame, whether
+        // they follow each other in it or not.
+        let both = [&a[..], &b[..]].concat();
+        let ranges = [(chunks[0].0, 0..a.len()), (chunks[1].0, a.len()..both.len())];
+        let g = Frame::encode_ranges(ChunkKind::Data, &ranges, &both, 3).unwrap();
+        assert_eq!((g.header.clone(), g.payload), (f.header.clone(), f.payload.clone()));
+        let gap = [&a[..], &[9u8; 100], &b[..]].concat();
+        let ranges = [(chunks[0].0, 0..a.len()), (chunks[1].0, a.len() + 100..gap.len())];
+        let g = Frame::encode_ranges(ChunkKind::Data, &ranges, &gap, 3).unwrap();
+        assert_eq!((g.header, g.payload), (f.header.clone(), f.payload.clone()));
         // A stored frame: only the chunk with the flipped byte is damaged.
         let mut rng = fastrand::Rng::with_seed(7);
         let r: Vec<u8> = (0..8192).map(|_| rng.u8(..)).collect();
         let s = [(ChunkId::of(&r[..4096]), &r[..4096]), (ChunkId::of(&r[4096..]), &r[4096..])];
         let mut f = Frame::encode(ChunkKind::Data, &s, 3).unwrap();
         assert_eq!(f.header.codec, Codec::Stored);
+        let mut next = |at: usize| Ok(f.payload[at.min(8192)..(at + 3000).min(8192)].to_vec());
+        assert_eq!(decode_prefix_from(&f.header, 5000, &"t", &mut next).unwrap(), r[..5000]);
         f.payload[5000] ^= 1;
         let c = check_frame(&f.header, &f.payload, &"t");
         assert!(c.errors[0].is_none() && c.errors[1].is_some());

@@ -177,29 +177,77 @@ pub fn read_frame(file: &File, name: &str, offset: u64, frame_len: u32) -> Resul
 
 /// [`read_frame`], decoding only the first `upto` bytes of the payload when
 /// `upto` is set: a random read of one block then costs on average half a
-/// frame's decoding. A prefix is not covered by zstd's checksum (that needs
-/// the whole frame): the caller checks the chunks it uses with blake3.
+/// frame's reading and decoding. A prefix is not covered by zstd's checksum
+/// (that needs the whole frame): the caller checks the chunks it uses with
+/// blake3.
 pub fn read_frame_upto(file: &File, name: &str, offset: u64, frame_len: u32, upto: Option<usize>) -> Result<DecodedFrame> {
     let what = format_args!("pack {name} at offset {offset}");
-    let mut buf = vec![0u8; frame_len as usize];
-    file.read_exact_at(&mut buf, offset).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            Error::Corrupt(format!("{what}: pack is truncated"))
-        } else {
-            Error::io(format!("read {what}"), e)
+    let read = |buf: &mut [u8], at: u64| {
+        file.read_exact_at(buf, at).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::Corrupt(format!("{what}: pack is truncated"))
+            } else {
+                Error::io(format!("read {what}"), e)
+            }
+        })
+    };
+    // A prefix reads the header and the start of the payload first (one
+    // read covers both for frames of the usual size), then the payload only
+    // as far as the decoder gets.
+    let first = match upto {
+        Some(_) => (frame_len as usize).min(PREFIX_FIRST_READ),
+        None => frame_len as usize,
+    };
+    let mut buf = vec![0u8; first];
+    read(&mut buf, offset)?;
+    if buf.len() >= FRAME_FIXED_SIZE {
+        let need = FrameHeader::announced_len(&buf, &what)?.min(frame_len as usize);
+        if need > buf.len() {
+            let have = buf.len();
+            buf.resize(need, 0);
+            read(&mut buf[have..], offset + have as u64)?;
         }
-    })?;
+    }
     let header = FrameHeader::parse(&buf, &what)?;
     if header.frame_len() != frame_len as u64 {
         return Err(Error::Corrupt(format!("{what}: frame is {} bytes, the index says {frame_len}", header.frame_len())));
     }
-    let payload = &buf[header.header_len()..];
+    let hl = header.header_len();
     let raw = match upto {
-        Some(n) if n < header.raw_len as usize => decode_prefix(&header, payload, n, &what)?,
-        _ => decode_payload(&header, payload, &what)?,
+        Some(n) if n < header.raw_len as usize => {
+            // About the share of the payload that holds n of its raw bytes,
+            // plus a margin for zstd's blocks; the decoder asks for more if
+            // that falls short.
+            let stored = header.stored_len as usize;
+            let estimate = (stored as u64 * n as u64 / header.raw_len as u64) as usize + PREFIX_MARGIN;
+            let mut have = buf.split_off(hl.min(buf.len()));
+            decode_prefix_from(&header, n, &what, &mut |at| {
+                if !have.is_empty() {
+                    return Ok(std::mem::take(&mut have));
+                }
+                let want = estimate.saturating_sub(at).max(PREFIX_MARGIN).min(stored.saturating_sub(at));
+                let mut piece = vec![0u8; want];
+                read(&mut piece, offset + (hl + at) as u64)?;
+                Ok(piece)
+            })?
+        }
+        _ => {
+            if buf.len() < frame_len as usize {
+                let have = buf.len();
+                buf.resize(frame_len as usize, 0);
+                read(&mut buf[have..], offset + have as u64)?;
+            }
+            decode_payload(&header, &buf[hl..], &what)?
+        }
     };
     Ok(DecodedFrame { header, raw })
 }
+
+/// The first read of a frame whose prefix is wanted: the header and some
+/// payload (bytes).
+const PREFIX_FIRST_READ: usize = 64 << 10;
+/// What the payload estimate of a prefix adds, and then asks for at a time.
+const PREFIX_MARGIN: usize = 32 << 10;
 
 /// Reads the header (chunk table included) of the frame at `offset`.
 pub fn read_header(file: &File, offset: u64, what: &dyn std::fmt::Display) -> Result<FrameHeader> {

@@ -221,24 +221,24 @@ fn gc_recompresses_the_live_chunks_of_partly_dead_frames() {
     let env = Env::new();
     env.purge_deleted_at_gc();
     let disk = env.path("os.raw");
-    fs::write(&disk, text_bytes(4 * MIB as usize, 1)).unwrap();
+    fs::write(&disk, text_bytes((2 * FRAME_BLOCKS * BLOCK) as usize, 1)).unwrap();
     let p1 = env.backup("vm", &[("os", disk.as_path())], &[]);
-    // New content in three blocks of four: each 16-block frame of point 1
-    // keeps 4 live chunks once point 1 is gone.
-    for b in (0..4 * MIB / BLOCK).filter(|b| b % 4 != 3) {
+    // New content in three blocks of four: each full frame of point 1 keeps
+    // a quarter of its chunks live once point 1 is gone.
+    for b in (0..2 * FRAME_BLOCKS).filter(|b| b % 4 != 3) {
         write_at(&disk, b * BLOCK, &text_bytes(BLOCK as usize, 1000 + b));
     }
     let p2 = env.backup("vm", &[("os", disk.as_path())], &[]);
     let grouped = |f: &Frame| f.kind == 0 && f.codec == 1 && f.chunks.len() > 1;
     let before: Vec<Frame> = pack_files(&env.vault).iter().flat_map(|p| frames(p)).collect();
-    assert!(before.iter().any(|f| grouped(f) && f.chunks.len() == 16), "no full 16-chunk zstd frame: {before:?}");
+    assert!(before.iter().any(|f| grouped(f) && f.chunks.len() == FRAME_BLOCKS as usize), "no full {FRAME_BLOCKS}-chunk zstd frame: {before:?}");
 
     env.ok(&["delete", &p1.sel()]);
     let gc = env.json(&["gc"]);
     assert!(gc["packs_rewritten"].as_u64().unwrap() + gc["packs_deleted"].as_u64().unwrap() >= 1, "{gc}");
     let after: Vec<Frame> = pack_files(&env.vault).iter().flat_map(|p| frames(p)).collect();
     // Point 1's frames kept only their live blocks, still compressed together.
-    assert!(after.iter().any(|f| grouped(f) && f.chunks.len() == 4), "no re-compressed partial frame: {after:?}");
+    assert!(after.iter().any(|f| grouped(f) && f.chunks.len() == FRAME_BLOCKS as usize / 4), "no re-compressed partial frame: {after:?}");
     let ids: std::collections::HashSet<String> = block_ids(&disk, BLOCK).into_iter().collect();
     let stored: Vec<&String> = after.iter().flat_map(|f| f.chunks.iter().map(|(id, _)| id)).collect();
     assert!(stored.iter().filter(|id| ids.contains(**id)).count() >= ids.len(), "a live block lost its frame");

@@ -193,17 +193,19 @@ fn missing_pack_is_reported() {
 fn damaged_compressed_frame_loses_its_blocks_and_only_those() {
     let env = Env::new();
     let disk = env.path("os.raw");
-    fs::write(&disk, text_bytes(3 * MIB as usize, 7)).unwrap();
+    fs::write(&disk, text_bytes((3 * FRAME_BLOCKS * BLOCK) as usize, 7)).unwrap();
     let p = env.backup("web01", &[("os", disk.as_path())], &[]);
 
-    // The frame of blocks 16..32, the middle one of the disk's three 16-block
-    // zstd frames (workers finish runs in any order, so find it by id).
+    // The frame of the second run of blocks (F..2F), the middle one of the
+    // disk's three full zstd frames (workers finish runs in any order, so
+    // find it by id).
+    const F: u64 = FRAME_BLOCKS;
     let ids = block_ids(&disk, BLOCK);
     let pack = largest_pack(&env);
     let frame = frames(&pack)
         .into_iter()
-        .find(|f| f.kind == 0 && f.codec == 1 && f.chunks.len() == 16 && f.chunks[0].0 == ids[16])
-        .expect("a compressed frame of blocks 16..32");
+        .find(|f| f.kind == 0 && f.codec == 1 && f.chunks.len() == F as usize && f.chunks[0].0 == ids[F as usize])
+        .expect("a compressed frame of blocks F..2F");
     let at = frame.payload() + frame.stored_len as u64 / 2;
     let mut b = [0u8];
     let file = OpenOptions::new().read(true).write(true).open(&pack).unwrap();
@@ -211,7 +213,7 @@ fn damaged_compressed_frame_loses_its_blocks_and_only_those() {
     file.write_all_at(&[b[0] ^ 0x5a], at).unwrap();
     drop(file);
 
-    // verify names exactly the frame's 16 chunks, each with its block's range.
+    // verify names exactly the frame's F chunks, each with its block's range.
     let (code, v) = env.verify(true);
     assert_eq!(code, 3, "{v:#}");
     let damaged = v["damaged"].as_array().unwrap();
@@ -227,7 +229,7 @@ fn damaged_compressed_frame_loses_its_blocks_and_only_those() {
     // restore refuses with one line naming the first damaged block's chunk.
     let f = env.fail(&["restore", &p.sel(), "--disk", "os", "--to", "bad.raw"]);
     let line = f.one_error_line();
-    assert!(line.contains(&ids[16][..8]), "restore error does not name chunk {}: {line}", ids[16]);
+    assert!(line.contains(&ids[F as usize][..8]), "restore error does not name chunk {}: {line}", ids[F as usize]);
     assert!(!env.path("bad.raw").exists());
     eprintln!("restore: {line}");
 
@@ -241,7 +243,7 @@ fn damaged_compressed_frame_loses_its_blocks_and_only_those() {
         let raw = File::open(mp.join("web01/latest/disks/os.raw")).unwrap();
         let mut buf = vec![0u8; 4096];
         let mut eio = 0;
-        for blk in (16..32u64).rev() {
+        for blk in (F..2 * F).rev() {
             let at = blk * BLOCK + 512;
             match raw.read_exact_at(&mut buf, at) {
                 Ok(()) => assert!(buf[..] == want[at as usize..at as usize + 4096], "block {blk} of the damaged frame read wrong bytes"),
@@ -252,7 +254,7 @@ fn damaged_compressed_frame_loses_its_blocks_and_only_those() {
             }
         }
         assert!(eio >= 1, "no block of the damaged frame gave EIO");
-        for blk in [15u64, 32] {
+        for blk in [F - 1, 2 * F] {
             raw.read_exact_at(&mut buf, blk * BLOCK).unwrap();
             assert!(buf[..] == want[(blk * BLOCK) as usize..(blk * BLOCK) as usize + 4096], "block {blk} next to the damage differs");
         }
