@@ -38,6 +38,7 @@ use crate::progress::Progress;
 use crate::recovery_point::{ConfigEntry, DiskEntry, MapBuilder, MapReader, Manifest};
 use crate::store::{ChunkKind, Frame, PackWriter};
 use crate::timefmt::rfc3339_ms;
+use crate::image::IoBuf;
 use crate::vault::Vault;
 
 /// Largest configuration file accepted (they are libvirt XMLs and the like).
@@ -232,7 +233,7 @@ struct Job {
     first: u64,
     /// The bytes of blocks `data_from..` of the run up to the last block
     /// with data; empty when the whole run lies in holes.
-    data: Vec<u8>,
+    data: IoBuf,
     data_from: usize,
     /// Per block: does it touch a data range of the source (else it is a hole).
     has_data: Vec<bool>,
@@ -417,7 +418,7 @@ fn backup_disk(
     let run = run_blocks(bs);
     let (job_tx, job_rx) = bounded::<Job>(opts.workers * QUEUE_PER_WORKER);
     let (done_tx, done_rx) = bounded::<Result<Done>>(opts.workers * QUEUE_PER_WORKER);
-    let (free_tx, free_rx) = bounded::<Vec<u8>>(opts.workers * QUEUE_PER_WORKER * 2 + 8);
+    let (free_tx, free_rx) = bounded::<IoBuf>(opts.workers * QUEUE_PER_WORKER * 2 + 8);
 
     let result = std::thread::scope(|s| -> Result<(DiskEntry, DiskStats)> {
         // Reader: runs of blocks in order, one read per run, holes without I/O.
@@ -440,12 +441,12 @@ fn backup_disk(
                         _ => ChunkId::ZERO,
                     });
                 }
-                let mut data = Vec::new();
+                let mut data = IoBuf::new(0);
                 let mut data_from = 0;
                 if let (Some(a), Some(b)) = (has_data.iter().position(|&d| d), has_data.iter().rposition(|&d| d)) {
                     let start = (first + a as u64) * bs;
                     let end = ((first + b as u64 + 1) * bs).min(size);
-                    data = free_rx.try_recv().unwrap_or_default();
+                    data = free_rx.try_recv().unwrap_or_else(|_| IoBuf::new(0));
                     data.resize((end - start) as usize, 0);
                     source.will_read(start + PREFETCH_AHEAD, end - start);
                     source.read_at(&mut data, start)?;
@@ -551,7 +552,7 @@ fn worker(
     bs: usize,
     jobs: Receiver<Job>,
     done: Sender<Result<Done>>,
-    free: Sender<Vec<u8>>,
+    free: Sender<IoBuf>,
     failed: &AtomicBool,
 ) {
     for job in jobs.iter() {

@@ -5,8 +5,11 @@
 //! Sources are `Sync` and read with positional I/O, so the backup pipeline can
 //! have several readers in flight without a shared file cursor.
 
+mod direct;
 pub mod raw;
 pub mod vhd;
+
+pub use direct::{IoBuf, SourceFile, DIRECT_ALIGN};
 
 use std::fs::File;
 use std::ops::Range;

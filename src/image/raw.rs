@@ -2,16 +2,14 @@
 
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::DiskSource;
+use super::{DiskSource, SourceFile};
 use crate::error::{Error, IoContext, Result};
 
 pub struct RawSource {
-    file: File,
-    path: PathBuf,
+    src: SourceFile,
     size: u64,
     block_device: bool,
 }
@@ -19,7 +17,7 @@ pub struct RawSource {
 impl RawSource {
     pub fn file(file: File, path: &Path) -> Result<Self> {
         let size = file.metadata().ctx(|| format!("cannot stat {}", path.display()))?.len();
-        Ok(RawSource { file, path: path.to_owned(), size, block_device: false })
+        Ok(RawSource { src: SourceFile::new(file, path), size, block_device: false })
     }
 
     pub fn block_device(file: File, path: &Path) -> Result<Self> {
@@ -29,7 +27,7 @@ impl RawSource {
         if size < 0 {
             return Err(Error::io_path("cannot size block device", path, std::io::Error::last_os_error()));
         }
-        Ok(RawSource { file, path: path.to_owned(), size: size as u64, block_device: true })
+        Ok(RawSource { src: SourceFile::new(file, path), size: size as u64, block_device: true })
     }
 }
 
@@ -39,9 +37,7 @@ impl DiskSource for RawSource {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| Error::io(format!("read {} at offset {offset}", self.path.display()), e))
+        self.src.read_at(buf, offset)
     }
 
     #[allow(clippy::single_range_in_vec_init)] // one range covering the device, on purpose
@@ -49,7 +45,7 @@ impl DiskSource for RawSource {
         if self.block_device {
             return Ok(vec![0..self.size]);
         }
-        data_ranges_of(&self.file, self.size, &self.path)
+        data_ranges_of(self.src.file(), self.size, self.src.path())
     }
 
     fn kind(&self) -> &'static str {
@@ -57,7 +53,7 @@ impl DiskSource for RawSource {
     }
 
     fn will_read(&self, offset: u64, len: u64) {
-        super::will_need(&self.file, offset, len);
+        self.src.will_read(offset, len);
     }
 }
 

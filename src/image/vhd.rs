@@ -15,10 +15,10 @@
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::DiskSource;
+use super::{DiskSource, SourceFile};
 use crate::error::{Error, IoContext, Result};
 
 pub const FOOTER_SIZE: u64 = 512;
@@ -153,8 +153,7 @@ pub fn looks_like_vhd(file: &File, len: u64) -> Result<bool> {
 }
 
 pub struct VhdSource {
-    file: File,
-    path: PathBuf,
+    src: SourceFile,
     size: u64,
     dynamic: Option<Dynamic>,
 }
@@ -203,13 +202,11 @@ impl VhdSource {
             }
             t => bail!(path, "unknown VHD disk type {t}"),
         };
-        Ok(VhdSource { file, path: path.to_owned(), size, dynamic })
+        Ok(VhdSource { src: SourceFile::new(file, path), size, dynamic })
     }
 
     fn read_file(&self, buf: &mut [u8], at: u64) -> Result<()> {
-        self.file
-            .read_exact_at(buf, at)
-            .map_err(|e| Error::io(format!("read {} at offset {at}", self.path.display()), e))
+        self.src.read_at(buf, at)
     }
 }
 
@@ -274,7 +271,7 @@ impl DiskSource for VhdSource {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.size) {
-            let (path, n) = (self.path.display(), buf.len());
+            let (path, n) = (self.src.path().display(), buf.len());
             return Err(Error::InvalidInput(format!("{path}: read of {n} bytes at {offset} passes the disk's end")));
         }
         let Some(d) = &self.dynamic else {
@@ -321,7 +318,7 @@ impl DiskSource for VhdSource {
         let Some(d) = &self.dynamic else {
             // The data area starts at 0, so the file's own extents, clamped
             // to the disk (the footer is past it), are the disk's.
-            return super::raw::data_ranges_of(&self.file, self.size, &self.path);
+            return super::raw::data_ranges_of(self.src.file(), self.size, self.src.path());
         };
         let mut out: Vec<Range<u64>> = Vec::new();
         for (i, _) in d.bat.iter().enumerate().filter(|(_, e)| **e != UNALLOCATED) {
@@ -343,7 +340,7 @@ impl DiskSource for VhdSource {
         // A fixed VHD's data sits at the disk's own offsets; a dynamic one's
         // blocks are wherever they were allocated, so no hint for those.
         if self.dynamic.is_none() {
-            super::will_need(&self.file, offset, len);
+            self.src.will_read(offset, len);
         }
     }
 }
@@ -505,6 +502,7 @@ pub fn write_dynamic(
 #[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use std::process::Command;
 
     const MIB: u64 = 1 << 20;

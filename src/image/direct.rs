@@ -1,0 +1,115 @@
+//! Positional reads of a source image, through O_DIRECT where a read allows
+//! it.
+//!
+//! A backup reads every byte of a disk once. Through the page cache that
+//! costs a copy and the cache's bookkeeping for every page, and pushes out
+//! what the host had cached: on this project's test VM a cold `dd` of a
+//! 3 GiB image took 2.8–3.8 CPU seconds of system time buffered and
+//! 0.10–0.14 s with O_DIRECT, and a full backup of the benchmark's images
+//! went from 6.9–8.1 s to 5.8–5.9 s. So a source file is also opened with
+//! O_DIRECT, and a read whose buffer, offset and length are aligned to
+//! [`DIRECT_ALIGN`] (a backup's runs of blocks, read into an [`IoBuf`])
+//! goes through it; any other read, and every read on a filesystem that
+//! refuses O_DIRECT (tmpfs), goes through the page cache as before.
+//! `KLUIS_NO_DIRECT=1` turns direct reads off.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Buffer address, file offset and length of an O_DIRECT read must be
+/// multiples of the device's logical block size, which is at most this.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A buffer a backup reads a run of blocks into, aligned for O_DIRECT.
+pub type IoBuf = aligned_vec::AVec<u8, aligned_vec::ConstAlign<DIRECT_ALIGN>>;
+
+pub struct SourceFile {
+    file: File,
+    /// The same file opened with O_DIRECT, where that is allowed.
+    direct: Option<File>,
+    path: PathBuf,
+}
+
+impl SourceFile {
+    pub fn new(file: File, path: &Path) -> SourceFile {
+        let direct = if std::env::var_os("KLUIS_NO_DIRECT").is_some() {
+            None
+        } else {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).ok()
+        };
+        SourceFile { file, direct, path: path.to_owned() }
+    }
+
+    /// The file as opened (for metadata, SEEK_DATA and small reads).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Fills `buf` from `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let aligned = |n: usize| n.is_multiple_of(DIRECT_ALIGN);
+        if let Some(direct) = self.direct.as_ref().filter(|_| aligned(buf.as_ptr() as usize) && aligned(buf.len()) && offset.is_multiple_of(DIRECT_ALIGN as u64)) {
+            match direct.read_exact_at(buf, offset) {
+                Ok(()) => return Ok(()),
+                // A device with larger logical blocks, say: read it as usual.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(self.failed(offset, e)),
+            }
+        }
+        self.file.read_exact_at(buf, offset).map_err(|e| self.failed(offset, e))
+    }
+
+    fn failed(&self, offset: u64, e: std::io::Error) -> Error {
+        Error::io(format!("read {} at offset {offset}", self.path.display()), e)
+    }
+
+    /// Asks the kernel to start reading `offset..offset + len`, unless
+    /// reads bypass its cache (filling it would read twice).
+    pub fn will_read(&self, offset: u64, len: u64) {
+        if self.direct.is_none() {
+            super::will_need(&self.file, offset, len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Aligned reads (direct where the filesystem allows) and unaligned ones
+    /// (through the cache) give the file's bytes: in the system's temporary
+    /// directory (often tmpfs, which refuses O_DIRECT) and in target/ (a
+    /// disk filesystem, which takes it).
+    #[test]
+    fn aligned_and_unaligned_reads_agree() {
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        for t in [tempfile::tempdir().unwrap(), tempfile::tempdir_in(&target).unwrap()] {
+            reads_agree(t.path());
+        }
+    }
+
+    fn reads_agree(dir: &Path) {
+        let p = dir.join("img");
+        let data: Vec<u8> = (0..3 * DIRECT_ALIGN as u32 + 100).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let f = SourceFile::new(File::open(&p).unwrap(), &p);
+        let mut buf = IoBuf::new(0);
+        buf.resize(2 * DIRECT_ALIGN, 0);
+        f.read_at(&mut buf, DIRECT_ALIGN as u64).unwrap();
+        assert_eq!(&buf[..], &data[DIRECT_ALIGN..3 * DIRECT_ALIGN]);
+        let mut odd = vec![0u8; 1000];
+        f.read_at(&mut odd, 3 * DIRECT_ALIGN as u64 - 900).unwrap();
+        assert_eq!(&odd[..], &data[3 * DIRECT_ALIGN - 900..3 * DIRECT_ALIGN + 100]);
+        // Past the end: an error, not zeros.
+        assert!(f.read_at(&mut buf, 2 * DIRECT_ALIGN as u64).is_err());
+    }
+}
