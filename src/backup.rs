@@ -277,6 +277,9 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
         let prev = prev_manifest.as_ref().and_then(|m| m.disks.iter().find(|d| &d.name == name && d.block_size == bs)).cloned();
         let prev_map = prev.map(|d| Ok::<_, Error>(MapReader::new(d.depth, d.root_id()?, d.blocks(), fetch.clone()))).transpose()?;
         progress.start(&format!("{}/{}", req.item, name), source.size());
+        // A first backup is bound by CPU, an incremental one by reading
+        // (image/direct.rs): direct reads for the first only.
+        source.set_direct(prev_map.is_none());
         let (entry, st) = backup_disk(vault, name, path, source.as_ref(), prev_map, &mut sink, &opts, progress, cancel)
             .map_err(|e| prefix_disk(name, e))?;
         progress.finish();

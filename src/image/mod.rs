@@ -32,6 +32,9 @@ pub trait DiskSource: Send + Sync {
     /// few MiB ahead, so the device has more than the kernel's readahead in
     /// flight). The default does nothing.
     fn will_read(&self, _offset: u64, _len: u64) {}
+    /// Whether to read around the page cache where the source can (see
+    /// direct.rs); sources that cannot ignore it.
+    fn set_direct(&self, _on: bool) {}
 }
 
 /// Asks the kernel to start reading `offset..offset + len` of `file` (see

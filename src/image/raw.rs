@@ -52,6 +52,10 @@ impl DiskSource for RawSource {
         if self.block_device { "block-device" } else { "raw" }
     }
 
+    fn set_direct(&self, on: bool) {
+        self.src.set_direct(on);
+    }
+
     fn will_read(&self, offset: u64, len: u64) {
         self.src.will_read(offset, len);
     }

@@ -336,6 +336,10 @@ impl DiskSource for VhdSource {
         if self.dynamic.is_some() { "vhd-dynamic" } else { "vhd-fixed" }
     }
 
+    fn set_direct(&self, on: bool) {
+        self.src.set_direct(on);
+    }
+
     fn will_read(&self, offset: u64, len: u64) {
         // A fixed VHD's data sits at the disk's own offsets; a dynamic one's
         // blocks are wherever they were allocated, so no hint for those.
