@@ -245,9 +245,7 @@ impl ExtFs {
         }
         Ok(())
     }
-}
 
-impl ExtFs {
     /// Regular file `path` (listed as `a`) opened by inode number, when
     /// the filesystem needs no journal replay and the listing knows the
     /// number; None where the crate must read it (a journal to replay, an
@@ -373,7 +371,6 @@ impl Drop for ExtFile {
         st.files.remove(&self.slot);
     }
 }
-
 
 /// A regular file read through its block map (see [`ExtFs::open_mapped`]):
 /// no lock, and one read of the partition per run a request spans.

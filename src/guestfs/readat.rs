@@ -83,6 +83,13 @@ pub struct Fuel(Arc<AtomicI64>);
 pub const META_FUEL: i64 = 512 << 20;
 
 impl Fuel {
+    /// A budget of `bytes`.
+    pub fn new(bytes: i64) -> Fuel {
+        let fuel = Fuel::default();
+        fuel.set(bytes);
+        fuel
+    }
+
     pub fn set(&self, bytes: i64) {
         self.0.store(bytes, Ordering::Relaxed);
     }
@@ -115,9 +122,7 @@ pub struct Slice {
 impl Slice {
     pub fn new(inner: Arc<dyn ReadAt>, start: u64, len: u64) -> Slice {
         let len = len.min(inner.size().saturating_sub(start));
-        let fuel = Fuel::default();
-        fuel.set(META_FUEL);
-        Slice { inner, start, len, fuel }
+        Slice { inner, start, len, fuel: Fuel::new(META_FUEL) }
     }
 
     pub fn whole(inner: Arc<dyn ReadAt>) -> Slice {
@@ -128,9 +133,7 @@ impl Slice {
     /// The same window with a read budget of its own, for work that runs
     /// outside the filesystem's lock.
     pub fn with_fuel(&self, bytes: i64) -> Slice {
-        let fuel = Fuel::default();
-        fuel.set(bytes);
-        Slice { fuel, ..self.clone() }
+        Slice { fuel: Fuel::new(bytes), ..self.clone() }
     }
 
     pub fn len(&self) -> u64 {
