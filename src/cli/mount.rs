@@ -38,8 +38,11 @@ pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, out: &Out) -> Res
     config.mount_options = options;
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    let session = fuser::spawn_mount(KluisFs::new(tree), mountpoint, &config)
+    let fs = KluisFs::new(tree);
+    let notifier = fs.notifier_slot();
+    let session = fuser::spawn_mount(fs, mountpoint, &config)
         .map_err(|e| Error::io(format!("cannot mount at {}", mountpoint.display()), e))?;
+    let _ = notifier.set(session.notifier());
     raise_readahead(mountpoint);
     out.result(&serde_json::json!({"mounted": mountpoint, "vault": vault}), || {
         format!("mounted {} at {}; `kluis umount {}` or Ctrl-C to stop", vault.display(), mountpoint.display(), mountpoint.display())

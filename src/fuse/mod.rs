@@ -37,6 +37,9 @@ use fuser::{
 };
 
 use crate::browse::{Attr, Handle, Kind, Node, VaultTree};
+
+mod prefill;
+pub use prefill::Prefill;
 use crate::error::{Error, Result};
 
 /// Inside a recovery point nothing ever changes: let the kernel cache it.
@@ -60,6 +63,8 @@ pub struct KluisFs {
     /// Open directories: their entries as listed at opendir.
     dirs: Mutex<HashMap<u64, DirSnapshot>>,
     next_fh: AtomicU64,
+    /// Pushes the small files of a directory being read through.
+    prefill: Prefill,
     uid: u32,
     gid: u32,
 }
@@ -67,15 +72,22 @@ pub struct KluisFs {
 impl KluisFs {
     pub fn new(tree: Arc<VaultTree>) -> KluisFs {
         KluisFs {
-            tree,
+            tree: tree.clone(),
             handles: Mutex::new(HashMap::new()),
             by_ino: Mutex::new(HashMap::new()),
             no_open: false,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            prefill: Prefill::start(tree.clone()),
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
         }
+    }
+
+    /// Where the mount's pushes into the kernel's page cache go (see
+    /// [`Prefill`]): to be set to the session's notifier once mounted.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.prefill.notifier_slot()
     }
 
     fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
@@ -159,6 +171,11 @@ impl KluisFs {
 
     fn read_(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32) -> Result<crate::browse::ReadBytes, Errno> {
         let h = self.handle(ino, fh)?;
+        if offset == 0 && matches!(*h, Handle::Guest(_)) {
+            if let Ok(node) = self.node(ino) {
+                self.prefill.read_from_start(&self.tree, &node, ino.0, h.size());
+            }
+        }
         h.read(offset, size as usize).map_err(errno)
     }
 

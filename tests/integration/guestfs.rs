@@ -420,3 +420,75 @@ fn guest_latency_and_big_directory() {
     assert!(first < Duration::from_secs(5), "first byte after {first:?}");
     assert!(list < Duration::from_secs(5), "listing took {list:?}");
 }
+
+/// Pages of `f` that the kernel holds in its page cache (mincore on a
+/// mapping of it, which reads nothing), and the file's page count.
+fn resident_pages(f: &Path) -> (usize, usize) {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(f).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let pages = len.div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    unsafe {
+        let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
+        assert_ne!(map, libc::MAP_FAILED, "mmap {}", f.display());
+        assert_eq!(libc::mincore(map, len, vec.as_mut_ptr()), 0, "mincore {}", f.display());
+        libc::munmap(map, len);
+    }
+    (vec.iter().filter(|b| **b & 1 != 0).count(), pages)
+}
+
+/// Reading the small files of a guest directory one after the other (as
+/// `cp -r` does) makes the mount push the following ones into the page
+/// cache before they are read, with their exact bytes; a single read in a
+/// directory pushes nothing.
+#[test]
+fn guest_directory_walk_is_read_ahead() {
+    let t = "guest_directory_walk_is_read_ahead";
+    if !need(t, &["mkfs.ext4"]) || !can_fuse(t) {
+        return;
+    }
+    let mut rng = rng(t);
+    let env = Env::new();
+    let src = env.path("src");
+    for d in ["walk", "single"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        for i in 0..40 {
+            let n = rng.u64(1..60_000);
+            random_file(&src.join(d).join(format!("f{i:02}")), n, &mut rng);
+        }
+    }
+    let disk = ext4(&env, "walk.img", &src, "64M");
+    let p = env.backup("vm", &[("d", &disk)], &[]);
+
+    let (m, _) = Mount::start(&env, &env.path("mnt"));
+    let root = m.mp.join("vm").join(&p.name).join("files/d/p0");
+    let listed = |d: &str| -> Vec<PathBuf> { fs::read_dir(root.join(d)).unwrap().map(|e| e.unwrap().path()).collect() };
+
+    let single = listed("single");
+    assert_eq!(fs::read(&single[0]).unwrap(), fs::read(src.join("single").join(single[0].file_name().unwrap())).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    for f in &single[1..] {
+        assert_eq!(resident_pages(f).0, 0, "{} was pushed after a single read in its directory", f.display());
+    }
+
+    let walk = listed("walk");
+    for f in &walk[..2] {
+        fs::read(f).unwrap();
+    }
+    let t0 = Instant::now();
+    let cached = |f: &PathBuf| {
+        let (r, n) = resident_pages(f);
+        r == n
+    };
+    while !walk[2..].iter().all(cached) {
+        let missing: Vec<_> = walk[2..].iter().filter(|f| !cached(f)).collect();
+        assert!(t0.elapsed() < Duration::from_secs(10), "not pushed after 10 s: {missing:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for f in &walk {
+        let want = fs::read(src.join("walk").join(f.file_name().unwrap())).unwrap();
+        assert!(fs::read(f).unwrap() == want, "{} read back wrong", f.display());
+    }
+}
