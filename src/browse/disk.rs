@@ -271,6 +271,12 @@ impl OpenDisk {
         Ok(Some(BlockBytes::new(cached, from..from + len)))
     }
 
+    /// True when `[offset, offset + len)` lies in holes only.
+    pub fn is_hole(&self, offset: u64, len: u64) -> bool {
+        let bs = self.block_size();
+        len > 0 && (offset / bs..(offset + len).div_ceil(bs)).all(|i| self.block_id(i).is_zero())
+    }
+
     /// The frame holding block `index`, or None for a hole.
     pub fn frame_of(&self, index: u64) -> Option<FrameKey> {
         let id = self.block_id(index);

@@ -38,9 +38,13 @@ pub use guest::{parse_part, GuestHandle, GuestMeta};
 pub const REFRESH: Duration = Duration::from_millis(1000);
 /// Decoded frames kept in memory, in bytes.
 const CACHE_BYTES: u64 = 96 << 20;
-/// Blocks fetched ahead of a sequential reader: 4 MiB at 64 KiB blocks,
-/// about four frames, so that both readahead threads have one to decode.
-const READAHEAD_BLOCKS: u64 = 64;
+/// Blocks fetched ahead of a sequential reader: 16 MiB at 64 KiB blocks,
+/// eight frames of 2 MiB runs. A `dd` of a mounted 3 GiB disk, cold,
+/// alternating runs: 2.75–2.97 s (median 2.89) with 4 MiB ahead,
+/// 2.41–2.61 s (2.52) with 16 MiB, 2.41–2.84 s (2.57) with 32 MiB.
+const READAHEAD_BLOCKS: u64 = 256;
+/// What a read of holes is answered from: the largest read the kernel sends.
+static ZEROS: [u8; crate::fuse::MAX_READ as usize] = [0; crate::fuse::MAX_READ as usize];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DiskFormat {
@@ -500,10 +504,11 @@ pub struct DiskHandle {
     prefetch: Prefetch,
 }
 
-/// What a read returns: its own bytes, or a range of a cached frame.
+/// What a read returns: its own bytes, a range of a cached frame, or zeros.
 pub enum ReadBytes {
     Owned(Vec<u8>),
     Shared(BlockBytes),
+    Zeros(usize),
 }
 
 impl std::ops::Deref for ReadBytes {
@@ -512,6 +517,7 @@ impl std::ops::Deref for ReadBytes {
         match self {
             ReadBytes::Owned(v) => v,
             ReadBytes::Shared(b) => b,
+            ReadBytes::Zeros(n) => &ZEROS[..*n],
         }
     }
 }
@@ -550,6 +556,12 @@ impl Handle {
             if let Some(b) = h.disk.contiguous(offset, len)? {
                 h.readahead(offset, len as u64);
                 return Ok(ReadBytes::Shared(b));
+            }
+            // A hole (the kernel reads a third of a typical disk's bytes
+            // from them): nothing to fill, decode or allocate.
+            if len <= ZEROS.len() && offset + len as u64 <= h.disk.size() && h.disk.is_hole(offset, len as u64) {
+                h.readahead(offset, len as u64);
+                return Ok(ReadBytes::Zeros(len));
             }
         }
         let mut buf = vec![0u8; len];
