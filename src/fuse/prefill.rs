@@ -118,10 +118,10 @@ impl Pusher {
         let d = self.tree.ino(&h.dir);
         self.order.retain(|x| *x != d);
         self.order.push_back(d);
-        if self.order.len() > DIRS {
-            if let Some(old) = self.order.pop_front() {
-                self.walks.remove(&old);
-            }
+        if self.order.len() > DIRS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.walks.remove(&old);
         }
         let w = self.walks.entry(d).or_insert_with(|| Walk {
             files: Vec::new(),
