@@ -11,9 +11,9 @@
 //!
 //! Bounded so that it costs nothing when unused: it starts on the second
 //! small file read from the start in a directory, stays at most
-//! [`AHEAD_BYTES`] ahead of the reader, skips files larger than one FUSE
-//! read (the kernel's readahead serves those), and remembers few
-//! directories. What it pushes is read through the same handles as a READ,
+//! [`AHEAD_BYTES`] of page cache ahead of the reader, skips files larger
+//! than one FUSE read (the kernel's readahead serves those), and remembers
+//! few directories. What it pushes is read through the same handles as a READ,
 //! so a damaged file is not pushed and its READ gives EIO as before. The
 //! pages are the kernel's to evict: files open without OPEN keep their page
 //! cache (FOPEN_KEEP_CACHE is the kernel's default then, and is what OPEN
@@ -32,8 +32,11 @@ pub const AHEAD_BYTES: u64 = 8 << 20;
 /// Files up to this size are pushed: larger ones take several READs anyway
 /// and the kernel's readahead pipelines those.
 pub const SMALL_FILE: u64 = super::MAX_READ as u64;
-/// Directories whose walk is followed at once.
-const DIRS: usize = 16;
+/// Directories whose walk is followed at once (a `cp -r` keeps one per
+/// level of the tree it is in).
+const DIRS: usize = 8;
+/// The kernel caches whole pages: a file takes at least one.
+const PAGE: u64 = 4096;
 
 /// A small guest file read from its start: its directory and itself.
 struct Hint {
@@ -158,7 +161,7 @@ impl Pusher {
         let mut ahead = 0;
         for i in w.at..w.files.len() {
             let (id, node, size) = &w.files[i];
-            ahead += size;
+            ahead += size.next_multiple_of(PAGE);
             if ahead > AHEAD_BYTES {
                 return None;
             }
