@@ -13,8 +13,8 @@
 //! small file read from the start in a directory, stays at most
 //! [`AHEAD_BYTES`] of page cache ahead of the reader, skips files larger
 //! than one FUSE read (the kernel's readahead serves those), and remembers
-//! few directories. What it pushes is read through the same handles as a READ,
-//! so a damaged file is not pushed and its READ gives EIO as before. The
+//! few directories. What it pushes is read through the same handles as a
+//! READ, so a damaged file is not pushed and its READ gives EIO as before. The
 //! pages are the kernel's to evict: files open without OPEN keep their page
 //! cache (FOPEN_KEEP_CACHE is the kernel's default then, and is what OPEN
 //! answers otherwise), and a guest file's attributes never change.
@@ -28,10 +28,10 @@ use fuser::{INodeNo, Notifier};
 use crate::browse::{Kind, Node, VaultTree};
 
 /// How far the pushed files may run ahead of the reader.
-pub const AHEAD_BYTES: u64 = 8 << 20;
+const AHEAD_BYTES: u64 = 8 << 20;
 /// Files up to this size are pushed: larger ones take several READs anyway
 /// and the kernel's readahead pipelines those.
-pub const SMALL_FILE: u64 = super::MAX_READ as u64;
+const SMALL_FILE: u64 = super::MAX_READ as u64;
 /// Directories whose walk is followed at once (a `cp -r` keeps one per
 /// level of the tree it is in).
 const DIRS: usize = 8;
