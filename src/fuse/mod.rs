@@ -23,7 +23,7 @@
 //! which it never does while the file is open; so an open disk keeps its
 //! packs open through a gc, as with handles per open. And a reader going
 //! through a guest directory's small files finds the next ones already in
-//! the kernel's page cache ([`prefill`]), with no round trip at all.
+//! the kernel's page cache (prefill.rs), with no round trip at all.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
