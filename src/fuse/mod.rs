@@ -173,11 +173,8 @@ impl KluisFs {
 
     fn read_(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32) -> Result<crate::browse::ReadBytes, Errno> {
         let h = self.handle(ino, fh)?;
-        if offset == 0
-            && matches!(*h, Handle::Guest(_))
-            && let Ok(node) = self.node(ino)
-        {
-            self.prefill.read_from_start(&self.tree, &node, ino.0, h.size());
+        if offset == 0 && matches!(*h, Handle::Guest(_)) {
+            self.prefill.read_from_start(&self.tree, ino.0, h.size());
         }
         h.read(offset, size as usize).map_err(errno)
     }

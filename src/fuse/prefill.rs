@@ -69,15 +69,20 @@ impl Prefill {
         self.notifier.clone()
     }
 
-    /// File `file` (node `node`, `size` bytes) is being read from offset 0.
-    pub fn read_from_start(&self, tree: &VaultTree, node: &Node, file: u64, size: u64) {
-        if size <= SMALL_FILE && matches!(node, Node::Guest(..)) && self.notifier.get().is_some() {
-            let _ = self.hints.send(Hint { dir: tree.parent(node), file });
+    /// Guest file `file` (`size` bytes) is being read from offset 0. Its
+    /// node is looked up only for a small file, and only once mounted.
+    pub fn read_from_start(&self, tree: &VaultTree, file: u64, size: u64) {
+        if size > SMALL_FILE || self.notifier.get().is_none() {
+            return;
+        }
+        if let Some(node @ Node::Guest(..)) = tree.node(file) {
+            let _ = self.hints.send(Hint { dir: tree.parent(&node), file });
         }
     }
 }
 
 /// One directory being read through: its small files in listing order.
+#[derive(Default)]
 struct Walk {
     files: Vec<(u64, Node, u64)>,
     /// Index in `files` of each file's node id.
@@ -126,13 +131,7 @@ impl Pusher {
         {
             self.walks.remove(&old);
         }
-        let w = self.walks.entry(d).or_insert_with(|| Walk {
-            files: Vec::new(),
-            index: HashMap::new(),
-            done: Vec::new(),
-            reads: 0,
-            at: 0,
-        });
+        let w = self.walks.entry(d).or_default();
         w.reads += 1;
         if w.reads == 2 {
             // A walk: list the directory's small files (the listing is
