@@ -557,8 +557,8 @@ impl Handle {
                 h.readahead(offset, len as u64);
                 return Ok(ReadBytes::Shared(b));
             }
-            // A hole (the kernel reads a third of a typical disk's bytes
-            // from them): nothing to fill, decode or allocate.
+            // A hole (a third of the benchmark's OS disk): nothing to
+            // fill, decode or allocate.
             if len <= ZEROS.len() && offset + len as u64 <= h.disk.size() && h.disk.is_hole(offset, len as u64) {
                 h.readahead(offset, len as u64);
                 return Ok(ReadBytes::Zeros(len));
