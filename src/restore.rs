@@ -4,11 +4,12 @@
 //! Files are written under a temporary name in the target's directory and
 //! renamed into place when complete, so an interrupted restore never leaves a
 //! half-written file under the requested name. Chunks are fetched, checked
-//! and decompressed by several threads that write with pwrite(2).
+//! and decompressed by several threads that write with pwrite(2), each run
+//! of consecutive blocks at once, around the page cache where the target
+//! allows it (image/direct.rs).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crossbeam_channel::bounded;
 use crate::catalog::{Catalog, ChunkLocation, PointRow};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::image::{vhd, TargetFormat};
+use crate::image::{vhd, IoBuf, TargetFile, TargetFormat};
 use crate::progress::Progress;
 use crate::recovery_point::{DiskReader, FANOUT};
 use crate::store::PackFiles;
@@ -94,12 +95,12 @@ pub fn restore(
             if !is_device {
                 out.set_len(size).ctx(|| format!("size {}", tmp.display()))?;
             }
-            write_blocks(vault, &reader, &out, is_device, progress, cancel)?
+            write_blocks(vault, &reader, &TargetFile::new(&out, &tmp), is_device, progress, cancel)?
         }
         TargetFormat::VhdFixed => {
             let data = vhd::vhd_data_size(size);
             out.set_len(data + vhd::FOOTER_SIZE).ctx(|| format!("size {}", tmp.display()))?;
-            let n = write_blocks(vault, &reader, &out, false, progress, cancel)?;
+            let n = write_blocks(vault, &reader, &TargetFile::new(&out, &tmp), false, progress, cancel)?;
             let (uid, ts) = vhd_identity(point, disk);
             out.write_all_at(&vhd::fixed_footer(size, uid, ts), data).ctx(|| format!("write {}", tmp.display()))?;
             n + vhd::FOOTER_SIZE
@@ -193,14 +194,18 @@ struct Job {
 fn write_blocks(
     vault: &Vault,
     reader: &DiskReader,
-    out: &File,
+    out: &TargetFile,
     write_zeros: bool,
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<u64> {
     let (bs, size) = (reader.block_size(), reader.size());
     let blocks = reader.map().blocks();
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+    // Direct writes wait for the device: twice as many workers as cores
+    // keep it busy while the others decode (4 against 2 on two cores: the
+    // benchmark's two disks in 4.2–4.5 s against 4.5–5.5 s).
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+    let workers = if out.is_direct() { 2 * cores } else { cores };
     let written = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let index = Catalog::open_reader(&vault.index_path())?;
@@ -213,8 +218,9 @@ fn write_blocks(
             let (written, failed) = (&written, &failed);
             handles.push(s.spawn(move || -> Result<()> {
                 let zeros = vec![0u8; bs as usize];
+                let mut run = IoBuf::new(0);
                 for job in rx.iter() {
-                    let r = write_job(&job, packs, out, &zeros, bs, size, written);
+                    let r = write_job(&job, packs, out, &mut run, &zeros, bs, size, written);
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                         return r;
@@ -283,7 +289,10 @@ fn write_blocks(
 /// Zero blocks per job at most (a frame holds far fewer).
 const JOB_BLOCKS: usize = 64;
 
-fn write_job(job: &Job, packs: &PackFiles, out: &File, zeros: &[u8], bs: u64, size: u64, written: &AtomicU64) -> Result<()> {
+/// Writes the blocks of `job`: each run of consecutive ones gathered in
+/// `run` (aligned, for direct writes) and written at once.
+#[allow(clippy::too_many_arguments)]
+fn write_job(job: &Job, packs: &PackFiles, out: &TargetFile, run: &mut IoBuf, zeros: &[u8], bs: u64, size: u64, written: &AtomicU64) -> Result<()> {
     let span = |i: u64| (i * bs, bs.min(size - i * bs) as usize);
     // The job's disk bytes (jobs are never empty): blocks are in order.
     let (start, _) = span(job.blocks[0].0);
@@ -295,6 +304,8 @@ fn write_job(job: &Job, packs: &PackFiles, out: &File, zeros: &[u8], bs: u64, si
         Some(loc) => Some((loc, packs.frame(loc).map_err(|e| in_range(e, start, (end - start) as usize))?)),
         None => None,
     };
+    run.clear();
+    let mut run_at = start;
     for &(index, id, inner) in &job.blocks {
         let (off, len) = span(index);
         let data = match &frame {
@@ -304,16 +315,15 @@ fn write_job(job: &Job, packs: &PackFiles, out: &File, zeros: &[u8], bs: u64, si
                 f.checked_slice(&id, inner, len as u32, &what).map_err(|e| in_range(e, off, len))?
             }
         };
-        out.write_all_at(data, off).map_err(|e| Error::io("write restored disk", e))?;
+        if run_at + run.len() as u64 != off {
+            out.write_at(run, run_at)?;
+            run.clear();
+            run_at = off;
+        }
+        run.extend_from_slice(data);
         written.fetch_add(len as u64, Ordering::Relaxed);
     }
-    // Start writing the job's blocks back now, without waiting, so that the
-    // device works while we decode and the final fsync has little left to
-    // do. Only a hint: errors surface at that fsync.
-    unsafe {
-        libc::sync_file_range(out.as_raw_fd(), start as i64, (end - start) as i64, libc::SYNC_FILE_RANGE_WRITE);
-    }
-    Ok(())
+    out.write_at(run, run_at)
 }
 
 /// Adds the disk bytes to a damage report.

@@ -1,5 +1,5 @@
-//! Positional reads of a source image, through O_DIRECT where a read allows
-//! it.
+//! Positional reads of a source image and writes of a restored one, through
+//! O_DIRECT where an access allows it.
 //!
 //! A backup reads every byte of a disk once. Through the page cache that
 //! costs a copy and the cache's bookkeeping for every page, and pushes out
@@ -17,11 +17,20 @@
 //! hashes, and compresses only what changed), and there the kernel's
 //! readahead plus our hint 8 MiB ahead read faster than direct reads:
 //! 1.37–1.45 s against 2.0–2.4 s (with one to three reads in flight) for a
-//! cold incremental of the same images. `KLUIS_NO_DIRECT=1` turns direct
-//! reads off.
+//! cold incremental of the same images.
+//!
+//! A restore writes every byte of a disk once, and the same goes for its
+//! output ([`TargetFile`]): through the page cache, each page is a fresh
+//! allocation, a copy, and writeback that the final fsync waits for. A cold
+//! restore of the benchmark's two disks took 4.8–5.9 s buffered and 4.2–4.6 s
+//! direct (system time 2.2–3.8 → 0.3–0.6 s for the database disk); this VM
+//! writes 1.0 GB/s with one direct write of 2 MiB in flight and 1.7 GB/s
+//! with four, against 0.37 GB/s buffered with an fsync.
+//!
+//! `KLUIS_NO_DIRECT=1` turns direct reads and writes off.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -45,12 +54,7 @@ pub struct SourceFile {
 
 impl SourceFile {
     pub fn new(file: File, path: &Path) -> SourceFile {
-        let direct = if std::env::var_os("KLUIS_NO_DIRECT").is_some() {
-            None
-        } else {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).ok()
-        };
+        let direct = open_direct(path, false);
         SourceFile { file, direct, use_direct: AtomicBool::new(true), path: path.to_owned() }
     }
 
@@ -74,7 +78,6 @@ impl SourceFile {
 
     /// Fills `buf` from `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let aligned = |n: usize| n.is_multiple_of(DIRECT_ALIGN);
         if let Some(direct) = self.direct().filter(|_| aligned(buf.as_ptr() as usize) && aligned(buf.len()) && offset.is_multiple_of(DIRECT_ALIGN as u64)) {
             match direct.read_exact_at(buf, offset) {
                 Ok(()) => return Ok(()),
@@ -99,6 +102,72 @@ impl SourceFile {
     }
 }
 
+fn aligned(n: usize) -> bool {
+    n.is_multiple_of(DIRECT_ALIGN)
+}
+
+/// `path` opened again with O_DIRECT, for reading or writing: None where the
+/// filesystem refuses it (tmpfs) or `KLUIS_NO_DIRECT` is set.
+fn open_direct(path: &Path, write: bool) -> Option<File> {
+    if std::env::var_os("KLUIS_NO_DIRECT").is_some() {
+        return None;
+    }
+    OpenOptions::new().read(!write).write(write).custom_flags(libc::O_DIRECT).open(path).ok()
+}
+
+/// A restore's output file (or device), written at positions: whole
+/// aligned pages through O_DIRECT where the target allows it, everything
+/// else through the page cache.
+pub struct TargetFile<'a> {
+    file: &'a File,
+    direct: Option<File>,
+    path: &'a Path,
+}
+
+impl<'a> TargetFile<'a> {
+    /// `file` is `path` opened for writing.
+    pub fn new(file: &'a File, path: &'a Path) -> TargetFile<'a> {
+        TargetFile { file, direct: open_direct(path, true), path }
+    }
+
+    /// Whether aligned writes bypass the page cache (then they wait for the
+    /// device, and a restore keeps more of them in flight).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Writes `buf` at `offset`. When buffer and offset are aligned, its
+    /// whole pages go straight to the device and only a partial last page
+    /// through the page cache; otherwise all of it goes through the cache,
+    /// and its writeback is started (not waited for), so that the device
+    /// works while the restore decodes and the final fsync has little left.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let whole = buf.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+        let mut done = 0;
+        if let Some(direct) = self.direct.as_ref().filter(|_| whole > 0 && aligned(buf.as_ptr() as usize) && offset.is_multiple_of(DIRECT_ALIGN as u64)) {
+            match direct.write_all_at(&buf[..whole], offset) {
+                Ok(()) => done = whole,
+                // A device with larger logical blocks, say: write it as usual.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(self.failed(offset, e)),
+            }
+        }
+        if done < buf.len() {
+            let at = offset + done as u64;
+            self.file.write_all_at(&buf[done..], at).map_err(|e| self.failed(at, e))?;
+            // Only a hint: errors surface at the final fsync.
+            unsafe {
+                libc::sync_file_range(std::os::unix::io::AsRawFd::as_raw_fd(self.file), at as i64, (buf.len() - done) as i64, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+        Ok(())
+    }
+
+    fn failed(&self, offset: u64, e: std::io::Error) -> Error {
+        Error::io(format!("write {} at offset {offset}", self.path.display()), e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +182,35 @@ mod tests {
         std::fs::create_dir_all(&target).unwrap();
         for t in [tempfile::tempdir().unwrap(), tempfile::tempdir_in(&target).unwrap()] {
             reads_agree(t.path());
+        }
+    }
+
+    /// Aligned runs (direct where the filesystem allows), a run with a
+    /// partial last page, and unaligned writes all land where they should,
+    /// on tmpfs and on a disk filesystem.
+    #[test]
+    fn aligned_and_unaligned_writes_land() {
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        for t in [tempfile::tempdir().unwrap(), tempfile::tempdir_in(&target).unwrap()] {
+            let p = t.path().join("out");
+            let len = 5 * DIRECT_ALIGN + 100;
+            let want: Vec<u8> = (0..len as u32).map(|i| (i * 7 % 253) as u8 + 1).collect();
+            let file = OpenOptions::new().write(true).create(true).truncate(true).open(&p).unwrap();
+            file.set_len(len as u64).unwrap();
+            let out = TargetFile::new(&file, &p);
+            let mut run = IoBuf::new(0);
+            // Two whole pages; then from page 3 to the end (partial last page).
+            run.extend_from_slice(&want[..2 * DIRECT_ALIGN]);
+            out.write_at(&run, 0).unwrap();
+            run.clear();
+            run.extend_from_slice(&want[3 * DIRECT_ALIGN..]);
+            out.write_at(&run, 3 * DIRECT_ALIGN as u64).unwrap();
+            // Page 2 from an unaligned offset, in two pieces.
+            out.write_at(&want[2 * DIRECT_ALIGN..2 * DIRECT_ALIGN + 10], 2 * DIRECT_ALIGN as u64).unwrap();
+            out.write_at(&want[2 * DIRECT_ALIGN + 10..3 * DIRECT_ALIGN], 2 * DIRECT_ALIGN as u64 + 10).unwrap();
+            file.sync_all().unwrap();
+            assert!(std::fs::read(&p).unwrap() == want, "{}: bytes differ (direct: {})", p.display(), out.is_direct());
         }
     }
 
