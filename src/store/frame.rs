@@ -56,7 +56,7 @@ pub struct FrameEntry {
 }
 
 /// A frame holds one or more chunks compressed together: the new blocks of
-/// one read run of a backup share one zstd frame, so zstd sees up to 2 MiB
+/// one read run of a backup share one zstd frame, so zstd sees up to 3 MiB
 /// of context instead of one block (a smaller vault, and one decompression
 /// per run when reading back). See docs/format.md §4.
 ///
