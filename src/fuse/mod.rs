@@ -16,20 +16,14 @@
 //! follows), and the xattr calls answer ENOSYS once, which the kernel
 //! remembers for the mount (`ls -l` asks two per entry otherwise).
 //!
-//! Disk images are opened with FOPEN_DIRECT_IO: their reads bypass the
-//! kernel's page cache and land straight in the reader's buffer. A disk is
-//! read once, end to end, and this process keeps its own cache of decoded
-//! frames; filling the page cache as well would cost a copy into freshly
-//! allocated pages per read and another out of them, which measured 25–30%
-//! of a `dd` of a mounted disk (docs/benchmarks.md). Large reads are split
-//! into parallel requests (FUSE_ASYNC_DIO), `st_blksize` tells `cp` and
-//! `cat` to read 1 MiB at a time, and mmap still works where the kernel
-//! allows it (FUSE_DIRECT_IO_ALLOW_MMAP). Every other file keeps its page
-//! cache across opens (FOPEN_KEEP_CACHE), and a reader going through a
-//! guest directory's small files finds the next ones already in it
-//! (prefill.rs), with no READ round trip at all. A handle is made at OPEN
-//! and dropped at RELEASE, so an open disk keeps its packs open through a
-//! gc.
+//! OPEN answers ENOSYS too, where the kernel supports that (it says so at
+//! INIT): it then opens files without asking and sends no RELEASE, which
+//! halves the round trips of reading a small file. A file's handle is made
+//! at its first read and kept per inode until the kernel forgets the inode,
+//! which it never does while the file is open; so an open disk keeps its
+//! packs open through a gc, as with handles per open. And a reader going
+//! through a guest directory's small files finds the next ones already in
+//! the kernel's page cache (prefill.rs), with no round trip at all.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -62,8 +56,12 @@ type DirSnapshot = Arc<Vec<(Vec<u8>, Node, Kind)>>;
 
 pub struct KluisFs {
     tree: Arc<VaultTree>,
-    /// Open files by file handle number.
+    /// Handles by file handle number (kernels that send OPEN).
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Handles by inode number, when the kernel opens without asking.
+    by_ino: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// The kernel opens files without OPEN when told ENOSYS.
+    no_open: bool,
     /// Open directories: their entries as listed at opendir.
     dirs: Mutex<HashMap<u64, DirSnapshot>>,
     next_fh: AtomicU64,
@@ -78,6 +76,8 @@ impl KluisFs {
         KluisFs {
             tree: tree.clone(),
             handles: Mutex::new(HashMap::new()),
+            by_ino: Mutex::new(HashMap::new()),
+            no_open: false,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             prefill: Prefill::start(tree.clone()),
@@ -117,9 +117,7 @@ impl KluisFs {
             uid: a.guest.map_or(self.uid, |g| g.uid),
             gid: a.guest.map_or(self.gid, |g| g.gid),
             rdev: 0,
-            // The size `cp` and `cat` read in: a disk image's reads each
-            // make a round trip to this process (direct I/O).
-            blksize: if matches!(node, Node::Disk(..)) { MAX_READ } else { 65536 },
+            blksize: 65536,
             flags: 0,
         }
     }
@@ -141,26 +139,40 @@ impl KluisFs {
         Ok((node.clone(), self.file_attr(&node, &attr)))
     }
 
-    /// Opens `ino`: a file handle number, and whether reads of it should
-    /// bypass the kernel's page cache (disk images).
-    fn open_(&self, ino: INodeNo, flags: OpenFlags) -> Result<(u64, bool), Errno> {
+    /// Opens `ino`: a file handle number, or (no-open mode) ENOSYS once
+    /// its handle is made, so that this first open still fails as it should.
+    fn open_(&self, ino: INodeNo, flags: OpenFlags) -> Result<u64, Errno> {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(Errno::EROFS);
         }
-        let h = self.tree.open(&self.node(ino)?).map_err(errno)?;
-        let direct = matches!(h, Handle::Disk(_));
+        if self.no_open {
+            self.handle(ino, FileHandle(0))?;
+            return Err(Errno::ENOSYS);
+        }
+        let node = self.node(ino)?;
+        let h = self.tree.open(&node).map_err(errno)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, Arc::new(h));
-        Ok((fh, direct))
+        Ok(fh)
     }
 
-    /// The handle of open file `fh`.
-    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
-        self.handles.lock().unwrap().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    /// The handle of open file `fh`, or for 0 (opened without OPEN) the
+    /// handle of inode `ino`, made at its first use.
+    fn handle(&self, ino: INodeNo, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        if fh.0 != 0 {
+            return self.handles.lock().unwrap().get(&fh.0).cloned().ok_or(Errno::EBADF);
+        }
+        if let Some(h) = self.by_ino.lock().unwrap().get(&ino.0) {
+            return Ok(h.clone());
+        }
+        // Made outside the lock (a disk's map loads here); a racing first
+        // read of the same inode may make a second one, and one wins.
+        let h = Arc::new(self.tree.open(&self.node(ino)?).map_err(errno)?);
+        Ok(self.by_ino.lock().unwrap().entry(ino.0).or_insert(h).clone())
     }
 
     fn read_(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32) -> Result<crate::browse::ReadBytes, Errno> {
-        let h = self.handle(fh)?;
+        let h = self.handle(ino, fh)?;
         if offset == 0 && matches!(*h, Handle::Guest(_)) {
             self.prefill.read_from_start(&self.tree, ino.0, h.size());
         }
@@ -206,8 +218,8 @@ impl KluisFs {
         Ok(())
     }
 
-    fn lseek_(&self, fh: FileHandle, offset: i64, whence: i32) -> Result<i64, Errno> {
-        let h = self.handle(fh)?;
+    fn lseek_(&self, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32) -> Result<i64, Errno> {
+        let h = self.handle(ino, fh)?;
         let data = match whence {
             libc::SEEK_DATA => true,
             libc::SEEK_HOLE => false,
@@ -278,16 +290,13 @@ impl Filesystem for KluisFs {
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS) {
             log::info!("kernel without {missing:?}: one readlink per path walk through a symlink");
         }
-        // Disk images are read with direct I/O (see the module doc): a big
-        // read may go out as several requests at once, and mmap of them
-        // should keep working.
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO) {
-            log::info!("kernel without {missing:?}: one request at a time per disk read");
-        }
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
-            log::info!("kernel without {missing:?}: disk images cannot be mmapped");
-        }
+        self.no_open = config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         Ok(())
+    }
+
+    // The kernel has dropped the inode: no file of it is open any more.
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.by_ino.lock().unwrap().remove(&ino.0);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -313,9 +322,8 @@ impl Filesystem for KluisFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.open_(ino, flags) {
-            // Content never changes: keep the page cache across opens.
-            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE),
+            // Content never changes while open: keep the page cache across opens.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e),
         }
     }
@@ -377,8 +385,8 @@ impl Filesystem for KluisFs {
         reply.ok();
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
-        match self.lseek_(fh, offset, whence) {
+    fn lseek(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        match self.lseek_(ino, fh, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e),
         }

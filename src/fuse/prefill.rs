@@ -15,8 +15,9 @@
 //! than one FUSE read (the kernel's readahead serves those), and remembers
 //! few directories. What it pushes is read through the same handles as a
 //! READ, so a damaged file is not pushed and its READ gives EIO as before. The
-//! pages are the kernel's to evict: guest files are opened with
-//! FOPEN_KEEP_CACHE, and a guest file's attributes never change.
+//! pages are the kernel's to evict: files open without OPEN keep their page
+//! cache (FOPEN_KEEP_CACHE is the kernel's default then, and is what OPEN
+//! answers otherwise), and a guest file's attributes never change.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{channel, Receiver, Sender};

@@ -603,20 +603,3 @@ pub fn seek_runs(f: &File, size: u64, extra: &[u64], rng: &mut fastrand::Rng) ->
     }
     runs
 }
-
-/// Pages of `f` that the kernel holds in its page cache (mincore on a
-/// mapping of it, which reads nothing), and the file's page count.
-pub fn resident_pages(f: &Path) -> (usize, usize) {
-    let file = File::open(f).unwrap();
-    let len = file.metadata().unwrap().len() as usize;
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let pages = len.div_ceil(page);
-    let mut vec = vec![0u8; pages];
-    unsafe {
-        let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
-        assert_ne!(map, libc::MAP_FAILED, "mmap {}", f.display());
-        assert_eq!(libc::mincore(map, len, vec.as_mut_ptr()), 0, "mincore {}", f.display());
-        libc::munmap(map, len);
-    }
-    (vec.iter().filter(|b| **b & 1 != 0).count(), pages)
-}

@@ -421,6 +421,24 @@ fn guest_latency_and_big_directory() {
     assert!(list < Duration::from_secs(5), "listing took {list:?}");
 }
 
+/// Pages of `f` that the kernel holds in its page cache (mincore on a
+/// mapping of it, which reads nothing), and the file's page count.
+fn resident_pages(f: &Path) -> (usize, usize) {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(f).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let pages = len.div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    unsafe {
+        let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
+        assert_ne!(map, libc::MAP_FAILED, "mmap {}", f.display());
+        assert_eq!(libc::mincore(map, len, vec.as_mut_ptr()), 0, "mincore {}", f.display());
+        libc::munmap(map, len);
+    }
+    (vec.iter().filter(|b| **b & 1 != 0).count(), pages)
+}
+
 /// Reading the small files of a guest directory one after the other (as
 /// `cp -r` does) makes the mount push the following ones into the page
 /// cache before they are read, with their exact bytes; a single read in a

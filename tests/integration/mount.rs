@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -888,59 +888,6 @@ fn mount_sparse_copy_and_seek_data() {
     assert_same_file(&out, &img);
     let alloc = allocated(&out);
     assert!(alloc <= MIB, "cp --sparse=always of a mostly-hole disk allocated {alloc} of {size} bytes");
-}
-
-/// Disk images are read with direct I/O: reads leave nothing in the
-/// kernel's page cache (the mount keeps its own cache of decoded frames),
-/// `st_blksize` asks for 1 MiB reads, a read bigger than one FUSE request
-/// comes back whole, and an mmap of the disk still reads the right bytes.
-#[test]
-fn mount_disks_bypass_page_cache() {
-    let t = "mount_disks_bypass_page_cache";
-    if !fuse_ok(t) {
-        return;
-    }
-    let mut rng = rng(t);
-    let env = Env::new();
-    let img = env.path("os.img");
-    random_file(&img, 9 * MIB + 4096 + 7, &mut rng);
-    let p = env.backup("vm", &[("os", &img)], &[]);
-    let want = fs::read(&img).unwrap();
-
-    let mp = env.path("mnt");
-    let _m = MountGuard::start(&env, &mp);
-    for fmt in ["raw", "vhd"] {
-        let path = disk_path(&mp, &p, "os", fmt);
-        let f = File::open(&path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().blksize(), MIB, "{}: st_blksize", path.display());
-        // 4 MiB reads: four FUSE requests each, in flight together.
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 4 * MIB as usize];
-        loop {
-            let n = f.read_at(&mut buf, got.len() as u64).unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(got.len() as u64, fs::metadata(&path).unwrap().len(), "{}: bytes read", path.display());
-        assert!(got[..want.len()] == want[..], "{}: bytes differ from the source", path.display());
-        let (resident, pages) = resident_pages(&path);
-        assert_eq!(resident, 0, "{}: {resident} of {pages} pages left in the page cache by reading it", path.display());
-    }
-
-    // An mmap of the raw disk reads through the page cache, and reads right.
-    let raw = disk_path(&mp, &p, "os", "raw");
-    let f = File::open(&raw).unwrap();
-    let len = want.len();
-    unsafe {
-        let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
-        assert_ne!(map, libc::MAP_FAILED, "mmap {}: {}", raw.display(), io::Error::last_os_error());
-        let mapped = std::slice::from_raw_parts(map as *const u8, len);
-        let same = mapped == &want[..];
-        libc::munmap(map, len);
-        assert!(same, "{}: mmapped bytes differ from the source", raw.display());
-    }
 }
 
 // ---------------------------------------------------------------- 7. config and recovery-point.json
