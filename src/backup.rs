@@ -33,12 +33,11 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::catalog::{now_ms, Catalog, PointRow};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::image::{open_source, DiskSource};
+use crate::image::{open_source, DiskSource, IoBuf};
 use crate::progress::Progress;
 use crate::recovery_point::{ConfigEntry, DiskEntry, MapBuilder, MapReader, Manifest};
 use crate::store::{ChunkKind, Frame, PackWriter};
 use crate::timefmt::rfc3339_ms;
-use crate::image::IoBuf;
 use crate::vault::Vault;
 
 /// Largest configuration file accepted (they are libvirt XMLs and the like).
@@ -608,7 +607,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_are_2_mib_within_frame_limits() {
+    fn runs_are_3_mib_within_frame_limits() {
         assert_eq!(run_blocks(64 << 10), 48);
         assert_eq!(run_blocks(4096), 768);
         assert_eq!(run_blocks(1 << 20), 3);
