@@ -159,6 +159,21 @@ impl JobOutcome for crate::restore::RestoreReport {
     }
 }
 
+impl JobOutcome for Vec<crate::restore::RestoreReport> {
+    fn bytes(&self) -> (u64, u64) {
+        (self.iter().map(|r| r.bytes_written).sum(), 0)
+    }
+    fn detail(&self) -> Value {
+        match self.as_slice() {
+            [one] => one.detail(),
+            all => json!({
+                "point": all.first().map(|r| &r.point),
+                "disks": all.iter().map(|r| json!({"disk": r.disk, "target": r.target, "format": r.format})).collect::<Vec<_>>(),
+            }),
+        }
+    }
+}
+
 impl JobOutcome for crate::verify::VerifyReport {
     fn bytes(&self) -> (u64, u64) {
         (self.bytes_read, 0)

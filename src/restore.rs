@@ -8,11 +8,11 @@
 //! of consecutive blocks at once, around the page cache where the target
 //! allows it (image/direct.rs).
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
@@ -22,8 +22,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::image::{vhd, IoBuf, TargetFile, TargetFormat};
 use crate::progress::Progress;
-use crate::recovery_point::{DiskReader, FANOUT};
-use crate::store::PackFiles;
+use crate::recovery_point::{DiskReader, Manifest, FANOUT};
+use crate::store::{FrameBuf, PackFiles};
 use crate::vault::Vault;
 
 #[derive(Debug, serde::Serialize)]
@@ -50,6 +50,24 @@ pub fn vhd_identity(point: &PointRow, disk: &str) -> ([u8; 16], u32) {
     (uid, ts)
 }
 
+/// One disk of a point and where to write it.
+#[derive(Clone, Debug)]
+pub struct RestoreTarget {
+    pub disk: String,
+    pub to: PathBuf,
+}
+
+/// Targets for restoring into `dir`, as NAME.raw or NAME.vhd: the disks
+/// named in `disks`, or every disk of the point when it is empty. `dir` is
+/// made if missing.
+pub fn targets_in_dir(point: &PointRow, disks: &[String], dir: &Path, format: TargetFormat) -> Result<Vec<RestoreTarget>> {
+    let names: Vec<String> = if disks.is_empty() { Manifest::parse(&point.manifest)?.disks.into_iter().map(|d| d.name).collect() } else { disks.to_vec() };
+    fs::create_dir_all(dir).map_err(|e| Error::io_path("cannot create", dir, e))?;
+    let ext = if format == TargetFormat::Raw { "raw" } else { "vhd" };
+    Ok(names.into_iter().map(|disk| RestoreTarget { to: dir.join(format!("{disk}.{ext}")), disk }).collect())
+}
+
+/// Restores one disk: [`restore_disks`] with one target.
 #[allow(clippy::too_many_arguments)]
 pub fn restore(
     vault: &Vault,
@@ -61,82 +79,203 @@ pub fn restore(
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<RestoreReport> {
+    let target = RestoreTarget { disk: disk.to_owned(), to: to.to_owned() };
+    let mut reports = restore_disks(vault, point, &[target], format, force, progress, cancel)?;
+    Ok(reports.remove(0))
+}
+
+/// Restores several disks of a point at once ("restore the VM"), each by
+/// its own threads, so that one disk's decoding fills the time another's
+/// workers wait for their writes. Every target is checked before anything
+/// is written, and the new files are renamed into place only when all of
+/// them are complete and durable: a failure leaves no target changed
+/// (block devices excepted, which are written in place).
+pub fn restore_disks(
+    vault: &Vault,
+    point: &PointRow,
+    targets: &[RestoreTarget],
+    format: TargetFormat,
+    force: bool,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<Vec<RestoreReport>> {
     let started = Instant::now();
+    if targets.is_empty() {
+        return Err(Error::InvalidInput("name at least one disk to restore".into()));
+    }
+    for (i, t) in targets.iter().enumerate() {
+        if let Some(u) = targets[..i].iter().find(|u| u.disk == t.disk || u.to == t.to) {
+            let what = if u.disk == t.disk { format!("disk {} is named twice", t.disk) } else { format!("{} is the target of two disks", t.to.display()) };
+            return Err(Error::InvalidInput(what));
+        }
+    }
     // Shared lock: gc waits, so no pack this restore reads is rewritten under it.
     let _lock = vault.lock(false, || log::warn!("waiting for a running gc to finish"))?;
-    let reader = Arc::new(vault.disk_reader(point, disk)?);
-    let size = reader.size();
-    let is_device = fs::metadata(to).map(|m| m.file_type().is_block_device()).unwrap_or(false);
-    if to.exists() && !force {
-        return Err(Error::AlreadyExists(format!("{} exists; use --force to overwrite it", to.display())));
-    }
-    if is_device && format != TargetFormat::Raw {
-        return Err(Error::InvalidInput(format!("{} is a block device: only --format raw can be written to it", to.display())));
-    }
-    if format != TargetFormat::Raw && size > vhd::MAX_SIZE {
-        return Err(Error::InvalidInput(format!("disk {disk} is {size} bytes; VHD holds at most {} (use --format raw)", vhd::MAX_SIZE)));
-    }
-    let tmp = if is_device { to.to_owned() } else { temp_name(to) };
-    let out = if is_device {
-        OpenOptions::new().write(true).open(to).map_err(|e| Error::io_path("cannot open", to, e))?
-    } else {
-        OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| Error::io_path("cannot create", &tmp, e))?
+    let checked = targets.iter().map(|t| Checked::new(vault, point, t, format, force)).collect::<Result<Vec<_>>>()?;
+    let opened = checked.into_iter().map(Opened::new).collect::<Result<Vec<_>>>()?;
+    let total = opened.iter().map(|o| o.checked.size).sum();
+    let label = match targets {
+        [t] => format!("{}/{}", point.item, t.disk),
+        _ => format!("{} ({} disks)", point.item, targets.len()),
     };
-    let cleanup = TempGuard(if is_device { None } else { Some(tmp.clone()) });
-    if is_device {
-        let dev_size = unsafe { libc::lseek64(std::os::unix::io::AsRawFd::as_raw_fd(&out), 0, libc::SEEK_END) };
-        if (dev_size as u64) < size {
-            return Err(Error::InvalidInput(format!("{} holds {dev_size} bytes; the disk needs {size}", to.display())));
+    progress.start(&label, total);
+    let failed = AtomicBool::new(false);
+    let stop = || cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
+    let results: Vec<Result<(u64, f64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = opened
+            .iter()
+            .map(|o| {
+                let (failed, stop) = (&failed, &stop);
+                s.spawn(move || {
+                    let r = o.write(vault, point, format, progress, stop).map(|n| (n, started.elapsed().as_secs_f64()));
+                    let r = r.map_err(|e| match e {
+                        Error::Corrupt(m) => Error::Corrupt(format!("disk {}: {m}", o.checked.disk)),
+                        e => e,
+                    });
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("restore thread panicked")).collect()
+    });
+    // The first real error, rather than another disk's "interrupted" after it.
+    let mut done = Vec::new();
+    let mut first_err: Option<Error> = None;
+    for r in results {
+        match r {
+            Ok(d) => done.push(d),
+            Err(e) if first_err.as_ref().is_none_or(|f| matches!(f, Error::Interrupted)) => first_err = Some(e),
+            Err(_) => {}
         }
     }
-    progress.start(&format!("{}/{disk}", point.item), size);
-    let written = match format {
-        TargetFormat::Raw => {
-            if !is_device {
-                out.set_len(size).ctx(|| format!("size {}", tmp.display()))?;
-            }
-            write_blocks(vault, &reader, &TargetFile::new(&out, &tmp), is_device, progress, cancel)?
-        }
-        TargetFormat::VhdFixed => {
-            let data = vhd::vhd_data_size(size);
-            out.set_len(data + vhd::FOOTER_SIZE).ctx(|| format!("size {}", tmp.display()))?;
-            let n = write_blocks(vault, &reader, &TargetFile::new(&out, &tmp), false, progress, cancel)?;
-            let (uid, ts) = vhd_identity(point, disk);
-            out.write_all_at(&vhd::fixed_footer(size, uid, ts), data).ctx(|| format!("write {}", tmp.display()))?;
-            n + vhd::FOOTER_SIZE
-        }
-        TargetFormat::VhdDynamic => {
-            let ranges = data_ranges(&reader)?;
-            let (uid, ts) = vhd_identity(point, disk);
-            let mut n = 0u64;
-            vhd::write_dynamic(&out, size, &ranges, uid, ts, &mut |off, buf| {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(Error::Interrupted);
-                }
-                reader.read_at(buf, off)?;
-                n += buf.len() as u64;
-                progress.advance(buf.len() as u64);
-                Ok(())
-            })?;
-            n
-        }
-    };
-    out.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+    if let Some(e) = first_err {
+        return Err(e);
+    }
     progress.finish();
-    if !is_device {
-        fs::rename(&tmp, to).map_err(|e| Error::io_path("cannot rename into", to, e))?;
-        std::mem::forget(cleanup);
+    let mut reports = Vec::new();
+    for (o, (written, seconds)) in opened.into_iter().zip(done) {
+        let c = o.commit()?;
+        reports.push(RestoreReport {
+            item: point.item.clone(),
+            point: point.id.to_hex(),
+            disk: c.disk,
+            target: c.to.display().to_string(),
+            format: format.name().to_owned(),
+            size: c.size,
+            bytes_written: written,
+            seconds,
+        });
     }
-    Ok(RestoreReport {
-        item: point.item.clone(),
-        point: point.id.to_hex(),
-        disk: disk.to_owned(),
-        target: to.display().to_string(),
-        format: format.name().to_owned(),
-        size,
-        bytes_written: written,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(reports)
+}
+
+/// A target that passed every check; nothing is written yet.
+struct Checked {
+    disk: String,
+    to: PathBuf,
+    reader: DiskReader,
+    size: u64,
+    is_device: bool,
+}
+
+impl Checked {
+    fn new(vault: &Vault, point: &PointRow, t: &RestoreTarget, format: TargetFormat, force: bool) -> Result<Checked> {
+        let (disk, to) = (&t.disk, &t.to);
+        let reader = vault.disk_reader(point, disk)?;
+        let size = reader.size();
+        let is_device = fs::metadata(to).map(|m| m.file_type().is_block_device()).unwrap_or(false);
+        if to.exists() && !force {
+            return Err(Error::AlreadyExists(format!("{} exists; use --force to overwrite it", to.display())));
+        }
+        if is_device && format != TargetFormat::Raw {
+            return Err(Error::InvalidInput(format!("{} is a block device: only --format raw can be written to it", to.display())));
+        }
+        if format != TargetFormat::Raw && size > vhd::MAX_SIZE {
+            return Err(Error::InvalidInput(format!("disk {disk} is {size} bytes; VHD holds at most {} (use --format raw)", vhd::MAX_SIZE)));
+        }
+        if is_device {
+            let dev = OpenOptions::new().read(true).open(to).map_err(|e| Error::io_path("cannot open", to, e))?;
+            let dev_size = unsafe { libc::lseek64(std::os::unix::io::AsRawFd::as_raw_fd(&dev), 0, libc::SEEK_END) };
+            if (dev_size as u64) < size {
+                return Err(Error::InvalidInput(format!("{} holds {dev_size} bytes; the disk needs {size}", to.display())));
+            }
+        }
+        Ok(Checked { disk: disk.clone(), to: to.clone(), reader, size, is_device })
+    }
+}
+
+/// A target opened for writing: a temporary file next to it (removed
+/// unless committed), or the block device itself.
+struct Opened {
+    checked: Checked,
+    tmp: PathBuf,
+    out: fs::File,
+    cleanup: TempGuard,
+}
+
+impl Opened {
+    fn new(checked: Checked) -> Result<Opened> {
+        let to = &checked.to;
+        if checked.is_device {
+            let out = OpenOptions::new().write(true).open(to).map_err(|e| Error::io_path("cannot open", to, e))?;
+            return Ok(Opened { tmp: to.clone(), out, cleanup: TempGuard(None), checked });
+        }
+        let tmp = temp_name(to);
+        let out = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| Error::io_path("cannot create", &tmp, e))?;
+        Ok(Opened { cleanup: TempGuard(Some(tmp.clone())), tmp, out, checked })
+    }
+
+    /// Writes the disk in `format` and makes it durable; returns bytes written.
+    fn write(&self, vault: &Vault, point: &PointRow, format: TargetFormat, progress: &dyn Progress, stop: &(dyn Fn() -> bool + Sync)) -> Result<u64> {
+        let (out, tmp, c) = (&self.out, &self.tmp, &self.checked);
+        let (reader, size) = (&c.reader, c.size);
+        let written = match format {
+            TargetFormat::Raw => {
+                if !c.is_device {
+                    out.set_len(size).ctx(|| format!("size {}", tmp.display()))?;
+                }
+                write_blocks(vault, reader, &TargetFile::new(out, tmp), c.is_device, progress, stop)?
+            }
+            TargetFormat::VhdFixed => {
+                let data = vhd::vhd_data_size(size);
+                out.set_len(data + vhd::FOOTER_SIZE).ctx(|| format!("size {}", tmp.display()))?;
+                let n = write_blocks(vault, reader, &TargetFile::new(out, tmp), false, progress, stop)?;
+                let (uid, ts) = vhd_identity(point, &c.disk);
+                out.write_all_at(&vhd::fixed_footer(size, uid, ts), data).ctx(|| format!("write {}", tmp.display()))?;
+                n + vhd::FOOTER_SIZE
+            }
+            TargetFormat::VhdDynamic => {
+                let ranges = data_ranges(reader)?;
+                let (uid, ts) = vhd_identity(point, &c.disk);
+                let mut n = 0u64;
+                vhd::write_dynamic(out, size, &ranges, uid, ts, &mut |off, buf| {
+                    if stop() {
+                        return Err(Error::Interrupted);
+                    }
+                    reader.read_at(buf, off)?;
+                    n += buf.len() as u64;
+                    progress.advance(buf.len() as u64);
+                    Ok(())
+                })?;
+                n
+            }
+        };
+        out.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+        Ok(written)
+    }
+
+    /// Puts a complete file under its name.
+    fn commit(self) -> Result<Checked> {
+        if !self.checked.is_device {
+            let to = &self.checked.to;
+            fs::rename(&self.tmp, to).map_err(|e| Error::io_path("cannot rename into", to, e))?;
+            std::mem::forget(self.cleanup);
+        }
+        Ok(self.checked)
+    }
 }
 
 fn temp_name(to: &Path) -> PathBuf {
@@ -175,29 +314,40 @@ pub fn data_ranges(reader: &DiskReader) -> Result<Vec<std::ops::Range<u64>>> {
     Ok(out)
 }
 
-/// Blocks a restore worker writes in one go: all from one frame (decoded
-/// once), or zero blocks (`frame` None).
+/// Blocks a restore worker writes in one go: those of one window of the
+/// disk that one frame holds (decoded once), or a stretch of zero blocks
+/// (`frame` None).
 struct Job {
     frame: Option<ChunkLocation>,
     /// (block index, chunk id, its offset in the frame's decoded bytes)
     blocks: Vec<(u64, ChunkId, u32)>,
 }
 
+/// Disk blocks whose chunks are gathered by frame before any is handed
+/// out (256 MiB of 64 KiB blocks). A frame stays whole in a window even
+/// where later points replaced some of its blocks, or where another stretch
+/// of the disk has the same content, so it is read and decoded once per
+/// window instead of once per stretch; the window bounds the memory that
+/// takes (about 50 bytes a block) and the wait before the first write.
+const WINDOW_BLOCKS: u64 = 4096;
+
+/// Zero blocks per job at most.
+const JOB_BLOCKS: usize = 64;
+
 /// Writes every non-zero block at its offset (and zero blocks too when
 /// `write_zeros`, for devices that may hold old data). Returns bytes written.
 ///
 /// This thread walks the map and looks every chunk up in one read
 /// transaction (one SQLite snapshot, no per-statement locking), and hands
-/// the blocks out by frame, so that each worker decodes a different frame
-/// and no frame is decoded twice in a row; workers only read, decompress,
-/// check and pwrite.
+/// the blocks out by frame, window by window; workers only read,
+/// decompress, check and pwrite.
 fn write_blocks(
     vault: &Vault,
     reader: &DiskReader,
     out: &TargetFile,
     write_zeros: bool,
     progress: &dyn Progress,
-    cancel: &AtomicBool,
+    stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<u64> {
     let (bs, size) = (reader.block_size(), reader.size());
     let blocks = reader.map().blocks();
@@ -217,10 +367,11 @@ fn write_blocks(
             let rx = rx.clone();
             let (written, failed) = (&written, &failed);
             handles.push(s.spawn(move || -> Result<()> {
-                let zeros = vec![0u8; bs as usize];
-                let mut run = IoBuf::new(0);
+                let mut zeros = IoBuf::new(0);
+                zeros.resize(bs as usize, 0);
+                let mut frame = FrameBuf::default();
                 for job in rx.iter() {
-                    let r = write_job(&job, packs, out, &mut run, &zeros, bs, size, written);
+                    let r = write_job(&job, packs, out, &mut frame, &zeros, bs, size, written);
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                         return r;
@@ -232,7 +383,7 @@ fn write_blocks(
         drop(rx);
         let walk = || -> Result<()> {
             let _snapshot = index.conn().unchecked_transaction()?;
-            let mut job = Job { frame: None, blocks: Vec::new() };
+            let mut window = Window::default();
             for page in 0..blocks.div_ceil(FANOUT as u64) {
                 let ids = reader.map().leaf(page)?;
                 for (i, id) in ids.iter().enumerate() {
@@ -240,40 +391,27 @@ fn write_blocks(
                     if index_no >= blocks {
                         break;
                     }
-                    if cancel.load(Ordering::Relaxed) {
+                    if stop() {
                         return Err(Error::Interrupted);
                     }
                     if failed.load(Ordering::Relaxed) {
                         return Ok(());
                     }
-                    if !id.is_zero() || write_zeros {
-                        let loc = if id.is_zero() {
-                            None
-                        } else {
-                            Some(index.chunk_location(id)?.ok_or_else(|| {
-                                Error::Corrupt(format!("chunk {id} (disk bytes {}..) is referenced but missing from the index", index_no * bs))
-                            })?)
-                        };
-                        let same = match (&job.frame, &loc) {
-                            (None, None) => true,
-                            (Some(a), Some(b)) => a.pack == b.pack && a.offset == b.offset,
-                            _ => false,
-                        };
-                        if !same || job.blocks.len() >= JOB_BLOCKS {
-                            let next = Job { frame: loc.clone(), blocks: Vec::new() };
-                            let done = std::mem::replace(&mut job, next);
-                            if !done.blocks.is_empty() && tx.send(done).is_err() {
-                                return Ok(());
-                            }
-                        }
-                        job.blocks.push((index_no, *id, loc.map_or(0, |l| l.inner)));
+                    if index_no.is_multiple_of(WINDOW_BLOCKS) && !window.send(&tx) {
+                        return Ok(());
+                    }
+                    if !id.is_zero() {
+                        let loc = index.chunk_location(id)?.ok_or_else(|| {
+                            Error::Corrupt(format!("chunk {id} (disk bytes {}..) is referenced but missing from the index", index_no * bs))
+                        })?;
+                        window.add(loc, index_no, *id);
+                    } else if write_zeros {
+                        window.add_zero(index_no);
                     }
                     progress.advance(bs.min(size - index_no * bs));
                 }
             }
-            if !job.blocks.is_empty() {
-                let _ = tx.send(job);
-            }
+            window.send(&tx);
             Ok(())
         };
         let walked = walk();
@@ -286,44 +424,79 @@ fn write_blocks(
     Ok(written.into_inner())
 }
 
-/// Zero blocks per job at most (a frame holds far fewer).
-const JOB_BLOCKS: usize = 64;
+/// The jobs of one window of the disk, in the order their first block
+/// comes, so that writes go forward through the disk.
+#[derive(Default)]
+struct Window {
+    jobs: Vec<Job>,
+    by_frame: HashMap<(String, u64), usize>,
+}
 
-/// Writes the blocks of `job`: each run of consecutive ones gathered in
-/// `run` (aligned, for direct writes) and written at once.
+impl Window {
+    fn add(&mut self, loc: ChunkLocation, index: u64, id: ChunkId) {
+        let inner = loc.inner;
+        match self.by_frame.entry((loc.pack.clone(), loc.offset)) {
+            Entry::Occupied(e) => self.jobs[*e.get()].blocks.push((index, id, inner)),
+            Entry::Vacant(e) => {
+                e.insert(self.jobs.len());
+                self.jobs.push(Job { frame: Some(loc), blocks: vec![(index, id, inner)] });
+            }
+        }
+    }
+
+    fn add_zero(&mut self, index: u64) {
+        match self.jobs.last_mut() {
+            Some(j) if j.frame.is_none() && j.blocks.len() < JOB_BLOCKS && j.blocks.last().is_some_and(|b| b.0 + 1 == index) => {
+                j.blocks.push((index, ChunkId::ZERO, 0))
+            }
+            _ => self.jobs.push(Job { frame: None, blocks: vec![(index, ChunkId::ZERO, 0)] }),
+        }
+    }
+
+    /// Hands the window's jobs out; false once the workers are gone.
+    fn send(&mut self, tx: &crossbeam_channel::Sender<Job>) -> bool {
+        self.by_frame.clear();
+        self.jobs.drain(..).all(|j| tx.send(j).is_ok())
+    }
+}
+
+/// Writes the blocks of `job`, each run of them that lies consecutively
+/// both on the disk and in the frame with one write straight from the
+/// decoded frame (whose buffer is aligned for direct I/O).
 #[allow(clippy::too_many_arguments)]
-fn write_job(job: &Job, packs: &PackFiles, out: &TargetFile, run: &mut IoBuf, zeros: &[u8], bs: u64, size: u64, written: &AtomicU64) -> Result<()> {
+fn write_job(job: &Job, packs: &PackFiles, out: &TargetFile, frame: &mut FrameBuf, zeros: &[u8], bs: u64, size: u64, written: &AtomicU64) -> Result<()> {
     let span = |i: u64| (i * bs, bs.min(size - i * bs) as usize);
-    // The job's disk bytes (jobs are never empty): blocks are in order.
-    let (start, _) = span(job.blocks[0].0);
-    let end = {
-        let (off, len) = span(job.blocks[job.blocks.len() - 1].0);
-        off + len as u64
+    let Some(loc) = &job.frame else {
+        for &(index, ..) in &job.blocks {
+            let (off, len) = span(index);
+            out.write_at(&zeros[..len], off)?;
+            written.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        return Ok(());
     };
-    let frame = match &job.frame {
-        Some(loc) => Some((loc, packs.frame(loc).map_err(|e| in_range(e, start, (end - start) as usize))?)),
-        None => None,
-    };
-    run.clear();
-    let mut run_at = start;
+    let (first, _) = span(job.blocks[0].0);
+    let f = frame.read(packs, loc).map_err(|e| in_range(e, first, bs as usize))?;
+    let what = format_args!("pack {}", loc.pack);
+    // (disk offset, offset in the frame, length) of the run being gathered
+    let mut run: Option<(u64, usize, usize)> = None;
     for &(index, id, inner) in &job.blocks {
         let (off, len) = span(index);
-        let data = match &frame {
-            None => &zeros[..len],
-            Some((loc, f)) => {
-                let what = format_args!("pack {}", loc.pack);
-                f.checked_slice(&id, inner, len as u32, &what).map_err(|e| in_range(e, off, len))?
+        f.checked_slice(&id, inner, len as u32, &what).map_err(|e| in_range(e, off, len))?;
+        let inner = inner as usize;
+        run = match run {
+            Some((d, i, l)) if d + l as u64 == off && i + l == inner => Some((d, i, l + len)),
+            Some((d, i, l)) => {
+                out.write_at(&f.raw[i..i + l], d)?;
+                Some((off, inner, len))
             }
+            None => Some((off, inner, len)),
         };
-        if run_at + run.len() as u64 != off {
-            out.write_at(run, run_at)?;
-            run.clear();
-            run_at = off;
-        }
-        run.extend_from_slice(data);
         written.fetch_add(len as u64, Ordering::Relaxed);
     }
-    out.write_at(run, run_at)
+    if let Some((d, i, l)) = run {
+        out.write_at(&f.raw[i..i + l], d)?;
+    }
+    Ok(())
 }
 
 /// Adds the disk bytes to a damage report.

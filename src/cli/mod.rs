@@ -69,14 +69,19 @@ pub enum Command {
         #[arg(long)]
         deleted: bool,
     },
-    /// Write a disk of a recovery point to a file or block device
+    /// Write disks of a recovery point to files or block devices
     Restore {
         /// ITEM@latest, ITEM@<UTC time> or ITEM@<id prefix>
         point: String,
-        #[arg(long)]
-        disk: String,
-        #[arg(long)]
-        to: PathBuf,
+        /// A disk to restore; repeat, each with its own --to, to restore several at once
+        #[arg(long, value_name = "NAME")]
+        disk: Vec<String>,
+        /// Where the --disk of the same position goes
+        #[arg(long, value_name = "PATH")]
+        to: Vec<PathBuf>,
+        /// Restore into DIR as NAME.raw / NAME.vhd: every disk of the point, or the --disk ones
+        #[arg(long, value_name = "DIR", conflicts_with = "to")]
+        to_dir: Option<PathBuf>,
         /// raw (sparse), vhd (fixed) or vhd-dynamic
         #[arg(long, default_value = "raw")]
         format: String,
@@ -173,15 +178,33 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let vault = Vault::open(&vault_dir)?;
             output::points(&out, &vault, item.as_deref(), deleted)?;
         }
-        Command::Restore { point, disk, to, format, force } => {
+        Command::Restore { point, disk, to, to_dir, format, force } => {
             let format: TargetFormat = format.parse()?;
+            if to_dir.is_none() && (disk.is_empty() || disk.len() != to.len()) {
+                return Err(Error::InvalidInput(format!(
+                    "give each --disk its --to ({} --disk, {} --to), or use --to-dir DIR",
+                    disk.len(),
+                    to.len()
+                )));
+            }
             let vault = Vault::open(&vault_dir)?;
             let item = point.split_once('@').map_or(point.as_str(), |(i, _)| i);
-            let rep = kluis::jobs::run(&vault, "restore", Some(item), |_| {
+            let reps = kluis::jobs::run(&vault, "restore", Some(item), |_| {
                 let p = vault.select(&point, false)?;
-                kluis::restore::restore(&vault, &p, &disk, &to, format, force, &bars, &CANCEL)
+                let targets = match &to_dir {
+                    Some(dir) => kluis::restore::targets_in_dir(&p, &disk, dir, format)?,
+                    None => disk.iter().zip(&to).map(|(d, t)| kluis::restore::RestoreTarget { disk: d.clone(), to: t.clone() }).collect(),
+                };
+                kluis::restore::restore_disks(&vault, &p, &targets, format, force, &bars, &CANCEL)
             })?;
-            out.result(&rep, || format!("restored {}/{} to {} ({}, {:.1}s)", rep.item, rep.disk, rep.target, output::bytes(rep.size), rep.seconds))?;
+            let human = || {
+                let line = |r: &kluis::restore::RestoreReport| format!("restored {}/{} to {} ({}, {:.1}s)", r.item, r.disk, r.target, output::bytes(r.size), r.seconds);
+                reps.iter().map(line).collect::<Vec<_>>().join("\n")
+            };
+            match reps.as_slice() {
+                [one] => out.result(one, human)?,
+                _ => out.result(&reps, human)?,
+            }
         }
         Command::Verify { point, read_data } => {
             let vault = Vault::open(&vault_dir)?;

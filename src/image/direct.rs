@@ -108,7 +108,7 @@ fn aligned(n: usize) -> bool {
 
 /// `path` opened again with O_DIRECT, for reading or writing: None where the
 /// filesystem refuses it (tmpfs) or `KLUIS_NO_DIRECT` is set.
-fn open_direct(path: &Path, write: bool) -> Option<File> {
+pub fn open_direct(path: &Path, write: bool) -> Option<File> {
     if std::env::var_os("KLUIS_NO_DIRECT").is_some() {
         return None;
     }

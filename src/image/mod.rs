@@ -9,7 +9,7 @@ mod direct;
 pub mod raw;
 pub mod vhd;
 
-pub use direct::{IoBuf, SourceFile, TargetFile, DIRECT_ALIGN};
+pub use direct::{open_direct, IoBuf, SourceFile, TargetFile, DIRECT_ALIGN};
 
 use std::fs::File;
 use std::ops::Range;

@@ -277,24 +277,44 @@ impl Frame {
 pub fn decode_payload(h: &FrameHeader, payload: &[u8], what: &dyn std::fmt::Display) -> Result<Vec<u8>> {
     let raw = match h.codec {
         Codec::Stored => payload.to_vec(),
-        Codec::Zstd => {
-            thread_local! {
-                static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
-            }
-            DCTX.with(|d| {
-                let mut d = d.borrow_mut();
-                if d.is_none() {
-                    *d = Some(zstd::bulk::Decompressor::new()?);
-                }
-                d.as_mut().unwrap().decompress(payload, h.raw_len as usize)
-            })
-            .map_err(|e| Error::Corrupt(format!("{} in {what}: cannot decompress: {e}", h.describe())))?
-        }
+        Codec::Zstd => with_decompressor(h, what, |d| d.decompress(payload, h.raw_len as usize))?,
     };
     if raw.len() != h.raw_len as usize {
         return Err(Error::Corrupt(format!("{} in {what}: length {} != {}", h.describe(), raw.len(), h.raw_len)));
     }
     Ok(raw)
+}
+
+/// [`decode_payload`] into `out`, which must be `h.raw_len` bytes long: a
+/// caller decoding frame after frame keeps one buffer for all of them.
+pub fn decode_payload_into(h: &FrameHeader, payload: &[u8], out: &mut [u8], what: &dyn std::fmt::Display) -> Result<()> {
+    let n = match h.codec {
+        Codec::Stored => {
+            let n = payload.len().min(out.len());
+            out[..n].copy_from_slice(&payload[..n]);
+            payload.len()
+        }
+        Codec::Zstd => with_decompressor(h, what, |d| d.decompress_to_buffer(payload, out))?,
+    };
+    if n != h.raw_len as usize || out.len() != n {
+        return Err(Error::Corrupt(format!("{} in {what}: length {n} != {}", h.describe(), h.raw_len)));
+    }
+    Ok(())
+}
+
+/// Runs `f` with this thread's zstd decompressor (made on first use).
+fn with_decompressor<T>(h: &FrameHeader, what: &dyn std::fmt::Display, f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>) -> Result<T> {
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        f(d.as_mut().unwrap())
+    })
+    .map_err(|e| Error::Corrupt(format!("{} in {what}: cannot decompress: {e}", h.describe())))
 }
 
 /// The first `n` bytes of a frame's decoded payload, decoding no further.

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use super::frame::*;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
+use crate::image::{open_direct, IoBuf, DIRECT_ALIGN};
 
 pub fn pack_path(vault: &Path, name: &str) -> PathBuf {
     vault.join("packs").join(&name[..2]).join(format!("{name}.pack"))
@@ -135,13 +136,14 @@ pub struct ChunkLocation {
 }
 
 /// A frame read back and decoded (a zstd payload is checked by zstd's
-/// content checksum on the way; a stored one is not).
-pub struct DecodedFrame {
+/// content checksum on the way; a stored one is not). `raw` is the decoded
+/// payload: its own vector, or a [`FrameBuf`]'s buffer.
+pub struct DecodedFrame<B = Vec<u8>> {
     pub header: FrameHeader,
-    pub raw: Vec<u8>,
+    pub raw: B,
 }
 
-impl DecodedFrame {
+impl<B: AsRef<[u8]>> DecodedFrame<B> {
     /// The bytes of chunk `id` at `inner..inner + raw_len`, as the index
     /// says, after checking that the frame's table agrees and that they hash
     /// to `id`. Works on a decoded prefix too, as far as it goes.
@@ -149,6 +151,7 @@ impl DecodedFrame {
         self.position(id, inner, raw_len, what)?;
         let bytes = self
             .raw
+            .as_ref()
             .get(inner as usize..(inner + raw_len) as usize)
             .ok_or_else(|| Error::Corrupt(format!("chunk {id} in {what}: past the decoded bytes")))?;
         check_chunk(id, bytes, what)?;
@@ -165,7 +168,7 @@ impl DecodedFrame {
 
     /// Every chunk of the frame with its bytes, in table order.
     pub fn chunks(&self) -> impl Iterator<Item = (ChunkId, &[u8])> {
-        self.header.ranges().map(|(e, r)| (e.id, &self.raw[r]))
+        self.header.ranges().map(|(e, r)| (e.id, &self.raw.as_ref()[r]))
     }
 }
 
@@ -182,15 +185,7 @@ pub fn read_frame(file: &File, name: &str, offset: u64, frame_len: u32) -> Resul
 /// blake3.
 pub fn read_frame_upto(file: &File, name: &str, offset: u64, frame_len: u32, upto: Option<usize>) -> Result<DecodedFrame> {
     let what = format_args!("pack {name} at offset {offset}");
-    let read = |buf: &mut [u8], at: u64| {
-        file.read_exact_at(buf, at).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::Corrupt(format!("{what}: pack is truncated"))
-            } else {
-                Error::io(format!("read {what}"), e)
-            }
-        })
-    };
+    let read = |buf: &mut [u8], at: u64| file.read_exact_at(buf, at).map_err(|e| read_error(e, &what));
     // A prefix reads the header and the start of the payload first (one
     // read covers both for frames of the usual size), then the payload only
     // as far as the decoder gets.
@@ -208,10 +203,7 @@ pub fn read_frame_upto(file: &File, name: &str, offset: u64, frame_len: u32, upt
             read(&mut buf[have..], offset + have as u64)?;
         }
     }
-    let header = FrameHeader::parse(&buf, &what)?;
-    if header.frame_len() != frame_len as u64 {
-        return Err(Error::Corrupt(format!("{what}: frame is {} bytes, the index says {frame_len}", header.frame_len())));
-    }
+    let header = parse_frame(&buf, frame_len, &what)?;
     let hl = header.header_len();
     let raw = match upto {
         Some(n) if n < header.raw_len as usize => {
@@ -259,6 +251,113 @@ pub fn read_header(file: &File, offset: u64, what: &dyn std::fmt::Display) -> Re
     FrameHeader::parse(&hb, what)
 }
 
+/// One frame after another read and decoded into the same two buffers, so
+/// that no frame allocates, or faults in fresh pages (which costs more than
+/// the decoding on a VM): a restore worker's. The pack is read around the
+/// page cache where its filesystem allows, since a restore reads each frame
+/// once.
+pub struct FrameBuf {
+    stored: IoBuf,
+    raw: IoBuf,
+}
+
+impl Default for FrameBuf {
+    fn default() -> FrameBuf {
+        FrameBuf { stored: IoBuf::new(0), raw: IoBuf::new(0) }
+    }
+}
+
+impl FrameBuf {
+    /// Reads and decodes the frame `loc` points into. The decoded bytes are
+    /// 4 KiB-aligned, so they can be written with direct I/O.
+    pub fn read(&mut self, packs: &PackFiles, loc: &ChunkLocation) -> Result<DecodedFrame<&[u8]>> {
+        let what = format_args!("pack {} at offset {}", loc.pack, loc.offset);
+        let direct = packs.direct_file(&loc.pack)?;
+        let bytes = read_stored(&*packs.file(&loc.pack)?, direct.as_deref(), loc.offset, loc.frame_len, &mut self.stored, &what)?;
+        let header = parse_frame(bytes, loc.frame_len, &what)?;
+        self.raw.resize(header.raw_len as usize, 0);
+        decode_payload_into(&header, &bytes[header.header_len()..], &mut self.raw, &what)?;
+        Ok(DecodedFrame { header, raw: &self.raw[..] })
+    }
+}
+
+/// Reads and decodes the frame of `frame_len` bytes at `offset` of `file`
+/// into a vector of its own, like [`read_frame`], but reading the frame's
+/// stored bytes into `buf` (with O_DIRECT through `direct` where given):
+/// for a reader that decodes many frames once each and keeps them.
+pub fn read_frame_via(file: &File, direct: Option<&File>, name: &str, offset: u64, frame_len: u32, buf: &mut IoBuf) -> Result<DecodedFrame> {
+    let what = format_args!("pack {name} at offset {offset}");
+    let bytes = read_stored(file, direct, offset, frame_len, buf, &what)?;
+    let header = parse_frame(bytes, frame_len, &what)?;
+    let raw = decode_payload(&header, &bytes[header.header_len()..], &what)?;
+    Ok(DecodedFrame { header, raw })
+}
+
+/// The header of a frame read whole, checked against the length the index
+/// gives it.
+fn parse_frame(bytes: &[u8], frame_len: u32, what: &dyn std::fmt::Display) -> Result<FrameHeader> {
+    let header = FrameHeader::parse(bytes, what)?;
+    if header.frame_len() != frame_len as u64 {
+        return Err(Error::Corrupt(format!("{what}: frame is {} bytes, the index says {frame_len}", header.frame_len())));
+    }
+    Ok(header)
+}
+
+/// The `len` bytes at `offset` of a pack, read into `buf`: with O_DIRECT
+/// through `direct` when given and the filesystem takes it, else through
+/// `file` and the page cache.
+fn read_stored<'a>(file: &File, direct: Option<&File>, offset: u64, len: u32, buf: &'a mut IoBuf, what: &dyn std::fmt::Display) -> Result<&'a [u8]> {
+    let len = len as usize;
+    let at = match direct {
+        Some(f) => read_direct(f, offset, len, buf).map_err(|e| read_error(e, what))?,
+        None => None,
+    };
+    let at = match at {
+        Some(at) => at,
+        None => {
+            buf.resize(len, 0);
+            file.read_exact_at(&mut buf[..len], offset).map_err(|e| read_error(e, what))?;
+            0
+        }
+    };
+    Ok(&buf[at..at + len])
+}
+
+/// Reads `len` bytes at `offset` of a file opened with O_DIRECT into `buf`,
+/// widened to whole pages; returns where in `buf` they start, or None when
+/// the filesystem refuses direct reads after all (EINVAL).
+fn read_direct(f: &File, offset: u64, len: usize, buf: &mut IoBuf) -> std::io::Result<Option<usize>> {
+    let start = offset / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
+    let lead = (offset - start) as usize;
+    let span = (lead + len).next_multiple_of(DIRECT_ALIGN);
+    buf.resize(span, 0);
+    // The pack's last page may be short: read until its end.
+    let mut got = 0;
+    while got < lead + len {
+        match f.read_at(&mut buf[got..span], start + got as u64) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && got == 0 => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        if got % DIRECT_ALIGN != 0 && got < lead + len {
+            // A short read inside the file ends a direct read: the rest
+            // would be unaligned.
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(Some(lead))
+}
+
+fn read_error(e: std::io::Error, what: &dyn std::fmt::Display) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::Corrupt(format!("{what}: pack is truncated"))
+    } else {
+        Error::io(format!("read {what}"), e)
+    }
+}
+
 /// Decoded frames kept by [`PackFiles`]: a restore asks for the chunks of one
 /// frame one after another, often from several threads, and must not
 /// decompress the frame again for each.
@@ -269,12 +368,14 @@ const FRAME_CACHE_FRAMES: usize = 32;
 pub struct PackFiles {
     vault: PathBuf,
     open: Mutex<HashMap<String, Arc<File>>>,
+    /// The same packs opened with O_DIRECT (None: the filesystem has none).
+    direct: Mutex<HashMap<String, Option<Arc<File>>>>,
     frames: quick_cache::sync::Cache<(String, u64), Arc<DecodedFrame>>,
 }
 
 impl PackFiles {
     pub fn new(vault: &Path) -> PackFiles {
-        PackFiles { vault: vault.to_owned(), open: Mutex::new(HashMap::new()), frames: quick_cache::sync::Cache::new(FRAME_CACHE_FRAMES) }
+        PackFiles { vault: vault.to_owned(), open: Mutex::new(HashMap::new()), direct: Mutex::new(HashMap::new()), frames: quick_cache::sync::Cache::new(FRAME_CACHE_FRAMES) }
     }
 
     pub fn file(&self, name: &str) -> Result<Arc<File>> {
@@ -284,6 +385,18 @@ impl PackFiles {
         let path = pack_path(&self.vault, name);
         let f = Arc::new(File::open(&path).map_err(|e| Error::io(format!("open pack {name}"), e))?);
         self.open.lock().unwrap().insert(name.to_owned(), f.clone());
+        Ok(f)
+    }
+
+    /// Pack `name` opened for direct reads, if its filesystem has them (and
+    /// KLUIS_NO_DIRECT is not set).
+    pub fn direct_file(&self, name: &str) -> Result<Option<Arc<File>>> {
+        if let Some(f) = self.direct.lock().unwrap().get(name) {
+            return Ok(f.clone());
+        }
+        self.file(name)?; // a missing pack is an error, not "no direct I/O"
+        let f = open_direct(&pack_path(&self.vault, name), false).map(Arc::new);
+        self.direct.lock().unwrap().insert(name.to_owned(), f.clone());
         Ok(f)
     }
 
@@ -304,6 +417,7 @@ impl PackFiles {
     /// Forgets open files and decoded frames (after gc replaced packs).
     pub fn clear(&self) {
         self.open.lock().unwrap().clear();
+        self.direct.lock().unwrap().clear();
         self.frames.clear();
     }
 }
@@ -374,10 +488,19 @@ mod tests {
     use super::*;
     use crate::store::ChunkKind;
 
+    /// On the temporary directory's filesystem and on the target's (direct
+    /// reads where a filesystem has them: tmpfs has not).
     #[test]
     fn write_read_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = PackWriter::create(dir.path()).unwrap();
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        fs::create_dir_all(&target).unwrap();
+        for dir in [tempfile::tempdir().unwrap(), tempfile::tempdir_in(&target).unwrap()] {
+            write_read_scan_in(dir.path());
+        }
+    }
+
+    fn write_read_scan_in(dir: &Path) {
+        let mut w = PackWriter::create(dir).unwrap();
         let mut locs = Vec::new();
         for i in 0..10u8 {
             // Frames of one to three chunks.
@@ -390,25 +513,43 @@ mod tests {
             }
         }
         let p = w.finish().unwrap();
-        assert_eq!(packs_on_disk(dir.path()).unwrap(), vec![p.name.clone()]);
-        let files = PackFiles::new(dir.path());
-        for (id, offset, frame_len, inner, data) in &locs {
+        assert_eq!(packs_on_disk(dir).unwrap(), vec![p.name.clone()]);
+        let files = PackFiles::new(dir);
+        // One FrameBuf for all frames, big and small, in the pack's order
+        // and backwards; the pack's last frame ends mid-page.
+        let mut buf = FrameBuf::default();
+        for (id, offset, frame_len, inner, data) in locs.iter().chain(locs.iter().rev()) {
             let loc = ChunkLocation { pack: p.name.clone(), offset: *offset, frame_len: *frame_len, inner: *inner, raw_len: data.len() as u32 };
             assert_eq!(&files.read_chunk(&loc, *id).unwrap(), data);
+            let f = buf.read(&files, &loc).unwrap();
+            assert_eq!(f.checked_slice(id, *inner, data.len() as u32, &"t").unwrap(), &data[..]);
+            assert_eq!(f.raw.as_ptr() as usize % DIRECT_ALIGN, 0);
             // The index pointing at the wrong place is caught.
-            let wrong = ChunkLocation { inner: inner + 1, ..loc };
+            let wrong = ChunkLocation { inner: inner + 1, ..loc.clone() };
             assert!(files.read_chunk(&wrong, *id).is_err());
+            assert!(buf.read(&files, &loc).unwrap().checked_slice(id, inner + 1, data.len() as u32, &"t").is_err());
+            let wrong = ChunkLocation { frame_len: frame_len + 1, ..loc };
+            assert!(buf.read(&files, &wrong).is_err());
         }
+        assert_eq!(files.direct_file(&p.name).unwrap().is_some(), crate::image::open_direct(&pack_path(dir, &p.name), false).is_some());
         let mut n = 0;
-        scan_pack(&pack_path(dir.path(), &p.name), true, |f| {
+        scan_pack(&pack_path(dir, &p.name), true, |f| {
             assert!(f.errors.iter().all(Option::is_none));
             n += f.header.chunks.len();
         })
         .unwrap();
         assert_eq!(n, locs.len());
+        // A pack cut short: its last frame is reported truncated.
+        let (_, offset, frame_len, inner, data) = locs.last().unwrap();
+        let path = pack_path(dir, &p.name);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(offset + *frame_len as u64 - 10).unwrap();
+        let loc = ChunkLocation { pack: p.name.clone(), offset: *offset, frame_len: *frame_len, inner: *inner, raw_len: data.len() as u32 };
+        let e = FrameBuf::default().read(&PackFiles::new(dir), &loc).err().expect("a truncated frame is an error");
+        assert!(e.to_string().contains("truncated"), "{e}");
         // A dropped, unfinished writer leaves nothing behind.
-        let w = PackWriter::create(dir.path()).unwrap();
+        let w = PackWriter::create(dir).unwrap();
         drop(w);
-        assert_eq!(fs::read_dir(dir.path().join("packs/tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.join("packs/tmp")).unwrap().count(), 0);
     }
 }

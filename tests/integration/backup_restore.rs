@@ -246,3 +246,91 @@ fn gc_recompresses_the_live_chunks_of_partly_dead_frames() {
     let v = env.verify_clean(true);
     assert_eq!(v["unreferenced_chunks"], 0, "{v}");
 }
+
+/// `restore` of several disks in one command (pairs of --disk/--to, or
+/// --to-dir), on a vault of 4 KiB blocks so that a disk spans several of
+/// restore's windows and frames are shared across them; all or nothing.
+#[test]
+fn several_disks_restore_at_once_all_or_nothing() {
+    let mut rng = rng("several_disks_restore");
+    let env = Env::empty();
+    env.ok(&["init", "--block-size", "4096"]);
+    let bs = 4 * KIB;
+
+    // os: 40 MiB (10,240 blocks, three windows of restore): random 8 MiB,
+    // the same 8 MiB again after a hole (chunks shared across windows), a
+    // tail of text, odd size.
+    let os = env.path("os.raw");
+    let os_size = 40 * MIB + 1_000;
+    sparse_file(&os, os_size, &[(0, 8 * MIB)], &mut rng);
+    let head = fs::read(&os).unwrap()[..8 * MIB as usize].to_vec();
+    write_at(&os, 20 * MIB, &head);
+    write_at(&os, 36 * MIB, &text_bytes(4 * MIB as usize + 1_000, 7));
+    let data = env.path("data.raw");
+    random_file(&data, 3 * MIB + 512, &mut rng);
+    let disks = [("os", os.as_path()), ("data", data.as_path())];
+    let p1 = env.backup("web01", &disks, &[]);
+    let (os1, data1) = (copy(&os, env.path("os.1")), copy(&data, env.path("data.1")));
+    // Scattered writes split p1's frames into stretches taken from
+    // different frames.
+    random_writes(&os, &mut rng, 200, 6_000);
+    random_writes(&data, &mut rng, 50, 6_000);
+    env.backup("web01", &disks, &[]);
+
+    // Pairs, in the order given; JSON: one report per disk.
+    let v = env.json(&["restore", "web01@latest", "--disk", "data", "--to", "d.raw", "--disk", "os", "--to", "o.raw"]);
+    let reps = v.as_array().expect("several disks: an array of reports");
+    assert_eq!(reps.iter().map(|r| r["disk"].as_str().unwrap()).collect::<Vec<_>>(), ["data", "os"]);
+    assert_same_file(&env.path("o.raw"), &os);
+    assert_same_file(&env.path("d.raw"), &data);
+    let alloc = allocated(&env.path("o.raw"));
+    assert!(alloc < os_size * 3 / 4, "restored os is not sparse: {alloc} of {os_size} bytes allocated");
+
+    // --to-dir: every disk of the point, named as in a mount.
+    env.ok(&["restore", &p1.sel(), "--to-dir", "all"]);
+    assert_same_file(&env.path("all/os.raw"), &os1);
+    assert_same_file(&env.path("all/data.raw"), &data1);
+    // ... or the named ones, in another format.
+    env.ok(&["restore", "web01@latest", "--to-dir", "vhds", "--disk", "data", "--format", "vhd"]);
+    let names: Vec<_> = fs::read_dir(env.path("vhds")).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
+    assert_eq!(names, ["data.vhd"]);
+    let vhd = fs::read(env.path("vhds/data.vhd")).unwrap();
+    assert_eq!(&vhd[..data.metadata().unwrap().len() as usize], &fs::read(&data).unwrap()[..]);
+
+    // An existing target: nothing written, for the other disk either.
+    fs::write(env.path("taken.raw"), b"keep me").unwrap();
+    let f = env.fail(&["restore", "web01@latest", "--disk", "os", "--to", "new.raw", "--disk", "data", "--to", "taken.raw"]);
+    assert!(f.one_error_line().contains("taken.raw"));
+    assert!(!env.path("new.raw").exists(), "a failed restore of several disks left one of them");
+    assert_eq!(fs::read(env.path("taken.raw")).unwrap(), b"keep me");
+
+    // Bad pairings, in one line each.
+    for args in [
+        &["--disk", "os", "--disk", "data", "--to", "x.raw"][..],
+        &["--disk", "os", "--to", "x.raw", "--disk", "os", "--to", "y.raw"],
+        &["--disk", "os", "--to", "x.raw", "--disk", "data", "--to", "x.raw"],
+        &["--to", "x.raw"],
+    ] {
+        let mut a = vec!["restore", "web01@latest"];
+        a.extend_from_slice(args);
+        env.fail(&a).one_error_line();
+        assert!(!env.path("x.raw").exists() && !env.path("y.raw").exists());
+    }
+
+    // A damaged chunk of one disk fails the whole restore; the other disk's
+    // finished file is not left either, nor any temporary file.
+    let first = &block_ids(&data, bs)[0];
+    let (pack, frame) = pack_files(&env.vault)
+        .into_iter()
+        .find_map(|p| frames(&p).into_iter().find(|f| f.holds(first)).map(|f| (p, f)))
+        .expect("the data disk's first block is in a pack");
+    let at = frame.chunk_offset(first) + 100;
+    let mut b = fs::read(&pack).unwrap();
+    b[at as usize] ^= 0x40;
+    fs::write(&pack, b).unwrap();
+    let f = env.fail(&["restore", "web01@latest", "--to-dir", "broken"]);
+    let line = f.one_error_line();
+    assert!(line.contains(&first[..8]) && line.contains("disk data"), "error does not name the damaged chunk and its disk: {line}");
+    let left: Vec<_> = fs::read_dir(env.path("broken")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "a failed restore left {left:?}");
+}
