@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     cli::install_signal_handlers();
+    raise_fd_limit();
     match cli::run(args) {
         Ok(cli::Outcome::Ok) => ExitCode::SUCCESS,
         Ok(cli::Outcome::Damaged) => ExitCode::from(3),
@@ -34,6 +35,20 @@ fn main() -> ExitCode {
                 eprintln!("kluis: error: {e}");
             }
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: a mount and a
+/// restore keep every pack a disk needs open (twice where the packs are
+/// also read with O_DIRECT), and a disk of a terabyte lives in thousands of
+/// 128 MiB packs, past the usual soft limit of 1024.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }

@@ -13,7 +13,8 @@ use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::recovery_point::{collect_blocks, copy_blocks, BlockBytes, DiskEntry};
-use crate::store::{check_chunk, pack_path, read_frame, read_frame_upto, Codec, DecodedFrame};
+use crate::image::{open_direct, IoBuf};
+use crate::store::{check_chunk, pack_path, read_frame, read_frame_upto, read_frame_via, Codec, DecodedFrame};
 
 /// A frame as the mount keeps it: decoded, with the chunks that failed
 /// their check.
@@ -76,14 +77,23 @@ struct Loc {
 /// Where every chunk a disk needs is, plus its packs held open.
 struct Locations {
     by_id: HashMap<ChunkId, Loc>,
-    /// (name, key, open file)
-    packs: Vec<(String, u64, Arc<File>)>,
+    packs: Vec<OpenPack>,
+}
+
+struct OpenPack {
+    name: String,
+    key: u64,
+    file: Arc<File>,
+    /// The same file opened with O_DIRECT (None where the filesystem has
+    /// none): whole frames are read with it, around the page cache, since
+    /// the mount keeps what it decodes.
+    direct: Option<File>,
 }
 
 impl Locations {
     fn get(&self, id: &ChunkId) -> Result<(Loc, FrameKey)> {
         let loc = *self.by_id.get(id).ok_or_else(|| Error::Corrupt(format!("chunk {id} is not in the vault index")))?;
-        Ok((loc, (self.packs[loc.pack as usize].1, loc.offset)))
+        Ok((loc, (self.packs[loc.pack as usize].key, loc.offset)))
     }
 
     /// Reads and decodes the frame at `loc`.
@@ -95,8 +105,12 @@ impl Locations {
     /// chunks is blake3-checked here, once. `verify --read-data` and restore
     /// check every hash.
     fn load(&self, loc: &Loc) -> Result<CachedFrame> {
-        let (name, _, file) = &self.packs[loc.pack as usize];
-        let frame = read_frame(file, name, loc.offset, loc.frame_len)?;
+        thread_local! {
+            static STORED: std::cell::RefCell<IoBuf> = std::cell::RefCell::new(IoBuf::new(0));
+        }
+        let p = &self.packs[loc.pack as usize];
+        let name = &p.name;
+        let frame = STORED.with(|b| read_frame_via(&p.file, p.direct.as_ref(), name, loc.offset, loc.frame_len, &mut b.borrow_mut()))?;
         let damaged = match frame.header.codec {
             Codec::Zstd => vec![None; frame.header.chunks.len()],
             Codec::Stored => frame.chunks().map(|(id, b)| check_chunk(&id, b, &format_args!("pack {name}")).err().map(|e| e.to_string())).collect(),
@@ -152,8 +166,10 @@ impl OpenDisk {
             let p = match pack_index.get(&loc.pack) {
                 Some(p) => *p,
                 None => {
-                    let f = File::open(pack_path(vault, &loc.pack)).map_err(|e| Error::io(format!("open pack {}", loc.pack), e))?;
-                    packs.push((loc.pack.clone(), pack_key(&loc.pack), Arc::new(f)));
+                    let path = pack_path(vault, &loc.pack);
+                    let f = File::open(&path).map_err(|e| Error::io(format!("open pack {}", loc.pack), e))?;
+                    let direct = open_direct(&path, false);
+                    packs.push(OpenPack { name: loc.pack.clone(), key: pack_key(&loc.pack), file: Arc::new(f), direct });
                     pack_index.insert(loc.pack.clone(), (packs.len() - 1) as u32);
                     (packs.len() - 1) as u32
                 }
@@ -197,7 +213,7 @@ impl OpenDisk {
     /// That `cached` holds block `index` (chunk `id`) where `loc` says, and
     /// that the chunk is not one found damaged when the frame was loaded.
     fn check_in(&self, cached: &CachedFrame, index: u64, id: &ChunkId, loc: &Loc) -> Result<()> {
-        let what = format_args!("pack {}", self.locs.packs[loc.pack as usize].0);
+        let what = format_args!("pack {}", self.locs.packs[loc.pack as usize].name);
         let i = cached.frame.position(id, loc.inner, loc.raw_len, &what).map_err(|e| self.in_block(index, e))?;
         match &cached.damaged[i] {
             Some(why) => Err(self.in_block(index, Error::Corrupt(why.clone()))),
@@ -222,7 +238,7 @@ impl OpenDisk {
 
     fn block_prefix(&self, index: u64, id: &ChunkId) -> Result<BlockBytes> {
         let (loc, _) = self.locs.get(id)?;
-        let (name, _, file) = &self.locs.packs[loc.pack as usize];
+        let OpenPack { name, file, .. } = &self.locs.packs[loc.pack as usize];
         let what = format_args!("pack {name}");
         let frame = read_frame_upto(file, name, loc.offset, loc.frame_len, Some((loc.inner + loc.raw_len) as usize))
             .and_then(|f| {

@@ -517,10 +517,12 @@ mod tests {
         let files = PackFiles::new(dir);
         // One FrameBuf for all frames, big and small, in the pack's order
         // and backwards; the pack's last frame ends mid-page.
-        let mut buf = FrameBuf::default();
+        let (mut buf, mut stored) = (FrameBuf::default(), IoBuf::new(0));
         for (id, offset, frame_len, inner, data) in locs.iter().chain(locs.iter().rev()) {
             let loc = ChunkLocation { pack: p.name.clone(), offset: *offset, frame_len: *frame_len, inner: *inner, raw_len: data.len() as u32 };
             assert_eq!(&files.read_chunk(&loc, *id).unwrap(), data);
+            let f = read_frame_via(&files.file(&p.name).unwrap(), files.direct_file(&p.name).unwrap().as_deref(), &p.name, *offset, *frame_len, &mut stored).unwrap();
+            assert_eq!(f.checked_slice(id, *inner, data.len() as u32, &"t").unwrap(), &data[..]);
             let f = buf.read(&files, &loc).unwrap();
             assert_eq!(f.checked_slice(id, *inner, data.len() as u32, &"t").unwrap(), &data[..]);
             assert_eq!(f.raw.as_ptr() as usize % DIRECT_ALIGN, 0);
