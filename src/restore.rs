@@ -8,7 +8,7 @@
 //! of consecutive blocks at once, around the page cache where the target
 //! allows it (image/direct.rs).
 
-use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
@@ -331,8 +331,9 @@ struct Job {
 /// takes (about 50 bytes a block) and the wait before the first write.
 const WINDOW_BLOCKS: u64 = 4096;
 
-/// Zero blocks per job at most.
-const JOB_BLOCKS: usize = 64;
+/// Blocks per job at most: a chunk that many blocks of a window share (a
+/// disk filled with one pattern) is still written by several workers.
+const JOB_BLOCKS: usize = 256;
 
 /// Writes every non-zero block at its offset (and zero blocks too when
 /// `write_zeros`, for devices that may hold old data). Returns bytes written.
@@ -435,13 +436,13 @@ struct Window {
 impl Window {
     fn add(&mut self, loc: ChunkLocation, index: u64, id: ChunkId) {
         let inner = loc.inner;
-        match self.by_frame.entry((loc.pack.clone(), loc.offset)) {
-            Entry::Occupied(e) => self.jobs[*e.get()].blocks.push((index, id, inner)),
-            Entry::Vacant(e) => {
-                e.insert(self.jobs.len());
-                self.jobs.push(Job { frame: Some(loc), blocks: vec![(index, id, inner)] });
-            }
+        let key = (loc.pack.clone(), loc.offset);
+        if let Some(job) = self.by_frame.get(&key).map(|&j| &mut self.jobs[j]).filter(|j| j.blocks.len() < JOB_BLOCKS) {
+            job.blocks.push((index, id, inner));
+            return;
         }
+        self.by_frame.insert(key, self.jobs.len());
+        self.jobs.push(Job { frame: Some(loc), blocks: vec![(index, id, inner)] });
     }
 
     fn add_zero(&mut self, index: u64) {

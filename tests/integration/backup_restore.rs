@@ -258,14 +258,16 @@ fn several_disks_restore_at_once_all_or_nothing() {
     let bs = 4 * KIB;
 
     // os: 40 MiB (10,240 blocks, three windows of restore): random 8 MiB,
-    // the same 8 MiB again after a hole (chunks shared across windows), a
-    // tail of text, odd size.
+    // the same 8 MiB again after a hole (chunks shared across windows), one
+    // block repeated, a tail of text, odd size.
     let os = env.path("os.raw");
     let os_size = 40 * MIB + 1_000;
     sparse_file(&os, os_size, &[(0, 8 * MIB)], &mut rng);
     let head = fs::read(&os).unwrap()[..8 * MIB as usize].to_vec();
     write_at(&os, 20 * MIB, &head);
     write_at(&os, 36 * MIB, &text_bytes(4 * MIB as usize + 1_000, 7));
+    // 600 blocks of one chunk: more than one restore job holds.
+    write_at(&os, 30 * MIB, &random_bytes(&mut rng, bs as usize).repeat(600));
     let data = env.path("data.raw");
     random_file(&data, 3 * MIB + 512, &mut rng);
     let disks = [("os", os.as_path()), ("data", data.as_path())];
