@@ -121,13 +121,14 @@ pub fn restore_disks(
     progress.start(&label, total);
     let failed = AtomicBool::new(false);
     let stop = || cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
+    let together = opened.len();
     let results: Vec<Result<(u64, f64)>> = std::thread::scope(|s| {
         let handles: Vec<_> = opened
             .iter()
             .map(|o| {
                 let (failed, stop) = (&failed, &stop);
                 s.spawn(move || {
-                    let r = o.write(vault, point, format, progress, stop).map(|n| (n, started.elapsed().as_secs_f64()));
+                    let r = o.write(vault, point, format, together, progress, stop).map(|n| (n, started.elapsed().as_secs_f64()));
                     let r = r.map_err(|e| match e {
                         Error::Corrupt(m) => Error::Corrupt(format!("disk {}: {m}", o.checked.disk)),
                         e => e,
@@ -229,7 +230,9 @@ impl Opened {
     }
 
     /// Writes the disk in `format` and makes it durable; returns bytes written.
-    fn write(&self, vault: &Vault, point: &PointRow, format: TargetFormat, progress: &dyn Progress, stop: &(dyn Fn() -> bool + Sync)) -> Result<u64> {
+    /// `together`: how many disks are being restored at the same time.
+    #[allow(clippy::too_many_arguments)]
+    fn write(&self, vault: &Vault, point: &PointRow, format: TargetFormat, together: usize, progress: &dyn Progress, stop: &(dyn Fn() -> bool + Sync)) -> Result<u64> {
         let (out, tmp, c) = (&self.out, &self.tmp, &self.checked);
         let (reader, size) = (&c.reader, c.size);
         let written = match format {
@@ -237,12 +240,12 @@ impl Opened {
                 if !c.is_device {
                     out.set_len(size).ctx(|| format!("size {}", tmp.display()))?;
                 }
-                write_blocks(vault, reader, &TargetFile::new(out, tmp), c.is_device, progress, stop)?
+                write_blocks(vault, reader, &TargetFile::new(out, tmp), c.is_device, together, progress, stop)?
             }
             TargetFormat::VhdFixed => {
                 let data = vhd::vhd_data_size(size);
                 out.set_len(data + vhd::FOOTER_SIZE).ctx(|| format!("size {}", tmp.display()))?;
-                let n = write_blocks(vault, reader, &TargetFile::new(out, tmp), false, progress, stop)?;
+                let n = write_blocks(vault, reader, &TargetFile::new(out, tmp), false, together, progress, stop)?;
                 let (uid, ts) = vhd_identity(point, &c.disk);
                 out.write_all_at(&vhd::fixed_footer(size, uid, ts), data).ctx(|| format!("write {}", tmp.display()))?;
                 n + vhd::FOOTER_SIZE
@@ -342,11 +345,13 @@ const JOB_BLOCKS: usize = 256;
 /// transaction (one SQLite snapshot, no per-statement locking), and hands
 /// the blocks out by frame, window by window; workers only read,
 /// decompress, check and pwrite.
+#[allow(clippy::too_many_arguments)]
 fn write_blocks(
     vault: &Vault,
     reader: &DiskReader,
     out: &TargetFile,
     write_zeros: bool,
+    together: usize,
     progress: &dyn Progress,
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<u64> {
@@ -354,9 +359,12 @@ fn write_blocks(
     let blocks = reader.map().blocks();
     // Direct writes wait for the device: twice as many workers as cores
     // keep it busy while the others decode (4 against 2 on two cores: the
-    // benchmark's two disks in 4.2–4.5 s against 4.5–5.5 s).
+    // benchmark's two disks in 4.2–4.5 s against 4.5–5.5 s). Disks
+    // restored together share twice that, so that a machine with many
+    // disks does not get a crowd of threads and buffers.
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
-    let workers = if out.is_direct() { 2 * cores } else { cores };
+    let per_disk = if out.is_direct() { 2 * cores } else { cores };
+    let workers = (2 * per_disk / together).clamp(1, per_disk);
     let written = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let index = Catalog::open_reader(&vault.index_path())?;
