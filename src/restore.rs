@@ -1,12 +1,14 @@
-//! Restoring a disk of a recovery point to a raw (sparse) or VHD file, or
-//! onto a block device.
+//! Restoring the disks of a recovery point to raw (sparse) or VHD files, or
+//! onto block devices: one disk, or several at once.
 //!
 //! Files are written under a temporary name in the target's directory and
-//! renamed into place when complete, so an interrupted restore never leaves a
-//! half-written file under the requested name. Chunks are fetched, checked
-//! and decompressed by several threads that write with pwrite(2), each run
-//! of consecutive blocks at once, around the page cache where the target
-//! allows it (image/direct.rs).
+//! renamed into place when complete (all of them, for several disks), so an
+//! interrupted restore never leaves a half-written file under the requested
+//! name. Frames are read, decompressed and checked by several threads, each
+//! into buffers of its own that it uses again for the next frame, and each
+//! run of consecutive blocks is written with one pwrite(2) straight from the
+//! decoded frame; reads and writes go around the page cache where the
+//! filesystems allow it (image/direct.rs, store::FrameBuf).
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -65,23 +67,6 @@ pub fn targets_in_dir(point: &PointRow, disks: &[String], dir: &Path, format: Ta
     fs::create_dir_all(dir).map_err(|e| Error::io_path("cannot create", dir, e))?;
     let ext = if format == TargetFormat::Raw { "raw" } else { "vhd" };
     Ok(names.into_iter().map(|disk| RestoreTarget { to: dir.join(format!("{disk}.{ext}")), disk }).collect())
-}
-
-/// Restores one disk: [`restore_disks`] with one target.
-#[allow(clippy::too_many_arguments)]
-pub fn restore(
-    vault: &Vault,
-    point: &PointRow,
-    disk: &str,
-    to: &Path,
-    format: TargetFormat,
-    force: bool,
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-) -> Result<RestoreReport> {
-    let target = RestoreTarget { disk: disk.to_owned(), to: to.to_owned() };
-    let mut reports = restore_disks(vault, point, &[target], format, force, progress, cancel)?;
-    Ok(reports.remove(0))
 }
 
 /// Restores several disks of a point at once ("restore the VM"), each by

@@ -136,7 +136,7 @@ pub struct VaultTree {
 /// Threads that load frames ahead of a sequential reader. They read the
 /// packs with direct I/O, which waits for the device, so there are three per
 /// core: `dd` of the bench's mounted 3 GiB disk, cold, took 3.3–4.1 s with
-/// two threads, 2.7–2.8 s with four, 2.6–2.7 s with six (two cores).
+/// two threads, 2.7–3.3 s with four, 2.6–3.0 s with six (two cores).
 fn readahead_threads() -> usize {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     (3 * cores).clamp(4, 16)
@@ -152,6 +152,7 @@ impl VaultTree {
             std::thread::Builder::new()
                 .name("kluis-readahead".into())
                 .spawn(move || {
+                    disk::load_with_direct_io();
                     for (disk, block) in rx.iter() {
                         // Errors surface on the real read, with its context.
                         let _ = disk.block(block);
