@@ -122,12 +122,15 @@ pub struct TargetFile<'a> {
     file: &'a File,
     direct: Option<File>,
     path: &'a Path,
+    /// A regular file: space is allocated before each direct write.
+    regular: bool,
 }
 
 impl<'a> TargetFile<'a> {
     /// `file` is `path` opened for writing.
     pub fn new(file: &'a File, path: &'a Path) -> TargetFile<'a> {
-        TargetFile { file, direct: open_direct(path, true), path }
+        let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+        TargetFile { file, direct: open_direct(path, true), path, regular }
     }
 
     /// Whether aligned writes bypass the page cache (then they wait for the
@@ -145,6 +148,19 @@ impl<'a> TargetFile<'a> {
         let whole = buf.len() / DIRECT_ALIGN * DIRECT_ALIGN;
         let mut done = 0;
         if let Some(direct) = self.direct.as_ref().filter(|_| whole > 0 && aligned(buf.as_ptr() as usize) && offset.is_multiple_of(DIRECT_ALIGN as u64)) {
+            if self.regular {
+                // A direct write into a hole allocates, and ext4 takes the
+                // file's lock exclusively for it, so the writes of all
+                // workers would go one at a time; into space allocated
+                // beforehand (unwritten extents) they run side by side. The
+                // restore of the bench's two disks, cold, alternating: 3.93–
+                // 4.25 s against 3.97–5.01 s (five of six pairs faster).
+                // Only what is written is allocated, so the file stays sparse.
+                // Where fallocate is not supported, the write allocates.
+                unsafe {
+                    libc::fallocate(std::os::unix::io::AsRawFd::as_raw_fd(direct), libc::FALLOC_FL_KEEP_SIZE, offset as i64, whole as i64);
+                }
+            }
             match direct.write_all_at(&buf[..whole], offset) {
                 Ok(()) => done = whole,
                 // A device with larger logical blocks, say: write it as usual.
