@@ -319,6 +319,9 @@ struct Job {
 /// takes (about 50 bytes a block) and the wait before the first write.
 const WINDOW_BLOCKS: u64 = 4096;
 
+/// Zeros written at once onto a device (an aligned buffer per worker).
+const ZERO_WRITE: usize = 1 << 20;
+
 /// Blocks per job at most: a chunk that many blocks of a window share (a
 /// disk filled with one pattern) is still written by several workers.
 const JOB_BLOCKS: usize = 256;
@@ -362,7 +365,7 @@ fn write_blocks(
             let (written, failed) = (&written, &failed);
             handles.push(s.spawn(move || -> Result<()> {
                 let mut zeros = IoBuf::new(0);
-                zeros.resize(bs as usize, 0);
+                zeros.resize(ZERO_WRITE, 0);
                 let mut frame = FrameBuf::default();
                 for job in rx.iter() {
                     let r = write_job(&job, packs, out, &mut frame, &zeros, bs, size, written);
@@ -461,10 +464,18 @@ impl Window {
 fn write_job(job: &Job, packs: &PackFiles, out: &TargetFile, frame: &mut FrameBuf, zeros: &[u8], bs: u64, size: u64, written: &AtomicU64) -> Result<()> {
     let span = |i: u64| (i * bs, bs.min(size - i * bs) as usize);
     let Some(loc) = &job.frame else {
-        for &(index, ..) in &job.blocks {
-            let (off, len) = span(index);
-            out.write_at(&zeros[..len], off)?;
-            written.fetch_add(len as u64, Ordering::Relaxed);
+        // Zero blocks come in consecutive stretches (Window::add_zero):
+        // written a buffer at a time, not a block at a time.
+        let (mut off, _) = span(job.blocks[0].0);
+        let end = {
+            let (last, len) = span(job.blocks[job.blocks.len() - 1].0);
+            last + len as u64
+        };
+        while off < end {
+            let n = zeros.len().min((end - off) as usize);
+            out.write_at(&zeros[..n], off)?;
+            written.fetch_add(n as u64, Ordering::Relaxed);
+            off += n as u64;
         }
         return Ok(());
     };
