@@ -358,9 +358,10 @@ fn read_error(e: std::io::Error, what: &dyn std::fmt::Display) -> Error {
     }
 }
 
-/// Decoded frames kept by [`PackFiles`]: a restore asks for the chunks of one
-/// frame one after another, often from several threads, and must not
-/// decompress the frame again for each.
+/// Decoded frames kept by [`PackFiles`]: a reader through the index (map
+/// pages and config files, a restore to a dynamic VHD) asks for
+/// the chunks of one frame one after another, and must not decompress the
+/// frame again for each.
 const FRAME_CACHE_FRAMES: usize = 32;
 
 /// Open pack files, shared by readers. Files are opened on first use and kept
@@ -401,7 +402,7 @@ impl PackFiles {
     }
 
     /// The decoded frame `loc` points into.
-    pub fn frame(&self, loc: &ChunkLocation) -> Result<Arc<DecodedFrame>> {
+    fn frame(&self, loc: &ChunkLocation) -> Result<Arc<DecodedFrame>> {
         // Concurrent misses on one frame wait for a single decompression.
         self.frames.get_or_insert_with(&(loc.pack.clone(), loc.offset), || {
             read_frame(&*self.file(&loc.pack)?, &loc.pack, loc.offset, loc.frame_len).map(Arc::new)
