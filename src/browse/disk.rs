@@ -101,9 +101,23 @@ struct OpenPack {
     key: u64,
     file: Arc<File>,
     /// The same file opened with O_DIRECT (None where the filesystem has
-    /// none): the readahead threads read whole frames with it, around the
-    /// page cache, since the mount keeps what it decodes.
-    direct: Option<File>,
+    /// none), on the first load by a readahead thread: they read whole
+    /// frames with it, around the page cache, since the mount keeps what it
+    /// decodes. `kluis files` and random readers never open it.
+    direct: std::sync::OnceLock<Option<File>>,
+}
+
+impl OpenPack {
+    fn direct(&self) -> Option<&File> {
+        // Through /proc/self/fd: the very file held open, even if a gc has
+        // since unlinked it.
+        self.direct
+            .get_or_init(|| {
+                use std::os::fd::AsRawFd;
+                open_direct(std::path::Path::new(&format!("/proc/self/fd/{}", self.file.as_raw_fd())), false)
+            })
+            .as_ref()
+    }
 }
 
 impl Locations {
@@ -126,7 +140,7 @@ impl Locations {
         }
         let p = &self.packs[loc.pack as usize];
         let name = &p.name;
-        let direct = p.direct.as_ref().filter(|_| DIRECT_LOADS.get());
+        let direct = if DIRECT_LOADS.get() { p.direct() } else { None };
         let frame = STORED.with(|b| read_frame_via(&p.file, direct, name, loc.offset, loc.frame_len, &mut b.borrow_mut()))?;
         let damaged = match frame.header.codec {
             Codec::Zstd => vec![None; frame.header.chunks.len()],
@@ -185,8 +199,7 @@ impl OpenDisk {
                 None => {
                     let path = pack_path(vault, &loc.pack);
                     let f = File::open(&path).map_err(|e| Error::io(format!("open pack {}", loc.pack), e))?;
-                    let direct = open_direct(&path, false);
-                    packs.push(OpenPack { name: loc.pack.clone(), key: pack_key(&loc.pack), file: Arc::new(f), direct });
+                    packs.push(OpenPack { name: loc.pack.clone(), key: pack_key(&loc.pack), file: Arc::new(f), direct: Default::default() });
                     pack_index.insert(loc.pack.clone(), (packs.len() - 1) as u32);
                     (packs.len() - 1) as u32
                 }
