@@ -850,6 +850,23 @@ stop_fuse() {
 randread() { # randread FILE SEED -> JSON line
     "${HELPER[@]}" randread "$1" "$RANDREAD_COUNT" --warmup 300 --seed "$2"
 }
+# other_mount WHYVAR TOOL MOUNTPOINT FILE CMD...: this round's read of FILE
+# through another tool's mount, paired with the round's kluis read ($tk).
+# A failure sets WHYVAR, and later rounds skip the tool.
+other_mount() {
+    local whyvar=$1 tool=$2 mp=$3 file=$4
+    shift 4
+    [[ -z ${!whyvar:-} ]] || return 0
+    drop_caches
+    if start_fuse "$tool-mount-$r" "$mp" "$file" "$@" &&
+        trun t "$tool-mount-seq-$r" dd if="$file" of=/dev/null bs=1M; then
+        round_add "$tool-mount" "$(ratio "$t" "$tk")" "$tool mount $t s / kluis mount $tk s"
+    else
+        printf -v "$whyvar" '%s' "$tool mount failed, see $LOGS/$tool-mount-$r.log"
+        ERRORS=$((ERRORS + 1))
+    fi
+    stop_fuse "$mp"
+}
 jget() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
 section "mount"
@@ -917,28 +934,8 @@ else
         fi
         stop_fuse "$KM" "$KLUIS" umount "$KM"
 
-        if [[ -z ${RESTIC_MOUNT_WHY:-} ]]; then
-            drop_caches
-            if start_fuse "restic-mount-$r" "$RM" "$RFILE" restic -r "$RESTIC_REPO" mount "$RM" &&
-                trun t "restic-mount-seq-$r" dd if="$RFILE" of=/dev/null bs=1M; then
-                round_add restic-mount "$(ratio "$t" "$tk")" "restic mount $t s / kluis mount $tk s"
-            else
-                RESTIC_MOUNT_WHY="restic mount failed, see $LOGS/restic-mount-$r.log"
-                ERRORS=$((ERRORS + 1))
-            fi
-            stop_fuse "$RM"
-        fi
-        if [[ -z ${BORG_MOUNT_WHY:-} ]]; then
-            drop_caches
-            if start_fuse "borg-mount-$r" "$BM" "$BFILE" borg mount -f "$BORG_REPO::$BORG_ARCHIVE" "$BM" &&
-                trun t "borg-mount-seq-$r" dd if="$BFILE" of=/dev/null bs=1M; then
-                round_add borg-mount "$(ratio "$t" "$tk")" "borg mount $t s / kluis mount $tk s"
-            else
-                BORG_MOUNT_WHY="borg mount failed, see $LOGS/borg-mount-$r.log"
-                ERRORS=$((ERRORS + 1))
-            fi
-            stop_fuse "$BM"
-        fi
+        other_mount RESTIC_MOUNT_WHY restic "$RM" "$RFILE" restic -r "$RESTIC_REPO" mount "$RM"
+        other_mount BORG_MOUNT_WHY borg "$BM" "$BFILE" borg mount -f "$BORG_REPO::$BORG_ARCHIVE" "$BM"
     done
     if [[ -n ${ROUND_RATIOS[dd]:-} ]]; then
         round_figure dd "$F7" '>=' 1.0
