@@ -42,9 +42,12 @@ use crate::vault::Vault;
 
 /// Largest configuration file accepted (they are libvirt XMLs and the like).
 const MAX_CONFIG_BYTES: u64 = 64 << 20;
-/// Runs of blocks in flight between the reader and the workers, per worker
-/// (with 3 MiB runs, 6 MiB per worker in each channel).
-const QUEUE_PER_WORKER: usize = 2;
+/// Runs waiting between the reader and the workers, and compressed frames
+/// between the workers and the writer. One is enough: the reader fills an
+/// 8 MiB run in a tenth of the time a worker takes to hash and compress it,
+/// and the writer hands a frame to the page cache faster still. Each run
+/// more in a queue would cost 8 MiB of memory (budget: 100 MB in all).
+const QUEUED: usize = 1;
 
 #[derive(Clone, Debug, Default)]
 pub struct BackupRequest {
@@ -215,13 +218,14 @@ const PREFETCH_AHEAD: u64 = 8 << 20;
 
 /// Blocks travel between threads in runs of this many bytes, so that channel
 /// hand-offs and read syscalls are per run rather than per block, and the
-/// new blocks of a run are compressed together as one frame. 3 MiB (48
-/// blocks of 64 KiB): the benchmark's images compress 1.6% smaller than in
-/// 2 MiB runs and 2.2% with 4 MiB, for no more CPU per byte; but a random
-/// read decodes on average half a frame, so a mount's random 4 KiB reads
-/// take 1.4 times as long as with 2 MiB and 1.8 times with 4 MiB
-/// (docs/format.md §4).
-const RUN_BYTES: u64 = 3 << 20;
+/// new blocks of a run are compressed together as one frame. 8 MiB (128
+/// blocks of 64 KiB), with zstd's window and hash table sized to match
+/// (src/store/frame.rs): zstd finds more matches, so it compresses smaller
+/// and spends less time per byte encoding what it did not match. On the
+/// benchmark's images, 8 MiB runs at level 2 make a vault 3.3% smaller than
+/// 3 MiB runs at level 3 did, for 22% less compression CPU. The cost: a
+/// random read decodes on average half a frame (docs/format.md §4).
+const RUN_BYTES: u64 = 8 << 20;
 
 /// Blocks per run for blocks of `bs` bytes: at least one, and never more
 /// than a frame may hold.
@@ -420,9 +424,13 @@ fn backup_disk(
     let failed = AtomicBool::new(false);
 
     let run = run_blocks(bs);
-    let (job_tx, job_rx) = bounded::<Job>(opts.workers * QUEUE_PER_WORKER);
-    let (done_tx, done_rx) = bounded::<Result<Done>>(opts.workers * QUEUE_PER_WORKER);
-    let (free_tx, free_rx) = bounded::<IoBuf>(opts.workers * QUEUE_PER_WORKER * 2 + 8);
+    let (job_tx, job_rx) = bounded::<Job>(QUEUED);
+    let (done_tx, done_rx) = bounded::<Result<Done>>(QUEUED);
+    // Run buffers given back by the workers, for the reader to fill again.
+    let (free_tx, free_rx) = bounded::<IoBuf>(opts.workers + QUEUED + 1);
+    // Frames' payload buffers, given back once written, so that a frame
+    // costs no allocation (and no page faults) once the pipeline is full.
+    let (payload_tx, payload_rx) = bounded::<Vec<u8>>(opts.workers + QUEUED + 1);
 
     let result = std::thread::scope(|s| -> Result<(DiskEntry, DiskStats)> {
         // Reader: runs of blocks in order, one read per run, holes without I/O.
@@ -466,7 +474,7 @@ fn backup_disk(
         });
 
         for _ in 0..opts.workers {
-            let (job_rx, done_tx, free_tx) = (job_rx.clone(), done_tx.clone(), free_tx.clone());
+            let (job_rx, done_tx, free_tx, payload_rx) = (job_rx.clone(), done_tx.clone(), free_tx.clone(), payload_rx.clone());
             let pending = sink.pending.clone();
             let index_path = vault.index_path();
             let level = opts.zstd_level;
@@ -480,10 +488,10 @@ fn backup_disk(
                         return;
                     }
                 };
-                worker(&index, &pending, level, bs as usize, job_rx, done_tx, free_tx, failed);
+                worker(&index, &pending, level, bs as usize, job_rx, done_tx, free_tx, payload_rx, failed);
             });
         }
-        drop((job_rx, done_tx, free_tx));
+        drop((job_rx, done_tx, free_tx, payload_rx));
 
         // This thread: reorder results, write new chunks, build the map.
         let index = Catalog::open_reader(&vault.index_path())?;
@@ -494,10 +502,11 @@ fn backup_disk(
         let (mut changed, mut new_bytes) = (0u64, 0u64);
         let mut step = |msg: Result<Done>, sink: &mut PackSink| -> Result<()> {
             let d = msg?;
-            if let Some(frame) = &d.frame {
+            if let Some(frame) = d.frame {
                 changed += frame.header.chunks.len() as u64;
                 new_bytes += frame.header.raw_len as u64;
-                sink.append(frame)?;
+                sink.append(&frame)?;
+                let _ = payload_tx.try_send(frame.payload);
             }
             let covered = ((d.first + d.ids.len() as u64) * bs).min(size) - d.first * bs;
             ready.insert(d.first, d.ids);
@@ -557,9 +566,10 @@ fn worker(
     jobs: Receiver<Job>,
     done: Sender<Result<Done>>,
     free: Sender<IoBuf>,
+    payloads: Receiver<Vec<u8>>,
     failed: &AtomicBool,
 ) {
-    for job in jobs.iter() {
+    for mut job in jobs.iter() {
         let r = (|| -> Result<Done> {
             let mut ids = Vec::with_capacity(job.prev.len());
             // New blocks, as ranges of job.data.
@@ -586,7 +596,7 @@ fn worker(
                 }
                 ids.push(id);
             }
-            let frame = if new.is_empty() { None } else { Some(Frame::encode_ranges(ChunkKind::Data, &new, &job.data, level)?) };
+            let frame = if new.is_empty() { None } else { Some(Frame::encode_ranges(ChunkKind::Data, &new, &mut job.data, level, payloads.try_recv().unwrap_or_default())?) };
             drop(new);
             if !job.data.is_empty() {
                 let _ = free.try_send(job.data);
@@ -607,11 +617,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_are_3_mib_within_frame_limits() {
-        assert_eq!(run_blocks(64 << 10), 48);
-        assert_eq!(run_blocks(4096), 768);
-        assert_eq!(run_blocks(1 << 20), 3);
-        assert_eq!(run_blocks(4 << 20), 1);
+    fn runs_are_8_mib_within_frame_limits() {
+        assert_eq!(run_blocks(64 << 10), 128);
+        assert_eq!(run_blocks(4096), crate::store::MAX_FRAME_CHUNKS as u64);
+        assert_eq!(run_blocks(1 << 20), 8);
+        assert_eq!(run_blocks(4 << 20), 2);
         assert_eq!(run_blocks(512), crate::store::MAX_FRAME_CHUNKS as u64);
     }
 }

@@ -41,8 +41,14 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
 /// log to delete anything). gc releases it first and takes it back last.
 pub const RESERVE_FILE: &str = "reserve";
 pub const RESERVE_BYTES: usize = 1 << 20;
-/// zstd level of new chunks; chosen with scripts/bench.sh (docs/benchmarks.md).
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// zstd level of new chunks; chosen with scripts/bench.sh (docs/benchmarks.md):
+/// with kluis's window and hash table for 8 MiB frames (src/store/frame.rs),
+/// level 2 compresses the benchmark's images smaller than level 3 did with
+/// zstd's own parameters, in less time.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 2;
+/// The level of a header without a `zstd-level` line (written before the
+/// line existed, when every vault used level 3).
+const UNSTATED_ZSTD_LEVEL: i32 = 3;
 /// Levels `init` accepts: zstd's fast (negative) levels up to 19.
 pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=19;
 
@@ -84,7 +90,7 @@ impl VaultHeader {
         }
         let mut id = None;
         let mut block_size = None;
-        let mut zstd_level = DEFAULT_ZSTD_LEVEL;
+        let mut zstd_level = UNSTATED_ZSTD_LEVEL;
         for l in lines {
             match l.split_once(' ') {
                 Some(("id", v)) => id = Some(v.to_owned()),
@@ -327,9 +333,10 @@ mod tests {
     fn header_golden() {
         let h = VaultHeader { format: 2, id: "00112233445566778899aabbccddeeff".into(), block_size: 65536, zstd_level: 3 };
         assert_eq!(h.to_text(), "kluis-vault 2\nid 00112233445566778899aabbccddeeff\nblock-size 65536\nzstd-level 3\n");
-        // A header without the zstd-level line reads as the default.
+        // A header without the zstd-level line reads as level 3, the only
+        // one there was when it was written.
         let old = VaultHeader::parse("kluis-vault 2\nid 00112233445566778899aabbccddeeff\nblock-size 65536\n", Path::new("v")).unwrap();
-        assert_eq!(old.zstd_level, DEFAULT_ZSTD_LEVEL);
+        assert_eq!(old.zstd_level, 3);
         assert!(VaultHeader::parse("kluis-vault 2\nid x\nblock-size 65536\nzstd-level 99\n", Path::new("v")).is_err());
         assert_eq!(VaultHeader::parse(&h.to_text(), Path::new("v")).unwrap(), h);
         let e = VaultHeader::parse("kluis-vault 1\nid x\nblock-size 65536\n", Path::new("v")).unwrap_err();
