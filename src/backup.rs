@@ -44,9 +44,9 @@ use crate::vault::Vault;
 const MAX_CONFIG_BYTES: u64 = 64 << 20;
 /// Runs waiting between the reader and the workers, and compressed frames
 /// between the workers and the writer. One is enough: the reader fills an
-/// 8 MiB run in a tenth of the time a worker takes to hash and compress it,
+/// 5 MiB run in a tenth of the time a worker takes to hash and compress it,
 /// and the writer hands a frame to the page cache faster still. Each run
-/// more in a queue would cost 8 MiB of memory (budget: 100 MB in all).
+/// more in a queue would cost 5 MiB of memory (budget: 100 MB in all).
 const QUEUED: usize = 1;
 
 #[derive(Clone, Debug, Default)]
@@ -218,14 +218,16 @@ const PREFETCH_AHEAD: u64 = 8 << 20;
 
 /// Blocks travel between threads in runs of this many bytes, so that channel
 /// hand-offs and read syscalls are per run rather than per block, and the
-/// new blocks of a run are compressed together as one frame. 8 MiB (128
-/// blocks of 64 KiB), with zstd's window and hash table sized to match
-/// (src/store/frame.rs): zstd finds more matches, so it compresses smaller
-/// and spends less time per byte encoding what it did not match. On the
-/// benchmark's images, 8 MiB runs at level 2 make a vault 3.3% smaller than
-/// 3 MiB runs at level 3 did, for 22% less compression CPU. The cost: a
-/// random read decodes on average half a frame (docs/format.md §4).
-const RUN_BYTES: u64 = 8 << 20;
+/// new blocks of a run are compressed together as one frame. 5 MiB (80
+/// blocks of 64 KiB), with zstd's window and hash table sized for it
+/// (src/store/frame.rs). On the benchmark's images at level 2, zstd's CPU
+/// time and the output (against level 3 in 3 MiB runs, 9.6 s and 990.9 MB):
+/// 3 MiB 7.7 s, 1008.8 MB; 4 MiB 7.8 s, 992.4 MB; 5 MiB 7.9 s, 980.7 MB;
+/// 6 MiB 7.4 s, 970.6 MB; 8 MiB 7.5 s, 957.8 MB. Larger frames cost the
+/// readers: a random read decodes on average half a frame, and a mount's
+/// `dd` of a disk took 2.6–2.7 s with 3 MiB frames, 3.1 s with 5 MiB and
+/// 3.1–3.7 s with 8 MiB (docs/format.md §4, docs/benchmarks.md session 8).
+pub const RUN_BYTES: u64 = 5 << 20;
 
 /// Blocks per run for blocks of `bs` bytes: at least one, and never more
 /// than a frame may hold.
@@ -617,11 +619,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_are_8_mib_within_frame_limits() {
-        assert_eq!(run_blocks(64 << 10), 128);
+    fn runs_are_5_mib_within_frame_limits() {
+        assert_eq!(run_blocks(64 << 10), 80);
         assert_eq!(run_blocks(4096), crate::store::MAX_FRAME_CHUNKS as u64);
-        assert_eq!(run_blocks(1 << 20), 8);
-        assert_eq!(run_blocks(4 << 20), 2);
+        assert_eq!(run_blocks(1 << 20), 5);
+        assert_eq!(run_blocks(4 << 20), 1);
         assert_eq!(run_blocks(512), crate::store::MAX_FRAME_CHUNKS as u64);
     }
 }

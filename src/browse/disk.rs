@@ -45,9 +45,23 @@ impl quick_cache::Weighter<FrameKey, Arc<CachedFrame>> for FrameWeight {
     }
 }
 
-/// A cache holding about `bytes` of decoded frames.
+/// A cache holding about `bytes` of decoded frames. The cache is split in
+/// shards, each with an equal share of `bytes`, and a frame only stays in
+/// its own shard: each must hold several of the largest frames, or the
+/// frames a sequential reader's readahead loads push each other out before
+/// they are read (with quick_cache's default of four shards per core, a
+/// mount's `dd` of a disk in 8 MiB frames read the same frames again and
+/// again: 11.0 s instead of 3).
 pub fn frame_cache(bytes: u64) -> FrameCache {
-    FrameCache::with_weighter((bytes / (256 << 10)) as usize, bytes, FrameWeight)
+    let fit = (bytes / (8 * crate::backup::RUN_BYTES)).clamp(1, 8);
+    let shards = 1usize << fit.ilog2();
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity((bytes / (1 << 20)) as usize)
+        .weight_capacity(bytes)
+        .shards(shards)
+        .build()
+        .expect("every option is set");
+    FrameCache::with_options(options, FrameWeight, Default::default(), Default::default())
 }
 
 /// The queue of the mount's readahead threads: (disk, block) whose frame

@@ -56,7 +56,7 @@ pub struct FrameEntry {
 }
 
 /// A frame holds one or more chunks compressed together: the new blocks of
-/// one read run of a backup share one zstd frame, so zstd sees up to 3 MiB
+/// one read run of a backup share one zstd frame, so zstd sees up to 5 MiB
 /// of context instead of one block (a smaller vault, and one decompression
 /// per run when reading back). See docs/format.md §4.
 ///
@@ -279,7 +279,7 @@ impl Frame {
     }
 }
 
-/// Frames hold up to 8 MiB (a backup's runs, src/backup.rs): a window of
+/// Frames hold up to 5 MiB (a backup's runs, src/backup.rs): a window of
 /// 2^23 bytes lets a match reach back to the frame's start.
 const FRAME_WINDOW_LOG: u32 = 23;
 /// Smallest hash table (2^17 entries) for that window; zstd sizes levels 1
@@ -288,10 +288,11 @@ const FRAME_HASH_LOG: u32 = 17;
 
 /// zstd's parameters for a frame at `level`, where they differ from the
 /// level's own: zstd picks those for a stream of any length, kluis knows each
-/// frame is one input of at most 8 MiB. On the benchmark's images in 8 MiB
-/// runs, level 2 with these compresses 3.3% smaller than level 3 in 3 MiB
-/// runs with zstd's parameters, in 22% less CPU (docs/benchmarks.md,
-/// session 8). Levels 3 and up already have a large enough hash table, and
+/// frame is one input of at most 5 MiB. On the benchmark's images in 5 MiB
+/// runs, level 2 with these compresses 1.0% smaller than level 3 in 3 MiB
+/// runs with zstd's parameters, in 18% less CPU; with zstd's own window and
+/// table, level 2 was 5.7% larger (docs/benchmarks.md, session 8). Levels
+/// 3 and up already have a large enough hash table, and
 /// no level a window above 2^23; negative (fast) levels keep zstd's, being
 /// chosen for speed.
 fn frame_params(level: i32) -> Vec<zstd::stream::raw::CParameter> {
