@@ -42,12 +42,9 @@ use crate::vault::Vault;
 
 /// Largest configuration file accepted (they are libvirt XMLs and the like).
 const MAX_CONFIG_BYTES: u64 = 64 << 20;
-/// Runs waiting between the reader and the workers, and compressed frames
-/// between the workers and the writer. One is enough: the reader fills an
-/// 5 MiB run in a tenth of the time a worker takes to hash and compress it,
-/// and the writer hands a frame to the page cache faster still. Each run
-/// more in a queue would cost 5 MiB of memory (budget: 100 MB in all).
-const QUEUED: usize = 1;
+/// Runs of blocks in flight between the reader and the workers, per worker
+/// (with 3 MiB runs, 6 MiB per worker in each channel).
+const QUEUE_PER_WORKER: usize = 2;
 
 #[derive(Clone, Debug, Default)]
 pub struct BackupRequest {
@@ -218,16 +215,15 @@ const PREFETCH_AHEAD: u64 = 8 << 20;
 
 /// Blocks travel between threads in runs of this many bytes, so that channel
 /// hand-offs and read syscalls are per run rather than per block, and the
-/// new blocks of a run are compressed together as one frame. 5 MiB (80
-/// blocks of 64 KiB), with zstd's window and hash table sized for it
-/// (src/store/frame.rs). On the benchmark's images at level 2, zstd's CPU
-/// time and the output (against level 3 in 3 MiB runs, 9.6 s and 990.9 MB):
-/// 3 MiB 7.7 s, 1008.8 MB; 4 MiB 7.8 s, 992.4 MB; 5 MiB 7.9 s, 980.7 MB;
-/// 6 MiB 7.4 s, 970.6 MB; 8 MiB 7.5 s, 957.8 MB. Larger frames cost the
-/// readers: a random read decodes on average half a frame, and a mount's
-/// `dd` of a disk took 2.6–2.7 s with 3 MiB frames, 3.1 s with 5 MiB and
-/// 3.1–3.7 s with 8 MiB (docs/format.md §4, docs/benchmarks.md session 8).
-pub const RUN_BYTES: u64 = 5 << 20;
+/// new blocks of a run are compressed together as one frame. 3 MiB (48
+/// blocks of 64 KiB). Larger runs compress smaller, and at level 2 for less
+/// CPU (docs/format.md §4: 5 MiB runs at level 2 made a vault 1.0% smaller
+/// than 3 MiB at level 3, for 18% less zstd CPU), but they cost every
+/// reader that wants part of a frame: with 5 MiB frames a mount's `dd` of a
+/// disk took 3.05–3.11 s against 2.55–2.70 s, a random 4 KiB read 1.26 ms
+/// against 0.94 ms, and `kluis files cp -r` of a 300 MiB guest tree
+/// 0.84–0.96 s against 0.66–0.77 s (docs/benchmarks.md, session 8).
+pub const RUN_BYTES: u64 = 3 << 20;
 
 /// Blocks per run for blocks of `bs` bytes: at least one, and never more
 /// than a frame may hold.
@@ -426,13 +422,13 @@ fn backup_disk(
     let failed = AtomicBool::new(false);
 
     let run = run_blocks(bs);
-    let (job_tx, job_rx) = bounded::<Job>(QUEUED);
-    let (done_tx, done_rx) = bounded::<Result<Done>>(QUEUED);
+    let (job_tx, job_rx) = bounded::<Job>(opts.workers * QUEUE_PER_WORKER);
+    let (done_tx, done_rx) = bounded::<Result<Done>>(opts.workers * QUEUE_PER_WORKER);
     // Run buffers given back by the workers, for the reader to fill again.
-    let (free_tx, free_rx) = bounded::<IoBuf>(opts.workers + QUEUED + 1);
+    let (free_tx, free_rx) = bounded::<IoBuf>(opts.workers * (QUEUE_PER_WORKER + 1) + 1);
     // Frames' payload buffers, given back once written, so that a frame
     // costs no allocation (and no page faults) once the pipeline is full.
-    let (payload_tx, payload_rx) = bounded::<Vec<u8>>(opts.workers + QUEUED + 1);
+    let (payload_tx, payload_rx) = bounded::<Vec<u8>>(opts.workers * (QUEUE_PER_WORKER + 1) + 1);
 
     let result = std::thread::scope(|s| -> Result<(DiskEntry, DiskStats)> {
         // Reader: runs of blocks in order, one read per run, holes without I/O.
@@ -619,10 +615,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_are_5_mib_within_frame_limits() {
-        assert_eq!(run_blocks(64 << 10), 80);
-        assert_eq!(run_blocks(4096), crate::store::MAX_FRAME_CHUNKS as u64);
-        assert_eq!(run_blocks(1 << 20), 5);
+    fn runs_are_3_mib_within_frame_limits() {
+        assert_eq!(run_blocks(64 << 10), 48);
+        assert_eq!(run_blocks(4096), 768);
+        assert_eq!(run_blocks(1 << 20), 3);
         assert_eq!(run_blocks(4 << 20), 1);
         assert_eq!(run_blocks(512), crate::store::MAX_FRAME_CHUNKS as u64);
     }

@@ -24,9 +24,6 @@ fn main() -> ExitCode {
         .init();
     cli::install_signal_handlers();
     raise_fd_limit();
-    if matches!(args.command, cli::Command::Backup { .. } | cli::Command::Protected(_)) {
-        fix_mmap_threshold();
-    }
     match cli::run(args) {
         Ok(cli::Outcome::Ok) => ExitCode::SUCCESS,
         Ok(cli::Outcome::Damaged) => ExitCode::from(3),
@@ -53,23 +50,5 @@ fn raise_fd_limit() {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
-    }
-}
-
-/// For commands that back up: buffers of 4 MiB and more (the 5 MiB runs and
-/// frames) get their own mappings, returned to the system when freed.
-/// glibc's default moves that threshold up to the largest block freed so
-/// far, after which such buffers come from the per-thread heaps and stay
-/// resident there: a full backup of the benchmark's images peaked at 60–62
-/// MiB that way, 53–55 MiB with the threshold fixed, for the same CPU time
-/// (with 8 MiB runs: 84 and 75 MiB); the backup reuses its big buffers, so
-/// it makes few mappings. Not for a mount, which decodes frames into new
-/// buffers all the time: glibc's reuse of freed heap saves it a page fault
-/// per 4 KiB (a `dd` of a mounted 3 GiB disk in 8 MiB frames: 616,000 faults
-/// with the threshold fixed, 124,000 without).
-fn fix_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }

@@ -41,11 +41,10 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
 /// log to delete anything). gc releases it first and takes it back last.
 pub const RESERVE_FILE: &str = "reserve";
 pub const RESERVE_BYTES: usize = 1 << 20;
-/// zstd level of new chunks; chosen with scripts/bench.sh (docs/benchmarks.md):
-/// with kluis's window and hash table for 8 MiB frames (src/store/frame.rs),
-/// level 2 compresses the benchmark's images smaller than level 3 did with
-/// zstd's own parameters, in less time.
-pub const DEFAULT_ZSTD_LEVEL: i32 = 2;
+/// zstd level of new chunks; chosen with scripts/bench.sh (docs/benchmarks.md).
+/// Level 2, with kluis's window and hash table (src/store/frame.rs), takes
+/// a fifth less CPU for a vault 2% larger (docs/format.md §4).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// The level of a header without a `zstd-level` line (written before the
 /// line existed, when every vault used level 3).
 const UNSTATED_ZSTD_LEVEL: i32 = 3;

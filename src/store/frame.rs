@@ -56,7 +56,7 @@ pub struct FrameEntry {
 }
 
 /// A frame holds one or more chunks compressed together: the new blocks of
-/// one read run of a backup share one zstd frame, so zstd sees up to 5 MiB
+/// one read run of a backup share one zstd frame, so zstd sees up to 3 MiB
 /// of context instead of one block (a smaller vault, and one decompression
 /// per run when reading back). See docs/format.md §4.
 ///
@@ -279,22 +279,21 @@ impl Frame {
     }
 }
 
-/// Frames hold up to 5 MiB (a backup's runs, src/backup.rs): a window of
-/// 2^23 bytes lets a match reach back to the frame's start.
-const FRAME_WINDOW_LOG: u32 = 23;
+/// Frames hold up to 3 MiB (a backup's runs, src/backup.rs): a window of
+/// 2^22 bytes lets a match reach back to the frame's start.
+const FRAME_WINDOW_LOG: u32 = 22;
 /// Smallest hash table (2^17 entries) for that window; zstd sizes levels 1
 /// and 2 for a window of 0.5–1 MiB (2^14 and 2^16 entries).
 const FRAME_HASH_LOG: u32 = 17;
 
 /// zstd's parameters for a frame at `level`, where they differ from the
 /// level's own: zstd picks those for a stream of any length, kluis knows each
-/// frame is one input of at most 5 MiB. On the benchmark's images in 5 MiB
-/// runs, level 2 with these compresses 1.0% smaller than level 3 in 3 MiB
-/// runs with zstd's parameters, in 18% less CPU; with zstd's own window and
-/// table, level 2 was 5.7% larger (docs/benchmarks.md, session 8). Levels
-/// 3 and up already have a large enough hash table, and
-/// no level a window above 2^23; negative (fast) levels keep zstd's, being
-/// chosen for speed.
+/// frame is one input of at most 3 MiB. On the benchmark's images: level 3
+/// with the wider window compresses 0.5% smaller for the same CPU; level 2
+/// with both takes 19% less CPU than level 3 for 1.8% more output, where
+/// with zstd's own window and table it gave 5.7% more (docs/format.md §4).
+/// Levels 3 and up already have a large enough hash table; negative (fast)
+/// levels keep zstd's parameters, being chosen for speed.
 fn frame_params(level: i32) -> Vec<zstd::stream::raw::CParameter> {
     use zstd::stream::raw::CParameter;
     match level {
