@@ -424,11 +424,13 @@ fn backup_disk(
     let run = run_blocks(bs);
     let (job_tx, job_rx) = bounded::<Job>(opts.workers * QUEUE_PER_WORKER);
     let (done_tx, done_rx) = bounded::<Result<Done>>(opts.workers * QUEUE_PER_WORKER);
-    // Run buffers given back by the workers, for the reader to fill again.
-    let (free_tx, free_rx) = bounded::<IoBuf>(opts.workers * (QUEUE_PER_WORKER + 1) + 1);
-    // Frames' payload buffers, given back once written, so that a frame
-    // costs no allocation (and no page faults) once the pipeline is full.
-    let (payload_tx, payload_rx) = bounded::<Vec<u8>>(opts.workers * (QUEUE_PER_WORKER + 1) + 1);
+    // Buffers given back for reuse, as many as can be in flight: run buffers
+    // from the workers for the reader to fill again, and frames' payload
+    // buffers once written, so that a frame costs no allocation (and no page
+    // faults) once the pipeline is full.
+    let in_flight = opts.workers * (QUEUE_PER_WORKER + 1) + 1;
+    let (free_tx, free_rx) = bounded::<IoBuf>(in_flight);
+    let (payload_tx, payload_rx) = bounded::<Vec<u8>>(in_flight);
 
     let result = std::thread::scope(|s| -> Result<(DiskEntry, DiskStats)> {
         // Reader: runs of blocks in order, one read per run, holes without I/O.
