@@ -43,10 +43,8 @@ use crate::vault::Vault;
 /// Largest configuration file accepted (they are libvirt XMLs and the like).
 const MAX_CONFIG_BYTES: u64 = 64 << 20;
 /// Runs of blocks in flight between the reader and the workers, per worker
-/// (with 6 MiB runs, 6 MiB per worker in each channel). One is enough to
-/// keep both cores busy; two took a backup's peak RSS from 71–74 MiB to
-/// about 90 MiB, near the 100 MB budget.
-const QUEUE_PER_WORKER: usize = 1;
+/// (with 3 MiB runs, 6 MiB per worker in each channel).
+const QUEUE_PER_WORKER: usize = 2;
 
 #[derive(Clone, Debug, Default)]
 pub struct BackupRequest {
@@ -217,16 +215,15 @@ const PREFETCH_AHEAD: u64 = 8 << 20;
 
 /// Blocks travel between threads in runs of this many bytes, so that channel
 /// hand-offs and read syscalls are per run rather than per block, and the
-/// new blocks of a run are compressed together as one frame. 6 MiB (96
-/// blocks of 64 KiB), compressed at level 2 by default: against 3 MiB runs
-/// at level 3 (sessions 5–8) the vault is 1.5% smaller for 17–30% less zstd
-/// CPU (docs/format.md §4), because a wider frame finds more matches and so
-/// pays for zstd's cheaper level 2. The price is paid by readers that want
-/// part of a frame: a random 4 KiB read decodes half a frame on average.
-/// Sequential readers and guest-file copies read as fast as with 3 MiB
-/// frames; 8 MiB frames made guest-file copies through a mount 10% slower
-/// (docs/benchmarks.md, session 9).
-pub const RUN_BYTES: u64 = 6 << 20;
+/// new blocks of a run are compressed together as one frame. 3 MiB (48
+/// blocks of 64 KiB). Larger runs compress smaller, and at level 2 for less
+/// CPU (docs/format.md §4: 5 MiB runs at level 2 made a vault 1.0% smaller
+/// than 3 MiB at level 3, for 18% less zstd CPU), but they cost every
+/// reader that wants part of a frame: with 5 MiB frames a mount's `dd` of a
+/// disk took 3.05–3.11 s against 2.55–2.70 s, a random 4 KiB read 1.26 ms
+/// against 0.94 ms, and `kluis files cp -r` of a 300 MiB guest tree
+/// 0.84–0.96 s against 0.66–0.77 s (docs/benchmarks.md, session 8).
+pub const RUN_BYTES: u64 = 3 << 20;
 
 /// Blocks per run for blocks of `bs` bytes: at least one, and never more
 /// than a frame may hold.
@@ -620,10 +617,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_are_6_mib_within_frame_limits() {
-        assert_eq!(run_blocks(64 << 10), 96);
-        assert_eq!(run_blocks(4096), 1024);
-        assert_eq!(run_blocks(1 << 20), 6);
+    fn runs_are_3_mib_within_frame_limits() {
+        assert_eq!(run_blocks(64 << 10), 48);
+        assert_eq!(run_blocks(4096), 768);
+        assert_eq!(run_blocks(1 << 20), 3);
         assert_eq!(run_blocks(4 << 20), 1);
         assert_eq!(run_blocks(512), crate::store::MAX_FRAME_CHUNKS as u64);
     }

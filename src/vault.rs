@@ -42,11 +42,9 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
 pub const RESERVE_FILE: &str = "reserve";
 pub const RESERVE_BYTES: usize = 1 << 20;
 /// zstd level of new chunks; chosen with scripts/bench.sh (docs/benchmarks.md).
-/// Level 2, with kluis's window and hash table in 6 MiB frames
-/// (src/store/frame.rs), costs 17–30% less CPU than level 3 did in 3 MiB
-/// frames, for a vault 1.5% smaller (docs/format.md §4). Vaults made before
-/// session 9 keep level 3: the level is in their header.
-pub const DEFAULT_ZSTD_LEVEL: i32 = 2;
+/// Level 2, with kluis's window and hash table (src/store/frame.rs), takes
+/// a fifth less CPU for a vault 2% larger (docs/format.md §4).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// The level of a header without a `zstd-level` line (written before the
 /// line existed, when every vault used level 3).
 const UNSTATED_ZSTD_LEVEL: i32 = 3;

@@ -53,8 +53,8 @@ impl quick_cache::Weighter<FrameKey, Arc<CachedFrame>> for FrameWeight {
 /// mount's `dd` of a disk in 8 MiB frames read the same frames again and
 /// again: 11.0 s instead of 3).
 pub fn frame_cache(bytes: u64) -> FrameCache {
-    // At least 16 of a backup's frames per shard: one shard of 96 MiB for
-    // the mount's 96 MiB and 6 MiB runs. (quick_cache also merges shards
+    // At least 16 of a backup's frames per shard: two shards of 48 MiB for
+    // the mount's 96 MiB and 3 MiB runs. (quick_cache also merges shards
     // expected to hold fewer than 32 items; at 256 KiB per item, the
     // estimate below, that never overrides this.)
     let fit = (bytes / (16 * crate::backup::RUN_BYTES)).clamp(1, 8);

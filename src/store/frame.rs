@@ -279,28 +279,21 @@ impl Frame {
     }
 }
 
-/// A backup's frames hold up to one run (6 MiB, src/backup.rs): a window of
-/// the next power of two, 2^23 bytes, lets a match reach back to the
-/// frame's start.
-const FRAME_WINDOW_LOG: u32 = crate::backup::RUN_BYTES.next_power_of_two().ilog2();
-/// Hash table for levels 1 and 2: 2^17 entries (512 KiB). zstd sizes those
-/// levels for a window of 0.5–1 MiB (2^14 and 2^16 entries), which misses
-/// most matches in a 6 MiB frame; larger tables find a few more but no
-/// longer fit a core's cache (on the benchmark's images, level 3's other
-/// parameters with zstd's fast strategy: 9.8 s of CPU with 2^18 entries,
-/// 10.4 s with 2^19, 11.9 s with 2^20, for outputs within 0.4%).
+/// Frames hold up to 3 MiB (a backup's runs, src/backup.rs): a window of
+/// 2^22 bytes lets a match reach back to the frame's start.
+const FRAME_WINDOW_LOG: u32 = 22;
+/// Smallest hash table (2^17 entries) for that window; zstd sizes levels 1
+/// and 2 for a window of 0.5–1 MiB (2^14 and 2^16 entries).
 const FRAME_HASH_LOG: u32 = 17;
 
 /// zstd's parameters for a frame at `level`, where they differ from the
 /// level's own: zstd picks those for a stream of any length, kluis knows each
-/// frame is one input of at most one run. On the benchmark's images with
-/// 6 MiB runs, level 2 with both (the default) takes 17–30% less CPU than
-/// level 3 in 3 MiB runs did, for 1.5% less output; in 3 MiB runs, level 3
-/// with the wider window compressed 0.5% smaller for the same CPU, and
-/// level 2 with zstd's own window and table 5.7% larger than with these
-/// (docs/format.md §4). Levels 3 and up already have a large enough hash
-/// table; negative (fast) levels keep zstd's parameters, being chosen for
-/// speed.
+/// frame is one input of at most 3 MiB. On the benchmark's images: level 3
+/// with the wider window compresses 0.5% smaller for the same CPU; level 2
+/// with both takes 19% less CPU than level 3 for 1.8% more output, where
+/// with zstd's own window and table it gave 5.7% more (docs/format.md §4).
+/// Levels 3 and up already have a large enough hash table; negative (fast)
+/// levels keep zstd's parameters, being chosen for speed.
 fn frame_params(level: i32) -> Vec<zstd::stream::raw::CParameter> {
     use zstd::stream::raw::CParameter;
     match level {

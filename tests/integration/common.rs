@@ -18,9 +18,9 @@ pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
 /// The default block size of `kluis init`.
 pub const BLOCK: u64 = 64 * KIB;
-/// Blocks in a full frame: a backup compresses the new blocks of each 6 MiB
+/// Blocks in a full frame: a backup compresses the new blocks of each 3 MiB
 /// run together.
-pub const FRAME_BLOCKS: u64 = 6 * MIB / BLOCK;
+pub const FRAME_BLOCKS: u64 = 3 * MIB / BLOCK;
 
 /// A seeded generator; the seed is printed so a failure can be replayed with
 /// `KLUIS_TEST_SEED`.
