@@ -222,7 +222,9 @@ const PREFETCH_AHEAD: u64 = 8 << 20;
 /// reader that wants part of a frame: with 5 MiB frames a mount's `dd` of a
 /// disk took 3.05–3.11 s against 2.55–2.70 s, a random 4 KiB read 1.26 ms
 /// against 0.94 ms, and `kluis files cp -r` of a 300 MiB guest tree
-/// 0.84–0.96 s against 0.66–0.77 s (docs/benchmarks.md, session 8).
+/// 0.84–0.96 s against 0.66–0.77 s (docs/benchmarks.md, session 8); with
+/// 6 MiB frames at level 2, a guest `cp -r` through a mount took a fifth
+/// longer (session 9).
 pub const RUN_BYTES: u64 = 3 << 20;
 
 /// Blocks per run for blocks of `bs` bytes: at least one, and never more

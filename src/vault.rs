@@ -42,8 +42,10 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
 pub const RESERVE_FILE: &str = "reserve";
 pub const RESERVE_BYTES: usize = 1 << 20;
 /// zstd level of new chunks; chosen with scripts/bench.sh (docs/benchmarks.md).
-/// Level 2, with kluis's window and hash table (src/store/frame.rs), takes
-/// a fifth less CPU for a vault 2% larger (docs/format.md §4).
+/// Not level 2: with kluis's window and hash table (src/store/frame.rs) it
+/// takes a fifth less CPU, but makes a vault 2% larger, which figure 4 (the
+/// vault no larger than borg's) cannot afford in 3 MiB frames
+/// (docs/format.md §4).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// The level of a header without a `zstd-level` line (written before the
 /// line existed, when every vault used level 3).
