@@ -275,6 +275,17 @@ fn errno(e: Error) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Runs the helper behind a request. A panic in it (a bug) answers this
+/// request EIO, with an error line, instead of ending fuser's event loop and
+/// with it the mount: every other file stays readable.
+fn guarded<T>(request: &str, f: impl FnOnce() -> Result<T, Errno>) -> Result<T, Errno> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+        log::error!("{request}: internal error ({why}), answered EIO");
+        Err(Errno::EIO)
+    })
+}
+
 impl Filesystem for KluisFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(MAX_READ);
@@ -300,28 +311,28 @@ impl Filesystem for KluisFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.lookup_(parent, name) {
+        match guarded("lookup", || self.lookup_(parent, name)) {
             Ok((node, attr)) => reply.entry(&Self::ttl(&node), &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.getattr_(ino) {
+        match guarded("getattr", || self.getattr_(ino)) {
             Ok((node, attr)) => reply.attr(&Self::ttl(&node), &attr),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino).and_then(|n| self.tree.readlink_bytes(&n).map_err(errno)) {
+        match guarded("readlink", || self.node(ino).and_then(|n| self.tree.readlink_bytes(&n).map_err(errno))) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.open_(ino, flags) {
+        match guarded("open", || self.open_(ino, flags)) {
             // Content never changes while open: keep the page cache across opens.
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e),
@@ -339,7 +350,7 @@ impl Filesystem for KluisFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.read_(ino, fh, offset, size) {
+        match guarded("read", || self.read_(ino, fh, offset, size)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
         }
@@ -360,21 +371,21 @@ impl Filesystem for KluisFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.opendir_(ino) {
+        match guarded("opendir", || self.opendir_(ino)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.readdir_(fh, offset, &mut reply) {
+        match guarded("readdir", || self.readdir_(fh, offset, &mut reply)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.readdirplus_(fh, offset, &mut reply) {
+        match guarded("readdirplus", || self.readdirplus_(fh, offset, &mut reply)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -386,7 +397,7 @@ impl Filesystem for KluisFs {
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
-        match self.lseek_(ino, fh, offset, whence) {
+        match guarded("lseek", || self.lseek_(ino, fh, offset, whence)) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e),
         }
@@ -458,5 +469,19 @@ impl Filesystem for KluisFs {
     }
     fn create(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _f: i32, reply: fuser::ReplyCreate) {
         reply.error(Errno::EROFS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_request_answers_eio() {
+        assert_eq!(guarded("t", || Ok::<_, Errno>(7)), Ok(7));
+        assert_eq!(guarded("t", || Err::<(), _>(Errno::ENOENT)), Err(Errno::ENOENT));
+        assert_eq!(guarded("t", || -> Result<(), Errno> { panic!("a bug") }), Err(Errno::EIO));
+        let mut v = vec![1];
+        assert_eq!(guarded("t", || -> Result<(), Errno> { v.push(2); panic!("{}", v.len()) }), Err(Errno::EIO));
     }
 }
