@@ -1,4 +1,4 @@
-//! Jobs: every backup, restore, verify, prune and gc run is recorded in the
+//! Jobs: every backup, restore, verify, prune, gc and replicate run is recorded in the
 //! index with its start, end, status, bytes read and stored, error text and
 //! a step log (`detail`, JSON).
 //!
@@ -200,5 +200,14 @@ impl JobOutcome for crate::policy::ItemPrune {
             "kept": self.kept.len(),
             "pruned": self.pruned.iter().map(|p| &p.name).collect::<Vec<_>>(),
         })
+    }
+}
+
+impl JobOutcome for crate::replicate::ReplicateReport {
+    fn bytes(&self) -> (u64, u64) {
+        (self.bytes_copied, self.bytes_copied)
+    }
+    fn detail(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }

@@ -23,6 +23,7 @@ pub mod consistency;
 pub mod scheduler;
 pub mod guestfs;
 pub mod rebuild;
+pub mod replicate;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, RecoveryPointId};

@@ -1,5 +1,5 @@
-//! `kluis run-due` and `kluis daemon`: run every backup, prune and gc that
-//! is due now. Times come from crate::catalog::now_ms (so `KLUIS_NOW` moves
+//! `kluis run-due` and `kluis daemon`: run every backup, prune, gc and
+//! replication that is due now. Times come from crate::catalog::now_ms (so `KLUIS_NOW` moves
 //! the clock in tests).
 //!
 //! - **backup** of a protected item is due when a slot of its policy's
@@ -11,6 +11,8 @@
 //!   was added, or the policy or item changed, since its last prune job.
 //!   Within one run an item's prune follows its backup.
 //! - **gc** is due by the vault's `gc-schedule` setting (crate::settings).
+//! - **replicate** is due by `replicate-schedule`, when `replicate-to` names
+//!   a secondary vault; it runs last, so the copy has this run's points.
 //!
 //! Only one scheduler runs per vault at a time (flock on VAULT/scheduler.lock);
 //! a second one skips its run.
@@ -125,22 +127,43 @@ pub fn run_due(vault: &Vault, progress: &dyn Progress, cancel: &AtomicBool) -> R
             rep.ran.push(ran);
         }
     }
-    let gc_anchor = vault.catalog().last_job_start("gc")?.unwrap_or(i64::MIN);
-    if crate::settings::gc_schedule(vault)?.due(gc_anchor, now) && !cancel.load(Ordering::Relaxed) {
+    if vault_job_due(vault, "gc", &crate::settings::gc_schedule(vault)?, now, cancel)? {
         let r = jobs::run(vault, "gc", None, |_| crate::gc::gc(vault, progress));
-        let (status, error) = match &r {
-            Ok(_) => ("ok", None),
-            Err(Error::Interrupted) => return Err(Error::Interrupted),
-            Err(e) => ("failed", Some(e.to_string())),
-        };
-        rep.ran.push(Ran { kind: "gc".into(), item: None, status: status.into(), error, point: None, consistency: None, pruned: None });
+        rep.ran.push(vault_job_ran("gc", r)?);
+    }
+    if let Some(to) = crate::settings::replicate_to(vault)?
+        && vault_job_due(vault, "replicate", &crate::settings::replicate_schedule(vault)?, now, cancel)?
+    {
+        let r = jobs::run(vault, "replicate", None, |_| crate::replicate::replicate(vault, &to, progress, cancel));
+        rep.ran.push(vault_job_ran("replicate", r)?);
     }
     Ok(rep)
+}
+
+/// A job of the whole vault (gc, replicate) is due when a slot of its
+/// schedule lies after the start of its last run.
+fn vault_job_due(vault: &Vault, kind: &str, schedule: &Schedule, now: i64, cancel: &AtomicBool) -> Result<bool> {
+    let anchor = vault.catalog().last_job_start(kind)?.unwrap_or(i64::MIN);
+    Ok(schedule.due(anchor, now) && !cancel.load(Ordering::Relaxed))
+}
+
+fn vault_job_ran<T>(kind: &str, r: Result<T>) -> Result<Ran> {
+    let (status, error) = match &r {
+        Ok(_) => ("ok", None),
+        Err(Error::Interrupted) => return Err(Error::Interrupted),
+        Err(e) => ("failed", Some(e.to_string())),
+    };
+    Ok(Ran { kind: kind.into(), item: None, status: status.into(), error, point: None, consistency: None, pruned: None })
 }
 
 /// The next moment something may become due (the earliest next slot).
 pub fn next_wakeup(vault: &Vault, now: i64) -> Result<Option<i64>> {
     let mut next: Option<i64> = crate::settings::gc_schedule(vault)?.next_slot(now);
+    if crate::settings::replicate_to(vault)?.is_some()
+        && let Some(t) = crate::settings::replicate_schedule(vault)?.next_slot(now)
+    {
+        next = Some(next.map_or(t, |n| n.min(t)));
+    }
     for item in protect::list(vault)? {
         let Some(p) = &item.policy else { continue };
         let Ok(policy) = policy::get(vault, p) else { continue };

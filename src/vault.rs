@@ -61,6 +61,10 @@ pub struct VaultHeader {
     /// Compression level for new chunks. Readers don't need it (zstd frames
     /// decode at any level), so changing it never breaks a vault.
     pub zstd_level: i32,
+    /// Set on a secondary vault kept by `kluis replicate`: the id of the
+    /// vault it copies. A replica takes no backups or changes of its own
+    /// until `kluis vault promote` clears this (crate::replicate).
+    pub replica_of: Option<String>,
 }
 
 impl VaultHeader {
@@ -69,9 +73,14 @@ impl VaultHeader {
     /// id 5f1c…(32 hex)
     /// block-size 65536
     /// zstd-level 3
+    /// replica-of 9a0b…(32 hex)      (only on a replica)
     /// ```
     pub fn to_text(&self) -> String {
-        format!("kluis-vault {}\nid {}\nblock-size {}\nzstd-level {}\n", self.format, self.id, self.block_size, self.zstd_level)
+        let mut t = format!("kluis-vault {}\nid {}\nblock-size {}\nzstd-level {}\n", self.format, self.id, self.block_size, self.zstd_level);
+        if let Some(r) = &self.replica_of {
+            t.push_str(&format!("replica-of {r}\n"));
+        }
+        t
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<VaultHeader> {
@@ -92,11 +101,13 @@ impl VaultHeader {
         let mut id = None;
         let mut block_size = None;
         let mut zstd_level = UNSTATED_ZSTD_LEVEL;
+        let mut replica_of = None;
         for l in lines {
             match l.split_once(' ') {
                 Some(("id", v)) => id = Some(v.to_owned()),
                 Some(("block-size", v)) => block_size = v.parse().ok(),
                 Some(("zstd-level", v)) => zstd_level = v.parse().ok().filter(|l| ZSTD_LEVELS.contains(l)).ok_or_else(bad)?,
+                Some(("replica-of", v)) => replica_of = Some(v.to_owned()),
                 _ => {} // unknown keys are allowed: newer minor settings
             }
         }
@@ -104,7 +115,7 @@ impl VaultHeader {
         if !block_size.is_power_of_two() || !(4096..=4 << 20).contains(&block_size) {
             return Err(bad());
         }
-        Ok(VaultHeader { format, id: id.ok_or_else(bad)?, block_size, zstd_level })
+        Ok(VaultHeader { format, id: id.ok_or_else(bad)?, block_size, zstd_level, replica_of })
     }
 }
 
@@ -154,15 +165,11 @@ impl Vault {
         if !ZSTD_LEVELS.contains(&zstd_level) {
             return Err(Error::InvalidInput(format!("zstd level {zstd_level} must be between {} and {}", ZSTD_LEVELS.start(), ZSTD_LEVELS.end())));
         }
-        let header = VaultHeader { format: FORMAT_VERSION, id: new_vault_id(), block_size, zstd_level };
+        let header = VaultHeader { format: FORMAT_VERSION, id: new_vault_id(), block_size, zstd_level, replica_of: None };
         Catalog::open(&root.join("index.sqlite"), true)?;
         // The header goes last: a directory without it is not a vault, so a
         // crash during init leaves nothing that pretends to be one.
-        let tmp = root.join(format!("{HEADER_FILE}.tmp"));
-        fs::write(&tmp, header.to_text()).ctx(|| format!("write {}", tmp.display()))?;
-        File::open(&tmp).and_then(|f| f.sync_all()).ctx(|| format!("fsync {}", tmp.display()))?;
-        fs::rename(&tmp, root.join(HEADER_FILE)).ctx(|| format!("write {}", root.display()))?;
-        File::open(root).and_then(|d| d.sync_all()).ctx(|| format!("fsync {}", root.display()))?;
+        write_header(root, &header)?;
         let vault = Vault::open(root)?;
         vault.ensure_reserve();
         Ok(vault)
@@ -185,6 +192,26 @@ impl Vault {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Fails on a replica (see [`VaultHeader::replica_of`]): for every
+    /// command that would change what the vault holds.
+    pub fn check_primary(&self) -> Result<()> {
+        match &self.header.replica_of {
+            None => Ok(()),
+            Some(of) => Err(Error::InvalidInput(format!(
+                "{} is a replica of vault {of}, kept by `kluis replicate`: it takes no backups or changes of its own \
+                 (`kluis vault promote` makes it a vault of its own)",
+                self.root.display()
+            ))),
+        }
+    }
+
+    /// Replaces the header (`kluis vault promote`); atomic.
+    pub fn rewrite_header(&mut self, header: VaultHeader) -> Result<()> {
+        write_header(&self.root, &header)?;
+        self.header = header;
+        Ok(())
     }
 
     pub fn index_path(&self) -> PathBuf {
@@ -295,7 +322,17 @@ fn parse_time_ms(s: &str) -> Option<i64> {
     s.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond())
 }
 
-fn new_vault_id() -> String {
+/// Writes `VAULT/kluis.vault` atomically: a temporary file, fsynced, renamed
+/// over the old one, and the directory fsynced.
+pub(crate) fn write_header(root: &Path, header: &VaultHeader) -> Result<()> {
+    let tmp = root.join(format!("{HEADER_FILE}.tmp"));
+    fs::write(&tmp, header.to_text()).ctx(|| format!("write {}", tmp.display()))?;
+    File::open(&tmp).and_then(|f| f.sync_all()).ctx(|| format!("fsync {}", tmp.display()))?;
+    fs::rename(&tmp, root.join(HEADER_FILE)).ctx(|| format!("write {}", root.display()))?;
+    File::open(root).and_then(|d| d.sync_all()).ctx(|| format!("fsync {}", root.display()))
+}
+
+pub(crate) fn new_vault_id() -> String {
     let mut h = blake3::Hasher::new();
     h.update(&std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos().to_le_bytes());
     h.update(&std::process::id().to_le_bytes());
@@ -332,8 +369,14 @@ mod tests {
 
     #[test]
     fn header_golden() {
-        let h = VaultHeader { format: 2, id: "00112233445566778899aabbccddeeff".into(), block_size: 65536, zstd_level: 3 };
+        let h = VaultHeader { format: 2, id: "00112233445566778899aabbccddeeff".into(), block_size: 65536, zstd_level: 3, replica_of: None };
         assert_eq!(h.to_text(), "kluis-vault 2\nid 00112233445566778899aabbccddeeff\nblock-size 65536\nzstd-level 3\n");
+        let r = VaultHeader { replica_of: Some("ffeeddccbbaa99887766554433221100".into()), ..h.clone() };
+        assert_eq!(
+            r.to_text(),
+            "kluis-vault 2\nid 00112233445566778899aabbccddeeff\nblock-size 65536\nzstd-level 3\nreplica-of ffeeddccbbaa99887766554433221100\n"
+        );
+        assert_eq!(VaultHeader::parse(&r.to_text(), Path::new("v")).unwrap(), r);
         // A header without the zstd-level line reads as level 3, the only
         // one there was when it was written.
         let old = VaultHeader::parse("kluis-vault 2\nid 00112233445566778899aabbccddeeff\nblock-size 65536\n", Path::new("v")).unwrap();

@@ -21,6 +21,7 @@ mod integration {
     mod gc_lock;
     mod mount;
     mod rebuild;
+    mod replicate;
     mod vhd;
 
     // files inside guest filesystems (issue 4)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::{ChunkId, RecoveryPointId};
 pub use crate::store::ChunkLocation;
 use crate::store::FinishedPack;
@@ -300,6 +300,53 @@ impl Catalog {
 
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    // ---- replication (crate::replicate) ----
+
+    /// Writes a consistent copy of the whole index, as of one instant, to
+    /// the new file `to` (`VACUUM INTO`: one read transaction, compacted).
+    pub fn snapshot_into(&self, to: &Path) -> Result<()> {
+        let to = to.to_str().ok_or_else(|| Error::InvalidInput(format!("{}: not a UTF-8 path", to.display())))?;
+        self.conn.execute("VACUUM INTO ?1", [to])?;
+        Ok(())
+    }
+
+    /// Replaces this index's whole content with that of the database `from`,
+    /// in one write transaction (SQLite's backup API): readers of this index
+    /// see the old content or the new, and a crash leaves the old.
+    pub fn replace_with(&mut self, from: &Connection) -> Result<()> {
+        use rusqlite::backup::{Backup, StepResult};
+        let backup = Backup::new(from, &mut self.conn)?;
+        let started = std::time::Instant::now();
+        loop {
+            match backup.step(-1)? {
+                StepResult::Done => return Ok(()),
+                // Another connection writes this index (a job record);
+                // wait for it, as the busy timeout would.
+                StepResult::Busy | StepResult::Locked if started.elapsed() < Duration::from_secs(60) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => return Err(Error::Corrupt(format!("copying the index did not complete ({other:?})"))),
+            }
+        }
+    }
+
+    /// Ends the `running` job rows of `kind` started by this process: in a
+    /// replica, the row of the replicate job that made the copy (it was
+    /// running when the index was copied).
+    pub fn end_copied_jobs(&mut self, kind: &str, status: &str, bytes: u64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE jobs SET ended_ms = ?3, status = ?2, bytes_read = ?5, bytes_stored = ?5
+             WHERE kind = ?1 AND status = 'running' AND pid = ?4",
+            params![kind, status, now_ms(), std::process::id(), bytes],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_meta(&mut self, key: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        Ok(())
     }
 }
 

@@ -101,6 +101,12 @@ pub enum Command {
     Gc,
     /// Rebuild a lost or damaged index from the packs (the old one is kept aside)
     RebuildIndex,
+    /// Copy the vault to a secondary vault (a replica) that can take over after a disaster; copies only new packs
+    Replicate {
+        /// The replica: a new or empty directory, or a replica of this vault [default: the vault's replicate-to setting]
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+    },
     /// Show every recovery point as a read-only folder (foreground until unmounted or Ctrl-C)
     Mount {
         mountpoint: PathBuf,
@@ -241,6 +247,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         }
         Command::Gc => {
             let vault = Vault::open(&vault_dir)?;
+            vault.check_primary()?;
             let rep = kluis::jobs::run(&vault, "gc", None, |_| kluis::gc::gc(&vault, &bars))?;
             out.result(&rep, || {
                 format!(
@@ -251,6 +258,30 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                     rep.packs_rewritten,
                     output::bytes(rep.bytes_freed),
                     rep.live_chunks
+                )
+            })?;
+        }
+        Command::Replicate { to } => {
+            let vault = Vault::open(&vault_dir)?;
+            let to = match to {
+                Some(t) => t,
+                None => kluis::settings::replicate_to(&vault)?.ok_or_else(|| {
+                    Error::InvalidInput("no replica given: use --to DIR, or set one with `kluis vault set replicate-to DIR`".into())
+                })?,
+            };
+            let rep = kluis::jobs::run(&vault, "replicate", None, |_| kluis::replicate::replicate(&vault, &to, &bars, &CANCEL))?;
+            out.result(&rep, || {
+                format!(
+                    "replicated {} to {}{}: {} points; {} of {} packs copied ({}), {} removed; {:.1}s",
+                    vault_dir.display(),
+                    rep.to.display(),
+                    if rep.created { " (a new replica)" } else { "" },
+                    rep.points,
+                    rep.packs_copied,
+                    rep.packs,
+                    output::bytes(rep.bytes_copied),
+                    rep.packs_removed,
+                    rep.seconds
                 )
             })?;
         }

@@ -57,7 +57,7 @@ pub enum Cmd {
         #[arg(long, value_name = "N")]
         last: Option<usize>,
     },
-    /// Vault settings (soft-delete-days, gc-schedule)
+    /// Vault settings (soft-delete-days, gc-schedule, replicate-to, replicate-schedule); promote a replica
     #[command(subcommand, name = "vault")]
     Settings(VaultCmd),
 }
@@ -122,12 +122,26 @@ pub enum PolicyCmd {
 pub enum VaultCmd {
     /// Show the vault's settings
     Show,
-    /// Change a setting: soft-delete-days N | gc-schedule SCHEDULE
+    /// Change a setting: soft-delete-days N | gc-schedule SCHEDULE | replicate-to DIR|none | replicate-schedule SCHEDULE
     Set { key: String, value: String },
+    /// Make this replica a vault of its own (after a disaster): it takes backups from now on
+    Promote,
+}
+
+/// Whether `cmd` changes what the vault holds (refused on a replica).
+fn changes_vault(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Items | Cmd::Jobs { .. } | Cmd::Policy(PolicyCmd::Ls) | Cmd::Settings(VaultCmd::Show | VaultCmd::Promote) => false,
+        Cmd::Prune { dry_run, .. } => !dry_run,
+        _ => true,
+    }
 }
 
 pub fn run(cmd: Cmd, vault_dir: &Path, out: &Out, bars: &Bars) -> Result<()> {
-    let vault = Vault::open(vault_dir)?;
+    let mut vault = Vault::open(vault_dir)?;
+    if changes_vault(&cmd) {
+        vault.check_primary()?;
+    }
     match cmd {
         Cmd::Protect(a) => protect_cmd(&vault, a, out),
         Cmd::Unprotect { item } => {
@@ -169,6 +183,18 @@ pub fn run(cmd: Cmd, vault_dir: &Path, out: &Out, bars: &Bars) -> Result<()> {
             let v = settings::set(&vault, &key, &value)?;
             out.result(&serde_json::json!({"key": key, "value": v}), || format!("{key} = {v}"))
         }
+        Cmd::Settings(VaultCmd::Promote) => {
+            let rep = kluis::replicate::promote(&mut vault)?;
+            out.result(&rep, || {
+                let cleared = rep.cleared_replicate_to.as_ref().map(|t| format!("; replicate-to ({}) cleared", t.display())).unwrap_or_default();
+                format!(
+                    "{} is a vault of its own now (was a replica of {}), with {} recovery points{cleared}",
+                    rep.vault.display(),
+                    rep.was_replica_of,
+                    rep.points
+                )
+            })
+        }
     }
 }
 
@@ -186,6 +212,7 @@ pub fn backup(vault_dir: &Path, item: String, disks: Vec<String>, configs: Vec<P
         Some(def)
     };
     let vault = Vault::open(vault_dir)?;
+    vault.check_primary()?;
     let def = match (protect::get(&vault, &item)?, adhoc) {
         (Some(_), Some(_)) => {
             return Err(Error::InvalidInput(format!(
@@ -228,6 +255,7 @@ fn backup_line(rep: &ItemBackupReport) -> String {
 /// the vault's soft-delete window has passed.
 pub fn delete(vault_dir: &Path, point: &str, out: &Out) -> Result<()> {
     let vault = Vault::open(vault_dir)?;
+    vault.check_primary()?;
     let p = vault.select(point, false)?;
     let now = kluis::catalog::now_ms();
     vault.catalog().set_point_deleted(&p.id, Some(now))?;
@@ -496,10 +524,10 @@ fn jobs_cmd(vault: &Vault, item: Option<&str>, failed: bool, last: Option<usize>
     if out.is_json() {
         return out.json_value(&list);
     }
-    out.line(&format!("{:>5} {:<8} {:<12} {:<20} {:>7} {:<11} {:>10} {:>10}  {}", "ID", "KIND", "ITEM", "STARTED", "SECS", "STATUS", "READ", "STORED", "ERROR"))?;
+    out.line(&format!("{:>5} {:<9} {:<12} {:<20} {:>7} {:<11} {:>10} {:>10}  {}", "ID", "KIND", "ITEM", "STARTED", "SECS", "STATUS", "READ", "STORED", "ERROR"))?;
     for j in &list {
         out.line(&format!(
-            "{:>5} {:<8} {:<12} {:<20} {:>7} {:<11} {:>10} {:>10}  {}",
+            "{:>5} {:<9} {:<12} {:<20} {:>7} {:<11} {:>10} {:>10}  {}",
             j.id,
             j.kind,
             j.item.as_deref().unwrap_or("-"),

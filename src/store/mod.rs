@@ -29,4 +29,4 @@ mod frame;
 mod pack;
 
 pub use frame::{check_chunk, check_frame, decode_payload, decode_payload_into, decode_prefix, ChunkKind, Codec, Frame, FrameEntry, FrameHeader, MAX_FRAME_CHUNKS, PACK_HEADER, PACK_HEADER_SIZE};
-pub use pack::{pack_path, packs_on_disk, read_frame, read_frame_upto, read_frame_via, read_header, scan_pack, ChunkLocation, DecodedFrame, FinishedPack, FrameBuf, FrameLocation, PackFiles, PackWriter, ScannedFrame};
+pub use pack::{copy_pack, pack_path, packs_on_disk, read_frame, read_frame_upto, read_frame_via, read_header, scan_pack, ChunkLocation, DecodedFrame, FinishedPack, FrameBuf, FrameLocation, PackFiles, PackWriter, ScannedFrame};

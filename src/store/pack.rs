@@ -16,7 +16,7 @@ pub fn pack_path(vault: &Path, name: &str) -> PathBuf {
     vault.join("packs").join(&name[..2]).join(format!("{name}.pack"))
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .ctx(|| format!("fsync directory {}", dir.display()))
@@ -33,6 +33,51 @@ fn new_pack_name() -> String {
     h.update(&std::process::id().to_le_bytes());
     h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     crate::id::hex(&h.finalize().as_bytes()[..8])
+}
+
+/// Copies finished pack `name` from vault `from` into vault `to` with the
+/// write order of a new pack (a temporary file, fsynced, renamed into place,
+/// its directory fsynced), so a crash leaves either no pack or the whole
+/// one. `step` sees the bytes as they go; it may stop the copy with an
+/// error (a cancel), and the temporary file goes with it. Returns the size.
+pub fn copy_pack(from: &Path, to: &Path, name: &str, step: &mut dyn FnMut(u64) -> Result<()>) -> Result<u64> {
+    use std::io::Read;
+    /// Bytes between two calls of `step`; the copy itself is the kernel's
+    /// (std::io::copy uses copy_file_range between files).
+    const STEP: u64 = 8 << 20;
+    let src_path = pack_path(from, name);
+    let mut src = File::open(&src_path).ctx(|| format!("open pack {}", src_path.display()))?;
+    let tmp_dir = to.join("packs").join("tmp");
+    fs::create_dir_all(&tmp_dir).ctx(|| format!("create {}", tmp_dir.display()))?;
+    let tmp_path = tmp_dir.join(format!("{name}.tmp"));
+    let _ = fs::remove_file(&tmp_path); // a leftover of an interrupted copy
+    let mut dst = OpenOptions::new().write(true).create_new(true).open(&tmp_path).ctx(|| format!("create {}", tmp_path.display()))?;
+    let copied = (|| {
+        let mut total = 0;
+        loop {
+            let n = std::io::copy(&mut (&mut src).take(STEP), &mut dst).ctx(|| format!("copy pack {name} to {}", to.display()))?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+            step(n)?;
+        }
+        dst.sync_all().ctx(|| format!("fsync {}", tmp_path.display()))?;
+        Ok(total)
+    })();
+    let total = match copied {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+    };
+    let final_path = pack_path(to, name);
+    let dir = final_path.parent().unwrap();
+    fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+    fs::rename(&tmp_path, &final_path).ctx(|| format!("rename pack {name} into place in {}", to.display()))?;
+    fsync_dir(dir)?;
+    Ok(total)
 }
 
 /// Where one frame landed in a finished pack.

@@ -10,6 +10,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -602,4 +603,38 @@ pub fn seek_runs(f: &File, size: u64, extra: &[u64], rng: &mut fastrand::Rng) ->
         assert_eq!(hole(x), inside.map(|r| r.1).unwrap_or(x), "SEEK_HOLE from {x} disagrees with the runs {runs:?}");
     }
     runs
+}
+
+/// How a run ended.
+pub enum End {
+    Killed,
+    Exited(Duration),
+}
+
+/// Lets `child` run for `delay`, then SIGKILLs it (std's `Child::kill`).
+/// Returns whether it was still running. A run that ends on its own must
+/// have succeeded.
+pub fn kill_after(mut child: Child, delay: Duration, what: &str) -> End {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let took = start.elapsed();
+            let out = child.wait_with_output().unwrap();
+            assert!(st.success(), "{what} failed on its own ({st}):\n{}{}", text(&out.stdout), text(&out.stderr));
+            return End::Exited(took);
+        }
+        let el = start.elapsed();
+        if el >= delay {
+            break;
+        }
+        std::thread::sleep((delay - el).min(Duration::from_micros(500)));
+    }
+    let at = start.elapsed();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    match out.status.code() {
+        None => End::Killed, // died of the signal
+        Some(0) => End::Exited(at), // finished between the last poll and the kill
+        Some(c) => panic!("{what} exited {c} just before the kill:\n{}{}", text(&out.stdout), text(&out.stderr)),
+    }
 }

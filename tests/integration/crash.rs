@@ -4,7 +4,6 @@
 //! backup, gc and `verify --read-data` are clean.
 
 use std::collections::BTreeMap;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::common::*;
@@ -14,40 +13,6 @@ use super::common::*;
 struct Want {
     os: String,
     data: String,
-}
-
-/// How a run ended.
-enum End {
-    Killed,
-    Exited(Duration),
-}
-
-/// Lets `child` run for `delay`, then SIGKILLs it (std's `Child::kill`).
-/// Returns whether it was still running. A run that ends on its own must
-/// have succeeded.
-fn kill_after(mut child: Child, delay: Duration, what: &str) -> End {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            let took = start.elapsed();
-            let out = child.wait_with_output().unwrap();
-            assert!(st.success(), "{what} failed on its own ({st}):\n{}{}", text(&out.stdout), text(&out.stderr));
-            return End::Exited(took);
-        }
-        let el = start.elapsed();
-        if el >= delay {
-            break;
-        }
-        std::thread::sleep((delay - el).min(Duration::from_micros(500)));
-    }
-    let at = start.elapsed();
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    match out.status.code() {
-        None => End::Killed, // died of the signal
-        Some(0) => End::Exited(at), // finished between the last poll and the kill
-        Some(c) => panic!("{what} exited {c} just before the kill:\n{}{}", text(&out.stdout), text(&out.stderr)),
-    }
 }
 
 /// Moving estimate of how long an operation takes when left alone.

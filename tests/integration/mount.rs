@@ -760,6 +760,51 @@ fn mount_read_survives_delete_and_gc() {
     env.verify_clean(true);
 }
 
+/// A replica mounts like any vault and follows replication live: new
+/// points appear, points gc dropped on the primary vanish, and a disk file
+/// opened before the replication keeps reading the packs it removed.
+#[test]
+fn mount_of_a_replica_follows_replication() {
+    let t = "mount_of_a_replica_follows_replication";
+    if !fuse_ok(t) {
+        return;
+    }
+    let mut rng = rng(t);
+    let mut p = Env::new();
+    p.set_env("KLUIS_PACK_SIZE", &(MIB / 2).to_string());
+    p.purge_deleted_at_gc();
+    let s = Env::empty();
+    let to = s.vault.to_str().unwrap().to_owned();
+    let img = p.path("os.img");
+    let size = 40 * MIB + 99; // its tail is beyond any readahead of the first read
+    random_file(&img, size, &mut rng);
+    let v1 = keep(&p, &img, "os.v1");
+    let p1 = p.backup("web", &[("os", &img)], &[]);
+    p.ok(&["replicate", "--to", &to]);
+
+    let mp = p.path("mnt");
+    let _m = MountGuard::start(&s, &mp);
+    let disk = File::open(disk_path(&mp, &p1, "os", "raw")).unwrap();
+    let want = fs::read(&v1).unwrap();
+    let mut got = vec![0u8; size as usize];
+    disk.read_exact_at(&mut got[..MIB as usize], 0).unwrap();
+
+    // p1 replaced by p2 on the primary, collected, replicated.
+    thread::sleep(Duration::from_millis(1100)); // a point name of its own
+    random_file(&img, size, &mut rng);
+    let v2 = keep(&p, &img, "os.v2");
+    let p2 = p.backup("web", &[("os", &img)], &[]);
+    p.ok(&["delete", &p1.sel()]);
+    p.ok(&["gc"]);
+    let r = p.json(&["replicate", "--to", &to]);
+    assert!(r["packs_removed"].as_u64().unwrap() >= 1, "{r}");
+    wait_until(LIVE_TIMEOUT, "the replicated point in the mount", || point_ids(&mp, "web") == vec![p2.id.clone()]);
+    assert_same_file(&disk_path(&mp, &p2, "os", "raw"), &v2);
+    // The open file of p1 reads on from the unlinked packs.
+    disk.read_exact_at(&mut got[MIB as usize..], MIB).unwrap_or_else(|e| panic!("reading p1 after replication: {e}"));
+    assert!(got == want, "p1 read through the replica's mount differs after replication");
+}
+
 #[test]
 fn mount_read_during_backups() {
     let t = "mount_read_during_backups";
