@@ -34,6 +34,9 @@
 #   7 sequential read of the mounted disk: cold dd of the raw image
 #     time / kluis time [>= 1.0]; restic mount / kluis, borg mount /
 #     kluis [>= 3.0]; 4 KiB random read p50/p99 vs the raw image (info)
+#   R replication to a secondary vault (info): the first `kluis replicate`
+#     / cold `cp -r` of the vault; the one after the churn / cold `cp` of
+#     the files it had to bring (the new packs and the index)
 #   block-size sweep (BENCH_BLOCK_SIZES): backup times and churn growth per
 #     block size (info), to justify the default.
 # Lines indented under a figure are extra context ("info"), not targets.
@@ -54,6 +57,7 @@
 #   BENCH_RSS_SMALL_MIB / BENCH_RSS_BIG_MIB   RSS test disks [1024/8192 | 128/1024]
 #   BENCH_RSS_BUDGET_MB  RSS budget in MB (10^6 bytes) [100]
 #   BENCH_MOUNT=0        skip the mount figures
+#   BENCH_REPLICATE=0    skip the replication figures
 #   BENCH_ROUNDS         rounds of the time figures 1, 5 and 7 [3 | 1]
 #   BENCH_RESTIC=0 / BENCH_BORG=0             skip a baseline tool
 #   BENCH_BLOCK_SIZES    e.g. "32768 65536 131072 262144": block-size sweep
@@ -622,6 +626,34 @@ if ((K_FULL_OK && R_FULL_OK)); then
     figure "  vault size after full / restic repo size" "$(ratio "$V_FULL" "$R_FULL")" info - "kluis $(mib "$V_FULL") / restic $(mib "$R_FULL")"
 fi
 
+# Replication (info): `kluis replicate` against a plain copy of the files it
+# must bring, both cold and both ending in sync (trun); the copy is neither
+# consistent with a running backup nor crash-safe, so it is the floor.
+REPLICA=$VAULTS/replica
+REPLICATE_OK=0
+replicate_figure() { # replicate_figure NAME LABEL FILE...: baseline = cp of FILE... into a fresh directory
+    local name=$1 label=$2 t tb
+    shift 2
+    # shellcheck disable=SC2016  # the inner sh expands $1 and $@
+    local cp_step=(sh -c 'd=$1; shift; rm -rf "$d"; mkdir -p "$d"; cp -r "$@" "$d"/' cp "$W/cp-copy")
+    base_before "cp-$label" "${cp_step[@]}" "$@" || die "cp of the vault's files failed"
+    if ctrun t "kluis-$label" "$KLUIS" --json --vault "$VAULTS/main" replicate --to "$REPLICA"; then
+        REPLICATE_OK=1
+        base_after tb "cp-$label" "${cp_step[@]}" "$@" || die "cp of the vault's files failed"
+        rm -rf "$W/cp-copy"
+        local copied
+        copied=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_copied"])' "$LOGS/kluis-$label.log" 2>/dev/null || echo 0)
+        figure "$name" "$(ratio "$t" "$tb")" info - "$(kvb "$t" cp "$tb"); $(mib "$copied") copied; $BASE_NOTE"
+    else
+        REPLICATE_OK=0
+        figure_error "$name" - "kluis replicate failed, see $LOGS/kluis-$label.log"
+    fi
+}
+if [[ ${BENCH_REPLICATE:-1} == 1 ]] && ((K_FULL_OK)); then
+    section "replication"
+    replicate_figure "R first replication / cold cp -r of the vault" replicate-full "$VAULTS/main"/*
+fi
+
 # Block-size sweep, full half: one vault per block size over the same images.
 declare -A SW_T_FULL SW_T_CAT_FULL SW_V_FULL SW_V_INC
 SWEEP_WHY=
@@ -712,6 +744,16 @@ fi
 if ((K_INC_OK && B_INC_OK)); then
     figure "  vault growth for churn / borg growth" "$(ratio "$K_GROWTH" "$B_GROWTH")" info - "kluis $(mib "$K_GROWTH") / borg $(mib "$B_GROWTH")"
 fi
+
+if ((REPLICATE_OK && K_INC_OK)); then
+    # What the replica lacks now: the packs the incremental backup wrote, and the index.
+    NEW_FILES=("$VAULTS/main/index.sqlite")
+    while IFS= read -r -d '' f; do
+        [[ -e $REPLICA/${f#"$VAULTS/main/"} ]] || NEW_FILES+=("$f")
+    done < <(find "$VAULTS/main/packs" -name '*.pack' -print0)
+    replicate_figure "R replication after churn / cold cp of new files" replicate-inc "${NEW_FILES[@]}"
+fi
+rm -rf "$REPLICA"
 
 # Block-size sweep, incremental half.
 if [[ -n $BLOCK_SIZES && -z $SWEEP_WHY ]]; then
