@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kluis in two minutes: back up a small VM disk with a real filesystem on it,
-# change a file inside the guest, back up again, and get both versions back.
+# change a file inside the guest, back up again, and get both versions back;
+# replicate the vault to a second one and restore from it; mount it.
 #
 # Usage:  scripts/demo.sh
 #
@@ -186,6 +187,13 @@ fi
 say "Verifying the vault (re-reading every chunk)"
 k verify --read-data
 
+say "Replicating the vault to a second one, for disaster recovery"
+k replicate --to "$W/replica"
+k --vault "$W/replica" restore "$ITEM@latest" --disk os --to "$W/from-replica.raw"
+[[ $(sha256sum <"$W/from-replica.raw" | cut -d' ' -f1) == "$SHA_SECOND" ]] \
+    || die "the disk restored from the replica differs from the current disk"
+info "restored from the replica: same sha256 as the current disk"
+
 # ------------------------------------------------------------------ mount
 
 if [[ $HAS_MOUNT == 1 ]]; then
@@ -216,4 +224,4 @@ if [[ $HAS_MOUNT == 1 ]]; then
     MOUNT_PID=
 fi
 
-say "All good: both recovery points came back byte for byte."
+say "All good: both recovery points came back byte for byte, and the replica restores the latest."

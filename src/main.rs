@@ -24,13 +24,14 @@ fn main() -> ExitCode {
         .init();
     cli::install_signal_handlers();
     raise_fd_limit();
+    let full_disk = cli::no_space_hint(&args.command);
     match cli::run(args) {
         Ok(cli::Outcome::Ok) => ExitCode::SUCCESS,
         Ok(cli::Outcome::Damaged) => ExitCode::from(3),
         Err(kluis::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             if e.is_no_space() {
-                eprintln!("kluis: error: {e} (the vault's filesystem is full; earlier recovery points are intact; `kluis gc` reclaims what the failed run left)");
+                eprintln!("kluis: error: {e} ({full_disk})");
             } else {
                 eprintln!("kluis: error: {e}");
             }

@@ -156,6 +156,18 @@ pub fn default_vault() -> Result<PathBuf> {
     Err(Error::InvalidInput("no vault given: use --vault DIR or set KLUIS_VAULT".into()))
 }
 
+/// What to add to an error caused by a full filesystem: which one is full
+/// and what the failed run left behind.
+pub fn no_space_hint(cmd: &Command) -> &'static str {
+    match cmd {
+        Command::Replicate { .. } => {
+            "the replica's filesystem is full; its recovery points are intact; the next `kluis replicate` removes what this run left"
+        }
+        Command::Restore { .. } | Command::Files { .. } => "the target's filesystem is full",
+        _ => "the vault's filesystem is full; earlier recovery points are intact; `kluis gc` reclaims what the failed run left",
+    }
+}
+
 /// What a command leaves for the exit code besides errors.
 pub enum Outcome {
     Ok,

@@ -292,3 +292,47 @@ fn killed_replications_leave_the_replica_usable() {
     assert_eq!((v["unreferenced_chunks"].as_u64(), v["orphan_packs"].as_u64()), (Some(0), Some(0)), "{v}");
     assert_eq!(s.restore_hash(&p2.sel(), "os"), want[&p2.id]);
 }
+
+#[test]
+fn a_full_replica_fails_cleanly_and_keeps_its_points() {
+    let t = "replicate_enospc";
+    let mut rng = rng(t);
+    let mut p = Env::new();
+    p.set_env("KLUIS_PACK_SIZE", "1048576"); // the failing run lands some packs before the disk is full
+    p.purge_deleted_at_gc();
+    let s = Env::empty();
+    let mnt = s.path("mnt");
+    let s = s.with_vault(mnt.join("replica"));
+    // Declared after `s`, so it is unmounted before the tempdir is removed.
+    let _tmpfs = match Tmpfs::mount(mnt, "8m") {
+        Ok(m) => m,
+        Err(e) => return skip(t, &e),
+    };
+    let small = p.path("small.raw");
+    random_file(&small, MIB + 4321, &mut rng);
+    let p1 = p.backup("small", &[("os", small.as_path())], &[]);
+    replicate(&p, &s.vault);
+
+    let big = p.path("big.raw");
+    random_file(&big, 32 * MIB, &mut rng);
+    let p2 = p.backup("big", &[("os", big.as_path())], &[]);
+    let f = p.fail(&["replicate", "--to", s.vault.to_str().unwrap()]);
+    assert_eq!(f.code, Some(1), "{t}: exit code of a replication into a full replica");
+    let line = f.one_error_line();
+    assert!(line.to_lowercase().contains("no space"), "{t}: the error does not say the replica is full: {line}");
+    eprintln!("{t}: {line}");
+    // The replica as before: its point restores, nothing damaged.
+    assert_eq!(ids(&s), vec![p1.id.clone()]);
+    assert_eq!(s.restore_hash(&p1.sel(), "os"), hash_file(&small));
+    s.verify_clean(true);
+    let failed = p.json(&["jobs", "--failed"]);
+    assert_eq!(failed.as_array().unwrap().last().unwrap()["kind"], "replicate", "{failed:#}");
+
+    // Once the primary lets the big point go, the next run fits and tidies up.
+    p.ok(&["delete", &p2.sel()]);
+    p.ok(&["gc"]);
+    replicate(&p, &s.vault);
+    assert_eq!(pack_sizes(&s.vault), pack_sizes(&p.vault));
+    let v = s.verify_clean(true);
+    assert_eq!((v["unreferenced_chunks"].as_u64(), v["orphan_packs"].as_u64()), (Some(0), Some(0)), "{v}");
+}
