@@ -213,9 +213,10 @@ impl Frame {
     }
 
     /// Compresses `chunks` (id and raw bytes, in order) into one frame with
-    /// zstd at `level`; keeps the raw bytes when zstd does not make them
-    /// smaller (already-compressed data, random pages). zstd's own content
-    /// checksum is on, so a damaged payload fails to decode.
+    /// zstd at `level`; keeps the raw bytes when they look random (see
+    /// store/incompressible.rs: encrypted or already-compressed data, not
+    /// worth zstd's time) or when zstd does not make them smaller. zstd's
+    /// own content checksum is on, so a damaged payload fails to decode.
     pub fn encode(kind: ChunkKind, chunks: &[(ChunkId, &[u8])], level: i32) -> Result<Frame> {
         let raw: std::borrow::Cow<[u8]> = match chunks {
             [(_, one)] => std::borrow::Cow::Borrowed(one),
@@ -251,6 +252,10 @@ impl Frame {
             static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
         }
         payload.clear();
+        if super::incompressible::looks_incompressible(raw) {
+            payload.extend_from_slice(raw);
+            return Ok(Frame::stored(kind, entries, payload));
+        }
         payload.reserve(zstd::zstd_safe::compress_bound(raw.len()));
         CCTX.with(|c| {
             let mut c = c.borrow_mut();
@@ -265,17 +270,21 @@ impl Frame {
             c.as_mut().unwrap().1.compress_to_buffer(raw, &mut payload)
         })
         .map_err(|e| Error::io(format!("compressing chunk {}", entries[0].id), e))?;
-        let codec = if payload.len() < raw.len() {
-            Codec::Zstd
-        } else {
+        if payload.len() >= raw.len() {
             payload.clear();
             payload.extend_from_slice(raw);
-            Codec::Stored
-        };
+            return Ok(Frame::stored(kind, entries, payload));
+        }
         Ok(Frame {
-            header: FrameHeader { codec, kind, raw_len: raw.len() as u32, stored_len: payload.len() as u32, chunks: entries },
+            header: FrameHeader { codec: Codec::Zstd, kind, raw_len: raw.len() as u32, stored_len: payload.len() as u32, chunks: entries },
             payload,
         })
+    }
+
+    /// A frame keeping its chunks' bytes as they are (`payload`).
+    fn stored(kind: ChunkKind, entries: Vec<FrameEntry>, payload: Vec<u8>) -> Frame {
+        let len = payload.len() as u32;
+        Frame { header: FrameHeader { codec: Codec::Stored, kind, raw_len: len, stored_len: len, chunks: entries }, payload }
     }
 }
 

@@ -26,6 +26,7 @@
 //! reading it, which Unix allows).
 
 mod frame;
+mod incompressible;
 mod pack;
 
 pub use frame::{check_chunk, check_frame, decode_payload, decode_payload_into, decode_prefix, ChunkKind, Codec, Frame, FrameEntry, FrameHeader, MAX_FRAME_CHUNKS, PACK_HEADER, PACK_HEADER_SIZE};
