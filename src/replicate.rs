@@ -187,10 +187,17 @@ pub fn promote(vault: &mut Vault) -> Result<PromoteReport> {
 /// The replica must be neither the vault nor inside it, nor around it.
 fn check_apart(vault: &Path, to: &Path) -> Result<()> {
     let v = fs::canonicalize(vault).ctx(|| format!("resolve {}", vault.display()))?;
-    let t = match fs::canonicalize(to) {
-        Ok(t) => t,
-        Err(_) => std::path::absolute(to).ctx(|| format!("resolve {}", to.display()))?,
-    };
+    // `to` may not exist yet: resolve its nearest existing ancestor (through
+    // any symlink) and append the rest.
+    let abs = std::path::absolute(to).ctx(|| format!("resolve {}", to.display()))?;
+    let mut t = None;
+    for base in abs.ancestors() {
+        if let Ok(real) = fs::canonicalize(base) {
+            t = Some(real.join(abs.strip_prefix(base).unwrap_or(Path::new(""))));
+            break;
+        }
+    }
+    let t = t.unwrap_or(abs);
     if t.starts_with(&v) || v.starts_with(&t) {
         return Err(Error::InvalidInput(format!(
             "{}: a replica must be a directory outside the vault {} (and not around it)",

@@ -162,10 +162,14 @@ fn a_replica_refuses_changes_until_promoted() {
     let other_replica = Env::empty();
     replicate(&other, &other_replica.vault);
     let inside = p.vault.join("packs/copy");
+    let link = p.path("vault-link");
+    std::os::unix::fs::symlink(&p.vault, &link).unwrap();
+    let through_link = link.join("copy");
     let cases: Vec<(&Path, &str)> = vec![
         (&junk, "is not empty and is not a kluis vault"),
         (&p.vault, "outside the vault"),
         (&inside, "outside the vault"),
+        (&through_link, "outside the vault"),
         (&own.vault, "is a vault of its own"),
         (&other_replica.vault, "is a replica of another vault"),
     ];
