@@ -226,6 +226,9 @@ const PREFETCH_AHEAD: u64 = 8 << 20;
 /// 6 MiB frames at level 2, a guest `cp -r` through a mount took a fifth
 /// longer (session 9).
 pub const RUN_BYTES: u64 = 3 << 20;
+// A run is one frame, and zstd's window for frames must reach over all of
+// it; growing runs without the window would compress worse, silently.
+const _: () = assert!(RUN_BYTES <= 1 << crate::store::FRAME_WINDOW_LOG, "RUN_BYTES outgrew FRAME_WINDOW_LOG (src/store/frame.rs)");
 
 /// Blocks per run for blocks of `bs` bytes: at least one, and never more
 /// than a frame may hold.

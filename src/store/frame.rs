@@ -288,9 +288,10 @@ impl Frame {
     }
 }
 
-/// Frames hold up to 3 MiB (a backup's runs, src/backup.rs): a window of
-/// 2^22 bytes lets a match reach back to the frame's start.
-const FRAME_WINDOW_LOG: u32 = 22;
+/// Frames hold up to 3 MiB (a backup's runs, src/backup.rs, which checks
+/// at compile time that its runs fit): a window of 2^22 bytes lets a match
+/// reach back to the frame's start.
+pub const FRAME_WINDOW_LOG: u32 = 22;
 /// Smallest hash table (2^17 entries) for that window; zstd sizes levels 1
 /// and 2 for a window of 0.5–1 MiB (2^14 and 2^16 entries).
 const FRAME_HASH_LOG: u32 = 17;
