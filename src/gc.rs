@@ -32,7 +32,7 @@ use crate::progress::Progress;
 use crate::recovery_point::{Manifest, MapReader};
 use crate::catalog::PackChunk;
 use crate::error::Error;
-use crate::store::{check_frame, pack_path, packs_on_disk, Frame, FrameHeader, PackWriter, PACK_HEADER_SIZE};
+use crate::store::{check_frame, pack_path, remove_packs_except, remove_temp_packs, Frame, FrameHeader, PackWriter, PACK_HEADER_SIZE};
 use crate::vault::Vault;
 
 /// A pack whose live bytes are below this fraction of its size is rewritten.
@@ -92,23 +92,11 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
     report.points_purged = vault.catalog().purge_deleted_before(cutoff)? as u64;
 
     // 1. Leftovers of interrupted runs.
-    let tmp = vault.root().join("packs/tmp");
-    if let Ok(entries) = fs::read_dir(&tmp) {
-        for e in entries.flatten() {
-            report.bytes_freed += e.metadata().map(|m| m.len()).unwrap_or(0);
-            fs::remove_file(e.path()).ctx(|| format!("remove {}", e.path().display()))?;
-            report.orphan_files_removed += 1;
-        }
-    }
     let packs = vault.catalog().packs()?;
     let known: HashSet<&str> = packs.iter().map(|p| p.name.as_str()).collect();
-    for name in packs_on_disk(vault.root())? {
-        if !known.contains(name.as_str()) {
-            let path = pack_path(vault.root(), &name);
-            report.bytes_freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
-            report.orphan_files_removed += 1;
-        }
+    for (files, bytes) in [remove_temp_packs(vault.root())?, remove_packs_except(vault.root(), &known)?] {
+        report.orphan_files_removed += files;
+        report.bytes_freed += bytes;
     }
 
     // 2. Mark.

@@ -45,7 +45,7 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
-use crate::store::{copy_pack, pack_path, packs_on_disk};
+use crate::store::{copy_pack, pack_path, remove_packs_except, remove_temp_packs};
 use crate::vault::{lock_vault, new_vault_id, write_header, Vault, VaultHeader, FORMAT_VERSION, HEADER_FILE};
 
 /// The copy of the primary's index (step 2), in the replica.
@@ -84,11 +84,7 @@ pub fn replicate(vault: &Vault, to: &Path, progress: &dyn Progress, cancel: &Ato
     let mut rep = ReplicateReport { to: to.to_owned(), created, ..Default::default() };
 
     // Leftovers of an interrupted run.
-    let tmp = to.join("packs").join("tmp");
-    fs::create_dir_all(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    for e in fs::read_dir(&tmp).ctx(|| format!("list {}", tmp.display()))?.flatten() {
-        fs::remove_file(e.path()).ctx(|| format!("remove {}", e.path().display()))?;
-    }
+    remove_temp_packs(to)?;
     let incoming = to.join(INCOMING);
     let _ = fs::remove_file(&incoming);
     let _incoming_goes = RemoveOnDrop(&incoming);
@@ -141,14 +137,7 @@ pub fn replicate(vault: &Vault, to: &Path, progress: &dyn Progress, cancel: &Ato
 
     // 5. Packs the primary no longer has.
     let listed: HashSet<&str> = packs.iter().map(|(n, _)| n.as_str()).collect();
-    for name in packs_on_disk(to)? {
-        if !listed.contains(name.as_str()) {
-            let path = pack_path(to, &name);
-            rep.bytes_removed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
-            rep.packs_removed += 1;
-        }
-    }
+    (rep.packs_removed, rep.bytes_removed) = remove_packs_except(to, &listed)?;
     // Room for a gc on a full disk, once promoted.
     Vault::open(to)?.ensure_reserve();
     rep.seconds = started.elapsed().as_secs_f64();

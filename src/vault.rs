@@ -329,7 +329,7 @@ pub(crate) fn write_header(root: &Path, header: &VaultHeader) -> Result<()> {
     fs::write(&tmp, header.to_text()).ctx(|| format!("write {}", tmp.display()))?;
     File::open(&tmp).and_then(|f| f.sync_all()).ctx(|| format!("fsync {}", tmp.display()))?;
     fs::rename(&tmp, root.join(HEADER_FILE)).ctx(|| format!("write {}", root.display()))?;
-    File::open(root).and_then(|d| d.sync_all()).ctx(|| format!("fsync {}", root.display()))
+    crate::store::fsync_dir(root)
 }
 
 pub(crate) fn new_vault_id() -> String {

@@ -251,11 +251,10 @@ impl Frame {
         thread_local! {
             static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
         }
-        payload.clear();
         if super::incompressible::looks_incompressible(raw) {
-            payload.extend_from_slice(raw);
-            return Ok(Frame::stored(kind, entries, payload));
+            return Ok(Frame::stored(kind, entries, raw, payload));
         }
+        payload.clear();
         payload.reserve(zstd::zstd_safe::compress_bound(raw.len()));
         CCTX.with(|c| {
             let mut c = c.borrow_mut();
@@ -271,9 +270,7 @@ impl Frame {
         })
         .map_err(|e| Error::io(format!("compressing chunk {}", entries[0].id), e))?;
         if payload.len() >= raw.len() {
-            payload.clear();
-            payload.extend_from_slice(raw);
-            return Ok(Frame::stored(kind, entries, payload));
+            return Ok(Frame::stored(kind, entries, raw, payload));
         }
         Ok(Frame {
             header: FrameHeader { codec: Codec::Zstd, kind, raw_len: raw.len() as u32, stored_len: payload.len() as u32, chunks: entries },
@@ -281,8 +278,11 @@ impl Frame {
         })
     }
 
-    /// A frame keeping its chunks' bytes as they are (`payload`).
-    fn stored(kind: ChunkKind, entries: Vec<FrameEntry>, payload: Vec<u8>) -> Frame {
+    /// A frame keeping its chunks' bytes, `raw`, as they are (copied into
+    /// `payload`, whose capacity is reused).
+    fn stored(kind: ChunkKind, entries: Vec<FrameEntry>, raw: &[u8], mut payload: Vec<u8>) -> Frame {
+        payload.clear();
+        payload.extend_from_slice(raw);
         let len = payload.len() as u32;
         Frame { header: FrameHeader { codec: Codec::Stored, kind, raw_len: len, stored_len: len, chunks: entries }, payload }
     }

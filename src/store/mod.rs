@@ -30,4 +30,5 @@ mod incompressible;
 mod pack;
 
 pub use frame::{check_chunk, check_frame, decode_payload, decode_payload_into, decode_prefix, ChunkKind, Codec, Frame, FrameEntry, FrameHeader, FRAME_WINDOW_LOG, MAX_FRAME_CHUNKS, PACK_HEADER, PACK_HEADER_SIZE};
-pub use pack::{copy_pack, pack_path, packs_on_disk, read_frame, read_frame_upto, read_frame_via, read_header, scan_pack, ChunkLocation, DecodedFrame, FinishedPack, FrameBuf, FrameLocation, PackFiles, PackWriter, ScannedFrame};
+pub(crate) use pack::fsync_dir;
+pub use pack::{copy_pack, pack_path, packs_on_disk, remove_packs_except, remove_temp_packs, read_frame, read_frame_upto, read_frame_via, read_header, scan_pack, ChunkLocation, DecodedFrame, FinishedPack, FrameBuf, FrameLocation, PackFiles, PackWriter, ScannedFrame};

@@ -35,6 +35,53 @@ fn new_pack_name() -> String {
     crate::id::hex(&h.finalize().as_bytes()[..8])
 }
 
+/// `VAULT/packs/tmp/NAME.tmp`, the directory made if missing: where pack
+/// `name` is written before [`install_pack`] makes it visible.
+fn temp_pack_path(vault: &Path, name: &str) -> Result<PathBuf> {
+    let tmp_dir = vault.join("packs").join("tmp");
+    fs::create_dir_all(&tmp_dir).ctx(|| format!("create {}", tmp_dir.display()))?;
+    Ok(tmp_dir.join(format!("{name}.tmp")))
+}
+
+/// The last steps of writing a pack, once `tmp` is fsynced: rename it to
+/// `packs/NN/NAME.pack` and fsync that directory.
+fn install_pack(vault: &Path, name: &str, tmp: &Path) -> Result<()> {
+    let final_path = pack_path(vault, name);
+    let dir = final_path.parent().unwrap();
+    fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+    fs::rename(tmp, &final_path).ctx(|| format!("rename pack {name} into place in {}", vault.display()))?;
+    fsync_dir(dir)
+}
+
+/// Removes the temporary files of interrupted runs (`packs/tmp/*`).
+/// Returns how many files and bytes went.
+pub fn remove_temp_packs(vault: &Path) -> Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    if let Ok(entries) = fs::read_dir(vault.join("packs").join("tmp")) {
+        for e in entries.flatten() {
+            bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(e.path()).ctx(|| format!("remove {}", e.path().display()))?;
+            files += 1;
+        }
+    }
+    Ok((files, bytes))
+}
+
+/// Removes every pack file whose name is not in `keep`. Returns how many
+/// files and bytes went.
+pub fn remove_packs_except(vault: &Path, keep: &std::collections::HashSet<&str>) -> Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    for name in packs_on_disk(vault)? {
+        if !keep.contains(name.as_str()) {
+            let path = pack_path(vault, &name);
+            bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+            files += 1;
+        }
+    }
+    Ok((files, bytes))
+}
+
 /// Copies finished pack `name` from vault `from` into vault `to` with the
 /// write order of a new pack (a temporary file, fsynced, renamed into place,
 /// its directory fsynced), so a crash leaves either no pack or the whole
@@ -47,9 +94,7 @@ pub fn copy_pack(from: &Path, to: &Path, name: &str, step: &mut dyn FnMut(u64) -
     const STEP: u64 = 8 << 20;
     let src_path = pack_path(from, name);
     let mut src = File::open(&src_path).ctx(|| format!("open pack {}", src_path.display()))?;
-    let tmp_dir = to.join("packs").join("tmp");
-    fs::create_dir_all(&tmp_dir).ctx(|| format!("create {}", tmp_dir.display()))?;
-    let tmp_path = tmp_dir.join(format!("{name}.tmp"));
+    let tmp_path = temp_pack_path(to, name)?;
     let _ = fs::remove_file(&tmp_path); // a leftover of an interrupted copy
     let mut dst = OpenOptions::new().write(true).create_new(true).open(&tmp_path).ctx(|| format!("create {}", tmp_path.display()))?;
     let copied = (|| {
@@ -72,11 +117,7 @@ pub fn copy_pack(from: &Path, to: &Path, name: &str, step: &mut dyn FnMut(u64) -
             return Err(e);
         }
     };
-    let final_path = pack_path(to, name);
-    let dir = final_path.parent().unwrap();
-    fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-    fs::rename(&tmp_path, &final_path).ctx(|| format!("rename pack {name} into place in {}", to.display()))?;
-    fsync_dir(dir)?;
+    install_pack(to, name, &tmp_path)?;
     Ok(total)
 }
 
@@ -113,9 +154,7 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 impl PackWriter {
     pub fn create(vault: &Path) -> Result<PackWriter> {
         let name = new_pack_name();
-        let tmp_dir = vault.join("packs").join("tmp");
-        fs::create_dir_all(&tmp_dir).ctx(|| format!("create {}", tmp_dir.display()))?;
-        let tmp_path = tmp_dir.join(format!("{name}.tmp"));
+        let tmp_path = temp_pack_path(vault, &name)?;
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -176,11 +215,7 @@ impl PackWriter {
         let file = out.into_inner().map_err(|e| Error::io(format!("write pack {}", self.name), e.into_error()))?;
         file.sync_all().ctx(|| format!("fsync pack {}", self.name))?;
         drop(file);
-        let final_path = pack_path(&self.vault, &self.name);
-        let dir = final_path.parent().unwrap();
-        fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-        fs::rename(&self.tmp_path, &final_path).ctx(|| format!("rename pack {} into place", self.name))?;
-        fsync_dir(dir)?;
+        install_pack(&self.vault, &self.name, &self.tmp_path)?;
         Ok(FinishedPack { name: self.name.clone(), size: self.len, frames: std::mem::take(&mut self.frames) })
     }
 }
