@@ -130,16 +130,15 @@ pub fn replicate(vault: &Vault, to: &Path, progress: &dyn Progress, cancel: &Ato
     Catalog::open(&index, true)?.replace_with(&snap)?;
     drop(snap);
     // Opened again so that its settings (WAL) hold for what follows.
-    let mut cat = Catalog::open(&index, false)?;
+    let replica = Vault::open(to)?;
     // In the copy, this run's own job was still running.
-    cat.end_copied_jobs("replicate", "ok", rep.bytes_copied)?;
-    drop(cat);
+    replica.catalog().end_copied_jobs("replicate", "ok", rep.bytes_copied)?;
 
     // 5. Packs the primary no longer has.
     let listed: HashSet<&str> = packs.iter().map(|(n, _)| n.as_str()).collect();
     (rep.packs_removed, rep.bytes_removed) = remove_packs_except(to, &listed)?;
     // Room for a gc on a full disk, once promoted.
-    Vault::open(to)?.ensure_reserve();
+    replica.ensure_reserve();
     rep.seconds = started.elapsed().as_secs_f64();
     Ok(rep)
 }
