@@ -173,6 +173,18 @@ impl Checked {
         let reader = vault.disk_reader(point, disk)?;
         let size = reader.size();
         let is_device = fs::metadata(to).map(|m| m.file_type().is_block_device()).unwrap_or(false);
+        // Checked before anything is written: a directory cannot be renamed
+        // over, and a missing parent would be reported by the temporary name.
+        if to.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "{} is a directory; --to takes a file or block device (use --to-dir DIR to restore into a directory)",
+                to.display()
+            )));
+        }
+        let parent = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            return Err(Error::NotFound(format!("cannot restore to {}: directory {} does not exist", to.display(), parent.display())));
+        }
         if to.exists() && !force {
             return Err(Error::AlreadyExists(format!("{} exists; use --force to overwrite it", to.display())));
         }

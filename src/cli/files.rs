@@ -66,7 +66,17 @@ fn parse_spec(s: &str) -> Result<(String, Option<u32>, Vec<u8>)> {
 
 /// The node of `path` in partition `part`, looked up one component at a time.
 fn resolve(tree: &VaultTree, id: RecoveryPointId, disk: &str, part: Option<u32>, path: &[u8]) -> Result<Node> {
-    let mut node = tree.lookup_bytes(&Node::FilesDir(id), disk.as_bytes())?;
+    let disks = Node::FilesDir(id);
+    let mut node = tree.lookup_bytes(&disks, disk.as_bytes()).map_err(|e| match e {
+        Error::NotFound(_) => {
+            let names: Vec<String> = tree.children(&disks).map(|c| c.into_iter().map(|(n, _)| n).collect()).unwrap_or_default();
+            Error::NotFound(format!(
+                "the point has no disk {disk:?} (its disks: {}); expected NAME, NAME:pN or NAME:pN/path (e.g. os:p1/etc/fstab)",
+                names.join(", ")
+            ))
+        }
+        e => e,
+    })?;
     let Some(n) = part else { return Ok(node) };
     node = tree.lookup_bytes(&node, format!("p{n}").as_bytes()).map_err(|e| match e {
         Error::NotFound(_) => Error::NotFound(format!("disk {disk} has no readable partition p{n} (see `kluis files ls ITEM@RP {disk}`)")),

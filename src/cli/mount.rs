@@ -18,10 +18,8 @@ use super::{Out, CANCEL};
 /// FUSE worker threads: enough to overlap decompression with kernel I/O.
 const FUSE_THREADS: usize = 4;
 
-pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, out: &Out) -> Result<()> {
-    if !mountpoint.is_dir() {
-        return Err(Error::InvalidInput(format!("mountpoint {} is not a directory", mountpoint.display())));
-    }
+pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, nonempty: bool, out: &Out) -> Result<()> {
+    check_mountpoint(mountpoint, nonempty)?;
     let tree = VaultTree::new(vault)?;
     let mut options = vec![
         MountOption::RO,
@@ -60,6 +58,29 @@ pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, out: &Out) -> Res
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A mount hides what its directory holds, so like fusermount3 (without
+/// `-o nonempty`) a non-empty mountpoint is refused unless asked for.
+fn check_mountpoint(mountpoint: &Path, nonempty: bool) -> Result<()> {
+    let shown = mountpoint.display();
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(format!("mountpoint {shown} does not exist (create the directory first)")));
+        }
+        Err(e) => return Err(Error::io_path("cannot use mountpoint", mountpoint, e)),
+        Ok(m) if !m.is_dir() => return Err(Error::InvalidInput(format!("mountpoint {shown} is not a directory"))),
+        Ok(_) => {}
+    }
+    if !nonempty {
+        let mut entries = std::fs::read_dir(mountpoint).map_err(|e| Error::io_path("cannot read mountpoint", mountpoint, e))?;
+        if entries.next().is_some() {
+            return Err(Error::InvalidInput(format!(
+                "mountpoint {shown} is not empty: the mount would hide its contents (use --nonempty to mount over them)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The kernel caps a FUSE mount's readahead at the default 128 KiB whatever
