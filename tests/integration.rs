@@ -8,7 +8,8 @@
 //!
 //! Tests that need root-only or optional facilities (tmpfs mounts, loop
 //! devices, qemu-img) print `SKIPPED: reason` and pass when the facility is
-//! missing; everything they mount or attach is released by a guard.
+//! missing, or fail when `KLUIS_TEST_STRICT=1` (as .ci/run sets); everything
+//! they mount or attach is released by a guard.
 
 mod integration {
     pub mod common;

@@ -245,3 +245,34 @@ fn progress_bar_fits_the_terminal() {
         eprintln!("ok  {cols} columns: {} lines drawn, widest {widest}", lines.len());
     }
 }
+
+/// Skips for a missing facility when `KLUIS_TEST_SKIP_PROBE` is set (only
+/// `skip_fails_in_strict_mode` sets it); otherwise does nothing.
+#[test]
+fn skip_probe() {
+    if std::env::var_os("KLUIS_TEST_SKIP_PROBE").is_some() {
+        skip("skip_probe", "a facility this machine lacks");
+    }
+}
+
+/// `KLUIS_TEST_STRICT=1` (set by .ci/run) turns a skip into a failure, so
+/// CI cannot pass without the coverage it is there for.
+#[test]
+fn skip_fails_in_strict_mode() {
+    let me = std::env::current_exe().unwrap();
+    let run = |strict: Option<&str>| {
+        let mut c = std::process::Command::new(&me);
+        c.args(["--exact", "integration::edges::skip_probe", "--nocapture", "--test-threads=1"]).env("KLUIS_TEST_SKIP_PROBE", "1");
+        c.env_remove("KLUIS_TEST_STRICT");
+        if let Some(v) = strict {
+            c.env("KLUIS_TEST_STRICT", v);
+        }
+        c.output().unwrap()
+    };
+    let lax = run(None);
+    assert!(lax.status.success() && text(&lax.stderr).contains("SKIPPED skip_probe"), "{}", text(&lax.stderr));
+    assert!(run(Some("0")).status.success(), "KLUIS_TEST_STRICT=0 is not strict");
+    let strict = run(Some("1"));
+    assert!(!strict.status.success(), "a skip passed in strict mode");
+    assert!(text(&strict.stderr).contains("a facility this machine lacks"), "{}", text(&strict.stderr));
+}
