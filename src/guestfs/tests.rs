@@ -609,3 +609,29 @@ fn ext_with_a_journal_to_replay_is_read_by_the_crate() {
     assert!(fs.open_mapped(b"late", &a).unwrap().is_none());
     assert_eq!(read_all(&fs, b"late").unwrap(), content);
 }
+
+/// Panics `guard` catches inside a filesystem crate when
+/// `KLUIS_GUARD_PROBE` is set (only `guarded_panics_are_quiet` sets it).
+#[test]
+fn guard_probe() {
+    if std::env::var_os("KLUIS_GUARD_PROBE").is_some() {
+        let e = guard(|| "FAT".into(), || -> Result<()> { panic!("attempt to subtract with overflow") }).unwrap_err();
+        assert!(e.to_string().contains("FAT: the filesystem parser gave up (attempt to subtract with overflow)"), "{e}");
+    }
+}
+
+/// A panic `guard` turns into an error prints nothing of its own (no
+/// "panicked at", no backtrace), even in a `--nocapture` run with
+/// RUST_BACKTRACE set.
+#[test]
+fn guarded_panics_are_quiet() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "guestfs::tests::guard_probe", "--nocapture", "--test-threads=1"])
+        .env("KLUIS_GUARD_PROBE", "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "a caught panic was printed:\n{err}");
+}
