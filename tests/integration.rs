@@ -19,6 +19,7 @@ mod integration {
     mod edges;
     mod corruption;
     mod crash;
+    mod docs;
     mod enospc;
     mod gc_lock;
     mod mount;

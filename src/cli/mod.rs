@@ -96,6 +96,7 @@ pub enum Command {
     /// Check the vault (all points, or one); --read-data re-hashes every chunk
     Verify {
         point: Option<String>,
+        /// Also decompress and re-hash every chunk (reads the whole vault)
         #[arg(long)]
         read_data: bool,
     },
