@@ -226,7 +226,8 @@ fn docs_json_examples_match_the_binary() {
     }
     for (name, ex) in &docs {
         let Some(g) = got.0.get(name) else {
-            if !(["mount", "recovery-point.json", "umount"].contains(&name.as_str()) && !super::mount::fuse_ok(t)) {
+            // Without FUSE the mount's examples went unchecked (and fuse_ok said so).
+            if !["mount", "recovery-point.json", "umount"].contains(&name.as_str()) || super::mount::fuse_ok(t) {
                 problems.push(format!("{name}: documented, but this test does not run it"));
             }
             continue;

@@ -196,13 +196,11 @@ fn screen_lines(raw: &[u8]) -> Vec<String> {
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '\x1b' => {
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    while let Some(x) = chars.next() {
-                        if x.is_ascii_alphabetic() {
-                            break;
-                        }
+            '\x1b' if chars.peek() == Some(&'[') => {
+                chars.next();
+                for x in chars.by_ref() {
+                    if x.is_ascii_alphabetic() {
+                        break;
                     }
                 }
             }
