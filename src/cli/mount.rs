@@ -1,6 +1,7 @@
 //! `kluis mount` / `kluis umount`: run the FUSE session in the foreground
 //! until it is unmounted (by `kluis umount`, `fusermount3 -u`) or the user
-//! presses Ctrl-C, and always leave the mountpoint clean.
+//! presses Ctrl-C, and always leave the mountpoint clean. The mountpoint
+//! must be an empty directory unless `--nonempty` (fusermount's rule).
 
 use std::path::Path;
 use std::process::Command;

@@ -1,5 +1,7 @@
 //! Disk sources and targets. A backup reads any [`DiskSource`]: a raw image
 //! (sparse-aware), a fixed or dynamic VHD read natively, or a block device.
+//! [`open_source`], which every backup goes through, refuses formats there
+//! is no reader for yet (qcow2, VMDK, VHDX) by their magic, by name.
 //! Restores write raw (sparse) or VHD (fixed or dynamic) targets.
 //!
 //! Sources are `Sync` and read with positional I/O, so the backup pipeline can
