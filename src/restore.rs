@@ -183,7 +183,8 @@ impl Checked {
         }
         let parent = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !parent.is_dir() {
-            return Err(Error::NotFound(format!("cannot restore to {}: directory {} does not exist", to.display(), parent.display())));
+            let why = if parent.exists() { "is not a directory" } else { "does not exist" };
+            return Err(Error::NotFound(format!("cannot restore to {}: {} {why}", to.display(), parent.display())));
         }
         if to.exists() && !force {
             return Err(Error::AlreadyExists(format!("{} exists; use --force to overwrite it", to.display())));

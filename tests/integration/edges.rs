@@ -76,6 +76,10 @@ fn error_messages_point_the_right_way() {
     let target = env.path("no/such/dir/os.raw");
     let line = env.fail(&["restore", "web01@latest", "--disk", "os", "--to", target.to_str().unwrap()]).one_error_line().to_owned();
     assert!(line.contains("no/such/dir does not exist") && !line.contains("kluis-tmp"), "{line}");
+    let file = env.path("a-file");
+    fs::write(&file, "").unwrap();
+    let line = env.fail(&["restore", "web01@latest", "--disk", "os", "--to", file.join("os.raw").to_str().unwrap()]).one_error_line().to_owned();
+    assert!(line.contains("a-file is not a directory") && !line.contains("kluis-tmp"), "{line}");
 
     // mount: a missing mountpoint is missing, not "not a directory"; a
     // non-empty one is refused unless --nonempty (no FUSE needed to refuse).
