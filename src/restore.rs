@@ -177,7 +177,7 @@ impl Checked {
         // over, and a missing parent would be reported by the temporary name.
         if to.is_dir() {
             return Err(Error::InvalidInput(format!(
-                "{} is a directory; --to takes a file or block device (use --to-dir DIR to restore into a directory)",
+                "{} is a directory: a disk is restored to a file or block device (`--to-dir DIR` restores into a directory)",
                 to.display()
             )));
         }
