@@ -110,9 +110,12 @@ pub enum Command {
     /// Show every recovery point as a read-only folder (foreground until unmounted or Ctrl-C)
     Mount {
         mountpoint: PathBuf,
-        /// Let other users in (turns on the kernel's permission checks)
+        /// Let other users in (turns on the kernel's permission checks; whole disks and configs stay the mounting user's)
         #[arg(long)]
         allow_other: bool,
+        /// With --allow-other: members of GROUP (name or gid) may also read whole disks and configs
+        #[arg(long, value_name = "GROUP", requires = "allow_other")]
+        allow_group: Option<String>,
     },
     /// Unmount a `kluis mount`
     Umount { mountpoint: PathBuf },
@@ -297,8 +300,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 )
             })?;
         }
-        Command::Mount { mountpoint, allow_other } => {
-            mount::run(&vault_dir, &mountpoint, allow_other, &out)?;
+        Command::Mount { mountpoint, allow_other, allow_group } => {
+            mount::run(&vault_dir, &mountpoint, allow_other, allow_group.as_deref(), &out)?;
         }
         Command::Umount { mountpoint } => {
             mount::umount(&mountpoint)?;
