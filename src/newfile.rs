@@ -11,17 +11,40 @@
 //! the umask: the vault, its packs, index, header and locks are the
 //! owner's alone (0700 directories, 0600 files), as restic and borg make
 //! their repositories, whatever umask the caller runs under. Giving a group
-//! access is a deliberate step (docs/cli.md, "Who can read a vault").
+//! access is a deliberate step: group bits given to the vault directory
+//! are then given to what kluis makes in it ([`Modes::of_vault`], as
+//! restic follows its config file's mode; docs/cli.md, "Who can read a
+//! vault").
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Mode of the directories kluis makes for a vault.
+/// Mode of the directories kluis makes for a new vault.
 pub const PRIVATE_DIR: u32 = 0o700;
-/// Mode of the files kluis makes in a vault, and of restored disk images.
+/// Mode of the files kluis makes in a new vault, and of restored disk images.
 pub const PRIVATE_FILE: u32 = 0o600;
+
+/// Modes of new directories and files in one vault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Modes {
+    pub dir: u32,
+    pub file: u32,
+}
+
+impl Modes {
+    pub const PRIVATE: Modes = Modes { dir: PRIVATE_DIR, file: PRIVATE_FILE };
+
+    /// The owner's alone, plus the group bits (and setgid) the vault
+    /// directory `root` has: a group that was given the vault keeps
+    /// reading what later backups add. Others never get anything.
+    pub fn of_vault(root: &Path) -> Modes {
+        use std::os::unix::fs::MetadataExt;
+        let g = std::fs::metadata(root).map(|m| m.mode()).unwrap_or(0);
+        Modes { dir: PRIVATE_DIR | (g & 0o2070), file: PRIVATE_FILE | (g & 0o060) }
+    }
+}
 
 /// Creates `path` for writing with exactly `mode`; fails with
 /// `AlreadyExists` if anything (a symlink included) is at `path`.
@@ -86,17 +109,17 @@ pub fn open_or_create(path: &Path, mode: u32) -> io::Result<File> {
     }
 }
 
-/// `mkdir -p` in which every directory made gets exactly [`PRIVATE_DIR`];
+/// `mkdir -p` in which every directory made gets exactly `mode`;
 /// directories that exist already are left as they are.
-pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
+pub fn create_dir_all(path: &Path, mode: u32) -> io::Result<()> {
     if path.is_dir() {
         return Ok(());
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        create_private_dir_all(parent)?;
+        create_dir_all(parent, mode)?;
     }
-    match std::fs::DirBuilder::new().mode(PRIVATE_DIR).create(path) {
-        Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE_DIR)),
+    match std::fs::DirBuilder::new().mode(mode & 0o777).create(path) {
+        Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)),
         // Made by someone else meanwhile (two backups starting at once).
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
         Err(e) => Err(e),
@@ -140,9 +163,12 @@ mod tests {
         let (t2, _) = create_temp_beside(&f, PRIVATE_FILE).unwrap();
         assert_ne!(t1, t2);
         let deep = d.path().join("a/b/c");
-        create_private_dir_all(&deep).unwrap();
+        create_dir_all(&deep, PRIVATE_DIR).unwrap();
         for p in [d.path().join("a"), d.path().join("a/b"), deep] {
             assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o700, "{}", p.display());
         }
+        assert_eq!(Modes::of_vault(&d.path().join("a")), Modes::PRIVATE);
+        std::fs::set_permissions(d.path().join("a"), std::fs::Permissions::from_mode(0o2775)).unwrap();
+        assert_eq!(Modes::of_vault(&d.path().join("a")), Modes { dir: 0o2770, file: 0o660 });
     }
 }

@@ -210,7 +210,7 @@ fn make_replica(vault: &Vault, to: &Path) -> Result<bool> {
         )));
     }
     // Owner-only, like a vault made by `kluis init` (crate::newfile).
-    crate::newfile::create_private_dir_all(&to.join("packs").join("tmp")).ctx(|| format!("create {}", to.display()))?;
+    crate::newfile::create_dir_all(&to.join("packs").join("tmp"), crate::newfile::PRIVATE_DIR).ctx(|| format!("create {}", to.display()))?;
     fs::set_permissions(to, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(crate::newfile::PRIVATE_DIR)).ctx(|| format!("chmod {}", to.display()))?;
     let header = VaultHeader {
         format: FORMAT_VERSION,

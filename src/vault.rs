@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use crate::catalog::{Catalog, PointRow};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::newfile::{PRIVATE_DIR, PRIVATE_FILE};
+use crate::newfile::{Modes, PRIVATE_DIR};
 use crate::recovery_point::{ChunkFetcher, DiskReader, Manifest};
 use crate::store::PackFiles;
 
@@ -128,7 +128,7 @@ pub struct VaultLock(#[allow(dead_code)] File);
 /// callers that have no open [`Vault`], such as an index rebuild.
 pub fn lock_vault(root: &Path, exclusive: bool, on_wait: impl FnOnce()) -> Result<VaultLock> {
     let path = root.join("lock");
-    let f = crate::newfile::open_or_create(&path, PRIVATE_FILE).ctx(|| format!("open {}", path.display()))?;
+    let f = crate::newfile::open_or_create(&path, Modes::of_vault(root).file).ctx(|| format!("open {}", path.display()))?;
     let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
     if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
         on_wait();
@@ -164,7 +164,7 @@ impl Vault {
             return Err(Error::InvalidInput(format!("block size {block_size} must be a power of two between 4096 and 4194304")));
         }
         // Owner-only whatever the umask: packs hold every byte of every disk.
-        crate::newfile::create_private_dir_all(&root.join("packs/tmp")).ctx(|| format!("create vault {}", root.display()))?;
+        crate::newfile::create_dir_all(&root.join("packs/tmp"), PRIVATE_DIR).ctx(|| format!("create vault {}", root.display()))?;
         fs::set_permissions(root, fs::Permissions::from_mode(PRIVATE_DIR)).ctx(|| format!("chmod {}", root.display()))?;
         if !ZSTD_LEVELS.contains(&zstd_level) {
             return Err(Error::InvalidInput(format!("zstd level {zstd_level} must be between {} and {}", ZSTD_LEVELS.start(), ZSTD_LEVELS.end())));
@@ -248,7 +248,7 @@ impl Vault {
         }
         // Real zeros, not a hole: the blocks must be allocated to be worth anything.
         let tmp = self.root.join(format!("{RESERVE_FILE}.tmp"));
-        if let Err(e) = crate::newfile::replace_with(&path, &tmp, &vec![0u8; RESERVE_BYTES], PRIVATE_FILE) {
+        if let Err(e) = crate::newfile::replace_with(&path, &tmp, &vec![0u8; RESERVE_BYTES], Modes::of_vault(&self.root).file) {
             log::warn!("cannot set aside {} KiB of reserve space in {}: {e}", RESERVE_BYTES >> 10, self.root.display());
         }
     }
@@ -346,7 +346,7 @@ pub(crate) fn read_header_text(path: &Path) -> std::io::Result<String> {
 /// over the old one, and the directory fsynced.
 pub(crate) fn write_header(root: &Path, header: &VaultHeader) -> Result<()> {
     let tmp = root.join(format!("{HEADER_FILE}.tmp"));
-    crate::newfile::replace_with(&root.join(HEADER_FILE), &tmp, header.to_text().as_bytes(), PRIVATE_FILE)
+    crate::newfile::replace_with(&root.join(HEADER_FILE), &tmp, header.to_text().as_bytes(), Modes::of_vault(root).file)
         .ctx(|| format!("write {}", root.join(HEADER_FILE).display()))?;
     crate::store::fsync_dir(root)
 }

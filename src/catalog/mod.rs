@@ -105,12 +105,14 @@ fn blob_id(b: Vec<u8>) -> rusqlite::Result<ChunkId> {
     ChunkId::from_slice(&b).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, "id".into(), rusqlite::types::Type::Blob))
 }
 
-/// Makes a missing database file empty and 0600 before SQLite opens it:
-/// SQLite would create it 0644 (less the umask), and gives the `-wal` and
-/// `-shm` files the mode of the database file, so all three stay the
-/// owner's. An empty file is an empty database to SQLite.
+/// Makes a missing database file empty, with the vault's mode for new
+/// files (0600 unless a group was given the vault), before SQLite opens
+/// it: SQLite would create it 0644 (less the umask), and gives the `-wal`
+/// and `-shm` files the mode of the database file, so all three follow.
+/// An empty file is an empty database to SQLite.
 fn owner_only(path: &Path) -> Result<()> {
-    match crate::newfile::create_new(path, crate::newfile::PRIVATE_FILE) {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match crate::newfile::create_new(path, crate::newfile::Modes::of_vault(dir).file) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::io_path("create", path, e)),

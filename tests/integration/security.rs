@@ -121,6 +121,17 @@ fn vault_replica_and_restores_are_owner_only_under_umask_022() {
     assert_owner_only(&replica);
     run(&["rebuild-index"]);
     assert_owner_only(&env.vault);
+    // A group given the vault on purpose (docs/cli.md) keeps reading what
+    // later backups add; others still get nothing.
+    fs::set_permissions(&env.vault, fs::Permissions::from_mode(0o2770)).unwrap();
+    let old: Vec<PathBuf> = pack_files(&env.vault);
+    random_file(&img, 2 * MIB, &mut rng);
+    run(&["backup", "vm", "--disk", &format!("os={}", img.display())]);
+    let new: Vec<PathBuf> = pack_files(&env.vault).into_iter().filter(|p| !old.contains(p)).collect();
+    assert!(!new.is_empty());
+    for p in &new {
+        assert_eq!(mode(p), 0o660, "{} is {:o}", p.display(), mode(p));
+    }
 }
 
 /// An ext4 image holding a FIFO (`pipe`, mtime 2001-09-09T01:46:40Z), a
