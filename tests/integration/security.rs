@@ -194,8 +194,25 @@ fn files_cp_stops_at_the_first_sigterm() {
     assert!(left.is_empty(), "the partial copy was left: {left:?}");
 }
 
+/// Runs `c` with at most 4 GiB of address space (an unbounded read fails
+/// there instead of taking the machine's memory) and 30 s; returns the one
+/// error line and how long it took.
+fn refused_quickly(mut c: Command, what: &str) -> (String, Duration) {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        c.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 4 << 30, rlim_max: 4 << 30 };
+            libc::setrlimit(libc::RLIMIT_AS, &lim);
+            Ok(())
+        });
+    }
+    let (out, took) = finish_within(c.spawn().unwrap(), Duration::from_secs(30), what);
+    (one_line(&out, what), took)
+}
+
 #[test]
-fn config_that_is_a_device_or_fifo_is_refused_at_once() {
+fn special_files_given_as_config_disk_or_vault_header_are_refused_at_once() {
     let env = Env::new();
     let img = env.path("os.img");
     fs::File::create(&img).unwrap().set_len(MIB).unwrap();
@@ -204,23 +221,32 @@ fn config_that_is_a_device_or_fifo_is_refused_at_once() {
     let disk = format!("os={}", img.display());
     for cfg in ["/dev/zero", fifo.to_str().unwrap()] {
         let mut c = env.cmd();
-        c.args(["backup", "vm", "--disk", &disk, "--config", cfg]).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // Bounded, so that an unbounded read fails here instead of taking
-        // the machine's memory.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            c.pre_exec(|| {
-                let lim = libc::rlimit { rlim_cur: 4 << 30, rlim_max: 4 << 30 };
-                libc::setrlimit(libc::RLIMIT_AS, &lim);
-                Ok(())
-            });
-        }
-        let (out, took) = finish_within(c.spawn().unwrap(), Duration::from_secs(30), &format!("backup --config {cfg}"));
-        let line = one_line(&out, &format!("backup --config {cfg}"));
+        c.args(["backup", "vm", "--disk", &disk, "--config", cfg]);
+        let (line, took) = refused_quickly(c, &format!("backup --config {cfg}"));
         assert!(line.contains(cfg) && line.contains("not a regular file"), "{line}");
         assert!(took < Duration::from_secs(10), "--config {cfg} took {took:?}");
     }
+    let mut c = env.cmd();
+    c.args(["backup", "vm", "--disk", &format!("os={}", fifo.display())]);
+    let (line, took) = refused_quickly(c, "backup --disk FIFO");
+    assert!(line.contains(fifo.to_str().unwrap()) && line.contains("not a regular file or block device"), "{line}");
+    assert!(took < Duration::from_secs(10), "--disk FIFO took {took:?}");
     assert!(env.points(None).is_empty());
+    // A vault whose header is a FIFO or /dev/zero (a mistyped --vault).
+    for (name, make) in [("fifo-vault", "fifo"), ("zero-vault", "zero")] {
+        let v = env.path(name);
+        fs::create_dir(&v).unwrap();
+        if make == "fifo" {
+            tool_ok("mkfifo", &[v.join("kluis.vault").to_str().unwrap()]);
+        } else {
+            std::os::unix::fs::symlink("/dev/zero", v.join("kluis.vault")).unwrap();
+        }
+        let mut c = Command::new(KLUIS);
+        c.arg("--vault").arg(&v).arg("points").stdin(Stdio::null());
+        let (line, took) = refused_quickly(c, &format!("points in {name}"));
+        assert!(line.contains("kluis.vault") && line.contains("not a regular file"), "{line}");
+        assert!(took < Duration::from_secs(10), "{name} took {took:?}");
+    }
 }
 
 #[test]
