@@ -9,7 +9,8 @@
 //!                             (no copy of some disk: read + store here, holding the freeze)
 //! ```
 //!
-//! 1. **pre-script** (`sh -c CMD`, own process group): environment
+//! 1. **pre-script** (`/bin/sh -c CMD` in `/`, own process group; its
+//!    program must not be a relative path, see [`check_script`]): environment
 //!    `KLUIS_ITEM`, `KLUIS_PHASE=pre`, `KLUIS_DISKS` (`NAME=PATH` lines),
 //!    `KLUIS_DISK_<NAME>`, `KLUIS_FREEZE`, `KLUIS_VAULT`; a JSON description
 //!    on stdin. It may print protocol lines on stdout:

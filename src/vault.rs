@@ -7,6 +7,9 @@
 //! VAULT/lock            flock(2) target, see the lock table below
 //! ```
 //!
+//! Everything in it is the owner's alone (0700/0600) unless a group was
+//! given the vault directory on purpose; see crate::newfile.
+//!
 //! # Locks
 //!
 //! | operation                          | lock on VAULT/lock |

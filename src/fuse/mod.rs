@@ -6,7 +6,9 @@
 //!
 //! Files inside guest filesystems (`files/`) carry the guest's owner, mode,
 //! nanosecond mtime and inode number (shared by hard links); everything
-//! else belongs to the mounting user. A directory's entries are listed once
+//! else belongs to the mounting user. With `--allow-other` the whole disks
+//! and config files, which would bypass the guest's modes, are 0400 (or
+//! 0440 for one group): see [`KluisFs::whole_disks_private`]. A directory's entries are listed once
 //! per opendir and served from that snapshot, so a 100,000-entry guest
 //! directory costs one listing, not one per readdir batch.
 //!
