@@ -442,7 +442,17 @@ impl Copier<'_> {
         if !symlink {
             let mode = a.mode as libc::mode_t & 0o7777;
             if unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-                return Err(Error::io_path("chmod", dest, std::io::Error::last_os_error()));
+                let e = std::io::Error::last_os_error();
+                // Without fchmodat2(2), glibc emulates the flag through
+                // /proc; where that is missing, a plain chmod of what is
+                // known not to be a symlink.
+                let emulation_missing = matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::ENOENT));
+                if !(emulation_missing && fs::symlink_metadata(dest).is_ok_and(|m| !m.file_type().is_symlink())) {
+                    return Err(Error::io_path("chmod", dest, e));
+                }
+                if unsafe { libc::chmod(c.as_ptr(), mode) } != 0 {
+                    return Err(Error::io_path("chmod", dest, std::io::Error::last_os_error()));
+                }
             }
         }
         let d = mtime_of(a).duration_since(UNIX_EPOCH).unwrap_or_default();
