@@ -458,6 +458,8 @@ impl ScriptEnv<'_> {
     /// Runs `cmd` for `phase`; a cancel kills its process group.
     fn run(&self, what: &str, cmd: &str, phase: &str, extra: &[(&str, String)], cancel: Option<&AtomicBool>) -> std::result::Result<ScriptOutput, ScriptError> {
         let started = Instant::now();
+        // A definition stored by an older kluis may still hold one.
+        check_script(what, cmd).map_err(|e| ScriptError::Failed(format!("{e}; run `kluis protect` again with an absolute path")))?;
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(cmd)

@@ -345,6 +345,18 @@ fn relative_scripts_and_colliding_disk_names_are_refused() {
     env.ok(&["protect", "vm", "--disk", &da, "--policy", "m", "--pre-script", &format!("{d}/pre.sh; pwd > {d}/pwd")]);
     env.ok(&["backup", "vm"]);
     assert_eq!(fs::read_to_string(env.path("pwd")).unwrap(), "/\n");
+    // A relative script stored by an older kluis is refused when it would run.
+    fs::write(env.path("pre.sh"), format!("#!/bin/sh\ntouch {d}/ran\n")).unwrap();
+    let db = rusqlite::Connection::open(env.vault.join("index.sqlite")).unwrap();
+    let n = db.execute("UPDATE items SET definition = json_set(definition, '$.pre_script', './pre.sh') WHERE name = 'vm'", []).unwrap();
+    assert_eq!(n, 1);
+    drop(db);
+    let before = env.points(Some("vm")).len();
+    let f = env.fail(&["backup", "vm"]);
+    let line = f.one_error_line();
+    assert!(line.contains("./pre.sh") && line.contains("relative path"), "{line}");
+    assert!(!env.path("ran").exists(), "the relative script ran");
+    assert_eq!(env.points(Some("vm")).len(), before);
 }
 
 /// `cat PATH` as user and group 65534 (nobody/nogroup).
