@@ -473,7 +473,7 @@ impl Copier<'_> {
 }
 
 /// Err(Interrupted) once SIGINT or SIGTERM came (docs/cli.md: `files cp`
-/// stops at the first one).
+/// and `files versions` stop at the first one).
 fn stop_requested() -> Result<()> {
     if super::CANCEL.load(std::sync::atomic::Ordering::Relaxed) { Err(Error::Interrupted) } else { Ok(()) }
 }
@@ -519,6 +519,7 @@ fn content_hash(tree: &VaultTree, node: &Node, a: &Attr) -> Result<blake3::Hash>
             let f = tree.open(node)?;
             let mut off = 0;
             while off < f.size() {
+                stop_requested()?;
                 let d = f.read(off, 1 << 20)?;
                 if d.is_empty() {
                     break;
@@ -545,6 +546,7 @@ fn versions(vault_dir: &Path, item: &str, spec: &str, out: &Out) -> Result<()> {
     let mut list = Vec::new();
     let mut prev: Option<Seen> = None;
     for (name, id) in tree.item_points(item)? {
+        stop_requested()?;
         let mut hash = None;
         let found = match resolve(&tree, id, &disk, part, &path) {
             Ok(node) => Some((tree.attr(&node)?, node)),
