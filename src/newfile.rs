@@ -110,7 +110,8 @@ pub fn open_or_create(path: &Path, mode: u32) -> io::Result<File> {
 }
 
 /// `mkdir -p` in which every directory made gets exactly `mode`;
-/// directories that exist already are left as they are.
+/// directories that exist already are left as they are. (Callers make a
+/// vault's parents with the caller's umask first: only the vault is private.)
 pub fn create_dir_all(path: &Path, mode: u32) -> io::Result<()> {
     if path.is_dir() {
         return Ok(());

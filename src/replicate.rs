@@ -210,6 +210,9 @@ fn make_replica(vault: &Vault, to: &Path) -> Result<bool> {
         )));
     }
     // Owner-only, like a vault made by `kluis init` (crate::newfile).
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
+    }
     crate::newfile::create_dir_all(&to.join("packs").join("tmp"), crate::newfile::PRIVATE_DIR).ctx(|| format!("create {}", to.display()))?;
     fs::set_permissions(to, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(crate::newfile::PRIVATE_DIR)).ctx(|| format!("chmod {}", to.display()))?;
     let header = VaultHeader {

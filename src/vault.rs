@@ -167,6 +167,9 @@ impl Vault {
             return Err(Error::InvalidInput(format!("block size {block_size} must be a power of two between 4096 and 4194304")));
         }
         // Owner-only whatever the umask: packs hold every byte of every disk.
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
+        }
         crate::newfile::create_dir_all(&root.join("packs/tmp"), PRIVATE_DIR).ctx(|| format!("create vault {}", root.display()))?;
         fs::set_permissions(root, fs::Permissions::from_mode(PRIVATE_DIR)).ctx(|| format!("chmod {}", root.display()))?;
         if !ZSTD_LEVELS.contains(&zstd_level) {
