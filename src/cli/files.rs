@@ -379,8 +379,7 @@ impl Copier<'_> {
                 // and renamed over it when complete: never through a symlink
                 // at `dest`, and no partial file left by an interruption.
                 let (tmp, f) = kluis::newfile::create_temp_beside(dest, 0o600).map_err(|e| io("create", e))?;
-                let partial = Partial(Some(tmp));
-                let tmp = partial.0.as_deref().unwrap();
+                let mut partial = Partial(Some(tmp.clone()));
                 let size = h.size();
                 let mut off = 0u64;
                 while off < size {
@@ -397,9 +396,9 @@ impl Copier<'_> {
                 }
                 f.set_len(size).map_err(|e| io("write", e))?;
                 drop(f);
-                self.finish(tmp, &a, false)?;
-                fs::rename(tmp, dest).map_err(|e| io("rename into", e))?;
-                std::mem::forget(partial);
+                self.finish(&tmp, &a, false)?;
+                fs::rename(&tmp, dest).map_err(|e| io("rename into", e))?;
+                partial.0 = None;
                 self.rep.files += 1;
                 self.rep.bytes += size;
                 if let Some(i) = ino {
