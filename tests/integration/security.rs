@@ -189,6 +189,7 @@ fn files_cp_stops_at_the_first_sigterm() {
     let (out, took) = finish_within(child, Duration::from_secs(30), "files cp after one SIGTERM");
     let line = one_line(&out, "files cp after SIGTERM");
     assert!(line.contains("interrupted"), "{line}");
+    eprintln!("files cp stopped {took:?} after SIGTERM");
     assert!(took < Duration::from_secs(5), "files cp took {took:?} to stop");
     let left: Vec<_> = fs::read_dir(&dest).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "the partial copy was left: {left:?}");
