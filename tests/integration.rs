@@ -35,4 +35,7 @@ mod integration {
     mod freeze;
     mod protect;
     mod retention;
+
+    // hardening: symlinks, modes, signals, special files (issue 19)
+    mod security;
 }

@@ -115,12 +115,15 @@ pub enum Command {
     /// Show every recovery point as a read-only folder (foreground until unmounted or Ctrl-C)
     Mount {
         mountpoint: PathBuf,
-        /// Let other users in (turns on the kernel's permission checks)
+        /// Let other users in (turns on the kernel's permission checks; whole disks and configs stay the mounting user's)
         #[arg(long)]
         allow_other: bool,
         /// Mount over a directory that is not empty (its contents are hidden until unmounted)
         #[arg(long)]
         nonempty: bool,
+        /// With --allow-other: members of GROUP (name or gid) may also read whole disks and configs
+        #[arg(long, value_name = "GROUP", requires = "allow_other")]
+        allow_group: Option<String>,
     },
     /// Unmount a `kluis mount`
     Umount { mountpoint: PathBuf },
@@ -305,8 +308,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 )
             })?;
         }
-        Command::Mount { mountpoint, allow_other, nonempty } => {
-            mount::run(&vault_dir, &mountpoint, allow_other, nonempty, &out)?;
+        Command::Mount { mountpoint, allow_other, allow_group, nonempty } => {
+            mount::run(&vault_dir, &mountpoint, allow_other, allow_group.as_deref(), nonempty, &out)?;
         }
         Command::Umount { mountpoint } => {
             mount::umount(&mountpoint)?;

@@ -19,8 +19,9 @@ use super::{Out, CANCEL};
 /// FUSE worker threads: enough to overlap decompression with kernel I/O.
 const FUSE_THREADS: usize = 4;
 
-pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, nonempty: bool, out: &Out) -> Result<()> {
+pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, allow_group: Option<&str>, nonempty: bool, out: &Out) -> Result<()> {
     check_mountpoint(mountpoint, nonempty)?;
+    let group = allow_group.map(group_id).transpose()?;
     let tree = VaultTree::new(vault)?;
     let mut options = vec![
         MountOption::RO,
@@ -37,7 +38,10 @@ pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, nonempty: bool, o
     config.mount_options = options;
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    let fs = KluisFs::new(tree);
+    let mut fs = KluisFs::new(tree);
+    if allow_other {
+        fs = fs.whole_disks_private(group);
+    }
     let notifier = fs.notifier_slot();
     let session = fuser::spawn_mount(fs, mountpoint, &config)
         .map_err(|e| Error::io(format!("cannot mount at {}", mountpoint.display()), e))?;
@@ -82,6 +86,20 @@ fn check_mountpoint(mountpoint: &Path, nonempty: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A group given by name or number.
+fn group_id(g: &str) -> Result<u32> {
+    if let Ok(n) = g.parse() {
+        return Ok(n);
+    }
+    let c = std::ffi::CString::new(g).map_err(|_| Error::InvalidInput(format!("--allow-group {g:?}: not a group name")))?;
+    // getgrnam at startup, before any thread: its static result is not shared.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        return Err(Error::InvalidInput(format!("--allow-group {g}: no such group")));
+    }
+    Ok(unsafe { (*gr).gr_gid })
 }
 
 /// The kernel caps a FUSE mount's readahead at the default 128 KiB whatever
