@@ -272,7 +272,11 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
 
     let _lock = vault.lock(false, || log::warn!("waiting for a running gc to finish"))?;
     let time_ms = next_time(vault, &req.item)?;
-    let previous = vault.catalog().points(Some(&req.item), false)?.pop();
+    // The newest point that is whole: a block equal to its block there is
+    // known to be stored intact. A damaged point's blocks are compared with
+    // the index instead, where damaged chunks count as absent, so this
+    // backup stores them again (and so heals the older points too).
+    let previous = vault.catalog().points(Some(&req.item), false)?.into_iter().rev().find(|p| !p.damaged);
     let prev_manifest = previous.as_ref().map(|p| Manifest::parse(&p.manifest)).transpose()?;
     let fetch = vault.fetcher()?;
 
@@ -334,6 +338,7 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
         stored_bytes: sink.stored_bytes,
         deleted_ms: None,
         capture: req.capture.clone(),
+        damaged: false,
     };
     vault.catalog().insert_point(&row)?;
     Ok(BackupReport {
@@ -359,19 +364,16 @@ fn prefix_disk(name: &str, e: Error) -> Error {
 }
 
 /// A point's time: now, cut to the whole second, and always at least one
-/// second after the item's previous point (deleted ones included). So the
-/// name of a point (its time to the second) is unique within its item and
-/// never changes, even when its neighbours are deleted; points are strictly
-/// ordered even if the clock stepped back. Backups of one item taken faster
-/// than one a second are dated up to a few seconds ahead.
+/// second after the item's previous point (deleted ones included) and any
+/// time already handed to a backup of the item still running. So the name
+/// of a point (its time to the second) is unique within its item and never
+/// changes, even when its neighbours are deleted; points are strictly
+/// ordered even if the clock stepped back or backups of one item run at
+/// once. Backups of one item taken faster than one a second are dated up
+/// to a few seconds ahead.
 fn next_time(vault: &Vault, item: &str) -> Result<i64> {
     let now = now_ms();
-    let now = now - now.rem_euclid(1000);
-    let last = vault.catalog().points(Some(item), true)?.iter().map(|p| p.time_ms).max();
-    Ok(match last {
-        Some(l) if l + 1000 > now => l - l.rem_euclid(1000) + 1000,
-        _ => now,
-    })
+    vault.catalog().allocate_point_time(item, now - now.rem_euclid(1000))
 }
 
 fn read_config(p: &Path) -> Result<(String, Vec<u8>)> {

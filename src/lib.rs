@@ -4,6 +4,7 @@ pub mod error;
 pub mod id;
 pub mod image;
 pub mod store;
+pub mod records;
 pub mod catalog;
 pub mod recovery_point;
 pub mod timefmt;

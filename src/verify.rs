@@ -2,6 +2,16 @@
 //! Merkle tree against the index, and with `read_data` every chunk's bytes
 //! against its hash. Each damaged chunk is reported with the points, disks
 //! and byte ranges it affects, so the operator knows what is lost.
+//!
+//! What it finds is recorded in the index (crate::catalog, schema 4): the
+//! damaged chunks, so that no later backup deduplicates against them (the
+//! next backup of the same data stores them again, and every point that
+//! needs them is whole again), and a `damaged` flag on each point that
+//! needs one, shown by `kluis points` and cleared by a verify that finds
+//! the point whole. gc keeps damaged points and everything they still
+//! reach (crate::gc); restore fails on them unless asked for a partial
+//! restore (crate::restore). A full `verify --read-data` replaces the
+//! record; any other verify adds to it.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -76,6 +86,15 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
     };
     report.points = points.len();
     let mut damaged: HashMap<ChunkId, (String, String)> = HashMap::new();
+    // Chunks recorded as damaged earlier count as missing (see
+    // Catalog::has_chunk); say why.
+    let known = vault.catalog().damaged_chunks()?;
+    let missing = |id: &ChunkId| -> (String, String) {
+        match known.get(id) {
+            Some(why) => ("index".into(), format!("recorded as damaged: {why}")),
+            None => ("index".into(), "chunk missing from the vault".into()),
+        }
+    };
 
     // 1. Every index row against the frame it points to.
     let packs = vault.catalog().packs()?;
@@ -127,7 +146,7 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
         }
         referenced.insert(p.id.0);
         if !index.has_chunk(&p.id.0)? {
-            damaged.entry(p.id.0).or_insert(("index".into(), "manifest chunk missing from the vault".into()));
+            damaged.entry(p.id.0).or_insert_with(|| missing(&p.id.0));
         }
         uses.entry(p.id.0).or_default().push(Use { point: pi, part: "manifest".into(), range: (0, bytes.len() as u64) });
         let m = Manifest::parse(&p.manifest)?;
@@ -137,7 +156,7 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
                 let id = ChunkId::from_hex(h).ok_or_else(|| Error::Corrupt(format!("config {}: bad chunk id", c.name)))?;
                 referenced.insert(id);
                 if !index.has_chunk(&id)? {
-                    damaged.entry(id).or_insert(("index".into(), "chunk missing from the vault".into()));
+                    damaged.entry(id).or_insert_with(|| missing(&id));
                 }
                 let s = i as u64 * bs;
                 uses.entry(id).or_default().push(Use { point: pi, part: format!("config {}", c.name), range: (s, (s + bs).min(c.size)) });
@@ -149,7 +168,7 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
                 continue;
             }
             let span = (FANOUT as u64).pow(d.depth as u32 - 1);
-            let mut ctx = Walk { fetch: fetch.as_ref(), index: &index, point: pi, part: format!("disk {}", d.name), bs: d.block_size as u64, size: d.size, unreadable: 0 };
+            let mut ctx = Walk { fetch: fetch.as_ref(), index: &index, missing: &missing, point: pi, part: format!("disk {}", d.name), bs: d.block_size as u64, size: d.size, unreadable: 0 };
             ctx.walk(root, d.depth - 1, 0, span, &mut damaged, &mut uses, &mut referenced)?;
             report.unreadable_map_pages += ctx.unreadable;
         }
@@ -181,12 +200,34 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
         }
         report.damaged.push(Damage { chunk: id.to_hex(), location: loc, error: err, affects });
     }
+    record(vault, &points, &report, only.is_none() && read_data)?;
     Ok(report)
+}
+
+/// Records what `report` found (see the module doc); with `complete` (every
+/// point and every chunk's bytes were checked), what it did not find is
+/// forgotten.
+fn record(vault: &Vault, points: &[PointRow], report: &VerifyReport, complete: bool) -> Result<()> {
+    let chunks: Vec<(ChunkId, String)> = report
+        .damaged
+        .iter()
+        .filter_map(|d| Some((ChunkId::from_hex(&d.chunk)?, format!("{}: {}", d.location, d.error))))
+        .collect();
+    let hit: HashSet<&str> = report.damaged.iter().flat_map(|d| &d.affects).map(|a| a.point_id.as_str()).collect();
+    let flags: Vec<_> = points.iter().map(|p| (p.id, hit.contains(p.id.to_hex().as_str()))).collect();
+    let mut cat = vault.catalog();
+    cat.mark_chunks_damaged(&chunks)?;
+    if complete {
+        cat.forget_damaged_except(&chunks.iter().map(|(id, _)| *id).collect())?;
+    }
+    cat.set_points_damaged(&flags)?;
+    Ok(())
 }
 
 struct Walk<'a> {
     fetch: &'a dyn crate::recovery_point::ChunkFetcher,
     index: &'a crate::catalog::Catalog,
+    missing: &'a dyn Fn(&ChunkId) -> (String, String),
     point: usize,
     part: String,
     bs: u64,
@@ -241,7 +282,7 @@ impl Walk<'_> {
             }
             let fresh = referenced.insert(child);
             if fresh && !self.index.has_chunk(&child)? {
-                damaged.entry(child).or_insert(("index".into(), "chunk missing from the vault".into()));
+                damaged.entry(child).or_insert_with(|| (self.missing)(&child));
             }
             if damaged.contains_key(&child) {
                 let s = child_first * self.bs;

@@ -17,6 +17,7 @@ mod integration {
     mod bad_input;
     mod corruption;
     mod crash;
+    mod damaged;
     mod enospc;
     mod gc_lock;
     mod mount;
