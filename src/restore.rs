@@ -84,7 +84,9 @@ pub fn targets_in_dir(point: &PointRow, disks: &[String], dir: &Path, format: Ta
 /// workers wait for their writes. Every target is checked before anything
 /// is written, and the new files are renamed into place only when all of
 /// them are complete and durable: a failure leaves no target changed
-/// (block devices excepted, which are written in place).
+/// (block devices excepted, which are written in place). With `partial`,
+/// a damaged disk is restored anyway (see the module doc).
+#[allow(clippy::too_many_arguments)]
 pub fn restore_disks(
     vault: &Vault,
     point: &PointRow,
@@ -312,6 +314,9 @@ impl Drop for TempGuard {
     }
 }
 
+/// Byte ranges [start, end) of a disk.
+type Ranges = Vec<(u64, u64)>;
+
 /// Damage met by a restore: the chunks recorded as damaged, whether to go
 /// on past damage, and the byte ranges left as zeros for it.
 struct Lost {
@@ -324,7 +329,7 @@ impl Lost {
     /// The byte ranges of the disk whose chunks are recorded as damaged or
     /// whose map pages cannot be read, and the first such chunk. Walks the
     /// map only when the vault records any damage.
-    fn recorded_in(&self, reader: &DiskReader) -> Result<(Vec<(u64, u64)>, Option<ChunkId>)> {
+    fn recorded_in(&self, reader: &DiskReader) -> Result<(Ranges, Option<ChunkId>)> {
         let mut first_id = None;
         if self.known.is_empty() {
             return Ok((Vec::new(), first_id));
