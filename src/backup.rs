@@ -162,6 +162,10 @@ struct PackSink<'a> {
     vault: &'a Vault,
     writer: Option<PackWriter>,
     pending: Arc<Pending>,
+    /// Chunks recorded as damaged when the backup began (crate::verify): a
+    /// block equal to its block in the previous point is stored again if
+    /// its chunk is one of these, even where that point is not marked.
+    damaged: Arc<HashSet<ChunkId>>,
     opts: &'a Options,
     stored_bytes: u64,
     new_bytes: u64,
@@ -281,7 +285,8 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
     let fetch = vault.fetcher()?;
 
     let pending = Arc::new(Pending(Mutex::new(HashSet::new())));
-    let mut sink = PackSink { vault, writer: None, pending: pending.clone(), opts: &opts, stored_bytes: 0, new_bytes: 0 };
+    let damaged = Arc::new(vault.catalog().damaged_chunks()?.into_keys().collect());
+    let mut sink = PackSink { vault, writer: None, pending: pending.clone(), damaged, opts: &opts, stored_bytes: 0, new_bytes: 0 };
     let mut disks = Vec::new();
     let mut stats = Vec::new();
     let bs = vault.block_size();
@@ -429,6 +434,7 @@ fn backup_disk(
     let failed = AtomicBool::new(false);
 
     let run = run_blocks(bs);
+    let damaged = sink.damaged.clone();
     let (job_tx, job_rx) = bounded::<Job>(opts.workers * QUEUE_PER_WORKER);
     let (done_tx, done_rx) = bounded::<Result<Done>>(opts.workers * QUEUE_PER_WORKER);
     // Buffers given back for reuse, as many as can be in flight: run buffers
@@ -455,8 +461,11 @@ fn backup_disk(
                 for index in first..first + n {
                     let start = index * bs;
                     has_data.push(holes.block_has_data(start, (start + bs).min(size)));
+                    // A damaged previous chunk compares as "no previous
+                    // block": the worker then asks the index, which counts
+                    // it as absent, and the block is stored again.
                     prev_ids.push(match &prev {
-                        Some(m) if index < m.blocks() => m.block(index)?,
+                        Some(m) if index < m.blocks() => Some(m.block(index)?).filter(|id| !damaged.contains(id)).unwrap_or(ChunkId::ZERO),
                         _ => ChunkId::ZERO,
                     });
                 }

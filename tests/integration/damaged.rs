@@ -248,3 +248,37 @@ fn rebuild_index_keeps_items_policies_settings_jobs_and_deletions() {
     assert!(text(&out.stderr).contains("job record"), "not said on stderr: {}", text(&out.stderr));
     assert_same_file(&env.restore(&p2.sel(), "os", "raw"), &disk);
 }
+
+/// Damage found by a verify of one point is not deduplicated against by the
+/// next backup, even where it compares with another point that uses the
+/// same chunk and is not marked: the block is stored again.
+#[test]
+fn damage_found_through_one_point_is_stored_again_by_the_next_backup() {
+    let mut rng = rng("damage_through_one_point");
+    let env = Env::new();
+    let disk = env.path("os.raw");
+    random_file(&disk, 2 * MIB, &mut rng);
+    let p1 = env.backup("web01", &[("os", disk.as_path())], &[]);
+    write_at(&disk, 0, &random_bytes(&mut rng, 512));
+    let p2 = env.backup("web01", &[("os", disk.as_path())], &[]);
+    // Flip a byte of block 5's chunk, shared by both points (random data is
+    // stored as is, so exactly that chunk is damaged).
+    let ids = block_ids(&disk, BS);
+    let pack = pack_files(&env.vault).into_iter().find(|p| frames(p).iter().any(|f| f.holds(&ids[5]))).unwrap();
+    let f = frames(&pack).into_iter().find(|f| f.holds(&ids[5])).unwrap();
+    let at = f.chunk_offset(&ids[5]) + 100;
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[at as usize] ^= 0x55;
+    fs::write(&pack, bytes).unwrap();
+    let out = env.run(&["--json", "verify", &p1.sel(), "--read-data"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    let marks: Vec<(String, bool)> = env.points(Some("web01")).into_iter().map(|p| (p.id, p.json["damaged"].as_bool().unwrap())).collect();
+    assert_eq!(marks, vec![(p1.id.clone(), true), (p2.id.clone(), false)], "only the verified point is marked");
+
+    let p3 = env.backup("web01", &[("os", disk.as_path())], &[]);
+    assert!(p3.new_bytes >= BS, "block 5 was not stored again: {} new bytes", p3.new_bytes);
+    let out = env.run(&["--json", "verify", &p3.sel(), "--read-data"]);
+    assert_eq!(out.status.code(), Some(0), "the new point uses the damaged chunk: {}", text(&out.stdout));
+    assert_same_file(&env.restore(&p3.sel(), "os", "raw"), &disk);
+    assert_same_file(&env.restore(&p2.sel(), "os", "raw"), &disk);
+}
