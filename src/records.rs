@@ -4,7 +4,7 @@
 //! writers never rewrite one shared file:
 //!
 //! ```text
-//! VAULT/records/items/NAME        {"policy": "P" | null, "definition": {…}}   a protected item
+//! VAULT/records/items/NAME        {"policy": "P" | null, "definition": "<ItemDef JSON>"}  a protected item
 //! VAULT/records/policies/NAME     {"schedule": "daily 02:00", "keep_last": 0, …} a policy
 //! VAULT/records/settings/KEY      the value, as `kluis vault set` stored it
 //! VAULT/records/deleted/POINTID   the Unix time (ms) the point was deleted
@@ -17,13 +17,14 @@
 //! atomic: a temporary name in the same directory made with O_EXCL and mode
 //! 0600, fsync, rename over the record, fsync of the directory; a crash
 //! leaves the old record or the new, and at worst a `.tmp-*` file that the
-//! next write of the same record replaces and readers ignore. The catalog
+//! next write of the same record replaces and readers ignore. Directories
+//! are made 0700: item definitions hold scripts and paths. The catalog
 //! writes them whenever it changes such a row (crate::catalog); they are a
 //! step towards a self-contained vault whose index is only a cache.
 
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -61,7 +62,8 @@ fn path(root: &Path, kind: Kind, name: &str) -> Result<PathBuf> {
 pub fn put(root: &Path, kind: Kind, name: &str, bytes: &[u8]) -> Result<()> {
     let to = path(root, kind, name)?;
     let dir = to.parent().expect("a record has a directory");
-    fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+    // Item definitions hold scripts and paths: for the vault's owner only.
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).ctx(|| format!("create {}", dir.display()))?;
     let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
     // A leftover of a crashed write by a process of the same id.
     let _ = fs::remove_file(&tmp);
@@ -125,6 +127,8 @@ mod tests {
         assert_eq!(list(t.path(), Kind::Item).unwrap(), vec![("db01".into(), b"three".to_vec()), ("web01".into(), b"two".to_vec())]);
         let mode = fs::metadata(t.path().join("records/items/web01")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let mode = fs::metadata(t.path().join("records/items")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
         remove(t.path(), Kind::Item, "web01").unwrap();
         remove(t.path(), Kind::Item, "web01").unwrap();
         assert_eq!(list(t.path(), Kind::Item).unwrap().len(), 1);
