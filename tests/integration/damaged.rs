@@ -282,3 +282,48 @@ fn damage_found_through_one_point_is_stored_again_by_the_next_backup() {
     assert_same_file(&env.restore(&p3.sel(), "os", "raw"), &disk);
     assert_same_file(&env.restore(&p2.sel(), "os", "raw"), &disk);
 }
+
+/// A truncated pack that held a point's map and manifest: rebuild-index
+/// keeps the point from the previous index (its manifest text still hashes
+/// to its id), gc keeps it and whatever it still reaches, a partial restore
+/// names every lost byte, and the next backup restores exactly.
+#[test]
+fn point_whose_manifest_pack_is_truncated_survives_rebuild_and_gc() {
+    let mut rng = rng("manifest_pack_truncated");
+    let env = Env::new();
+    let disk = env.path("os.raw");
+    let size = 3 * MIB + 100;
+    random_file(&disk, size, &mut rng);
+    let p = env.backup("web01", &[("os", disk.as_path())], &[]);
+    let other = env.path("db.raw");
+    random_file(&other, MIB, &mut rng);
+    env.backup("db01", &[("os", other.as_path())], &[]);
+    // web01's one pack: its data, map and manifest.
+    let ids = block_ids(&disk, BS);
+    let pack = pack_files(&env.vault).into_iter().find(|pk| frames(pk).iter().any(|f| f.holds(&ids[0]))).unwrap();
+    assert!(frames(&pack).iter().any(|f| f.holds(&p.id)), "the manifest is not in the data's pack");
+    let len = fs::metadata(&pack).unwrap().len();
+    OpenOptions::new().write(true).open(&pack).unwrap().set_len(len / 2).unwrap();
+
+    let rep = env.json(&["rebuild-index"]);
+    assert_eq!(rep["points"].as_u64(), Some(2), "{rep:#}");
+    env.ok(&["gc"]);
+    let web: Vec<Point> = env.points(Some("web01"));
+    assert_eq!(web.len(), 1, "the point whose manifest pack was truncated is gone");
+    assert_eq!(web[0].id, p.id);
+    assert_eq!(web[0].json["damaged"], true, "{:#}", web[0].json);
+    assert_same_file(&env.restore("db01@latest", "os", "raw"), &other);
+
+    let f = env.fail(&["restore", &p.sel(), "--disk", "os", "--to", "bad.raw"]);
+    assert!(f.one_error_line().contains("--partial"), "{}", f.stderr);
+    let to = env.path("partial.raw");
+    let r = env.json(&["restore", &p.sel(), "--disk", "os", "--to", to.to_str().unwrap(), "--partial"]);
+    let missing = ranges(&r["missing"]);
+    assert!(!missing.is_empty(), "{r:#}");
+    assert_partial(&to, &disk, &missing);
+
+    let p2 = env.backup("web01", &[("os", disk.as_path())], &[]);
+    assert_same_file(&env.restore(&p2.sel(), "os", "raw"), &disk);
+    let out = env.run(&["--json", "verify", &p2.sel(), "--read-data"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
