@@ -4,8 +4,8 @@
 //! names its chunk, and every recovery point's manifest is itself a chunk of
 //! kind `Manifest` whose id is the point id. So a rebuild scans every pack
 //! (re-hashing every chunk, so damage is not carried into the new index),
-//! records packs and chunks, and turns each manifest whose whole tree is
-//! present into a recovery point.
+//! records packs and chunks, and turns each manifest into a recovery
+//! point.
 //!
 //! A point is never dropped for damage: a manifest whose tree is not
 //! complete (a pack truncated or lost, a chunk failing its hash) still
@@ -19,11 +19,14 @@
 //! record, which points were deleted, and what each point added — is taken
 //! from the previous index, which is moved aside (never deleted) and read
 //! if SQLite can still read it; so are the points whose manifest is in no
-//! pack any more (their manifest text must still hash to their id). When
-//! there is no readable previous index, the rebuild says so on stderr and
-//! in its report (`not_recovered`): items must be protected and policies
-//! set again, and points deleted but not yet collected by gc come back
-//! live.
+//! pack any more (their manifest text must still hash to their id). Then
+//! the vault's records (crate::records) add the items, policies and
+//! settings the previous index did not give, and the deletions: a point
+//! with a deletion record comes back deleted, never live, and one the
+//! previous index no longer has was purged by gc and stays out. What is
+//! lost (the job record without a readable previous index, and anything
+//! made before records existed) is said on stderr and in the report
+//! (`not_recovered`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
