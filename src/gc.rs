@@ -4,12 +4,15 @@
 //!
 //! Damage (crate::verify, crate::rebuild) never costs a point: gc deletes
 //! no point but soft-deleted ones past their window, however damaged, and
-//! keeps every chunk a point still reaches. Chunks recorded as damaged lose
-//! their index rows (their bytes are gone or wrong; a later backup stores
-//! them again), a map page recorded as damaged is walked as if empty (what
-//! lies below it cannot be named), and damage records no point needs any
-//! more are dropped. Any other unreadable page stops gc before it deletes
-//! anything: gc frees only what it can prove dead.
+//! keeps every chunk a point still reaches. A pack holding a live chunk
+//! recorded as damaged is neither rewritten nor deleted (a damaged frame
+//! cannot be copied forward, and the damage may have been a passing read
+//! error that a later verify clears); once a backup stores the chunk again
+//! its row moves to the new pack and the old one is collected as usual. A
+//! map page recorded as damaged is walked as if empty (what lies below it
+//! cannot be named), and damage records no point needs any more are
+//! dropped. Any other unreadable page stops gc before it deletes anything:
+//! gc frees only what it can prove dead.
 //!
 //! Runs under the exclusive vault lock (see crate::vault), so no backup is
 //! adding chunks meanwhile. Order of operations, each step crash-safe:
@@ -141,9 +144,8 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
         for pack in &packs {
             let rows = crate::catalog::Catalog::chunks_in_pack_tx(&tx, pack.id)?;
             let live_bytes = live_share(&rows, &live);
-            // A damaged chunk's row goes, live or not: its frame cannot be
-            // copied forward, and the damage record stands for it.
-            let (alive, dead): (Vec<_>, Vec<_>) = rows.into_iter().partition(|c| live.contains(&c.id) && !damaged.contains(&c.id));
+            let (alive, dead): (Vec<_>, Vec<_>) = rows.into_iter().partition(|c| live.contains(&c.id));
+            let holds_damage = alive.iter().any(|c| damaged.contains(&c.id));
             {
                 let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
                 for c in &dead {
@@ -155,7 +157,7 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
                 tx.execute("DELETE FROM packs WHERE id = ?1", [pack.id])?;
                 dead_packs.push(pack.name.clone());
                 report.bytes_freed += pack.size;
-            } else if (live_bytes as f64) < REWRITE_BELOW * (pack.size - PACK_HEADER_SIZE) as f64 {
+            } else if !holds_damage && (live_bytes as f64) < REWRITE_BELOW * (pack.size - PACK_HEADER_SIZE) as f64 {
                 rewrite.push((pack.id, pack.name.clone(), alive));
             }
         }

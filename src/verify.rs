@@ -88,9 +88,10 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
     let mut damaged: HashMap<ChunkId, (String, String)> = HashMap::new();
     // Chunks recorded as damaged earlier count as missing (see
     // Catalog::has_chunk); say why.
-    let known = vault.catalog().damaged_chunks()?;
+    let recorded = vault.catalog().damaged_chunks()?;
+    let mut sound: HashSet<ChunkId> = HashSet::new();
     let missing = |id: &ChunkId| -> (String, String) {
-        match known.get(id) {
+        match recorded.get(id) {
             Some(why) => ("index".into(), format!("recorded as damaged: {why}")),
             None => ("index".into(), "chunk missing from the vault".into()),
         }
@@ -124,9 +125,17 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
             report.bytes_read += outcome.bytes_read;
             progress.advance(frame_len as u64);
             for (c, err) in frame_rows.iter().zip(outcome.errors) {
-                if let Some(msg) = err {
-                    let msg = msg.rsplit(": ").next().unwrap_or(&msg).to_owned();
-                    damaged.insert(c.id, (loc.clone(), msg));
+                match err {
+                    Some(msg) => {
+                        let msg = msg.rsplit(": ").next().unwrap_or(&msg).to_owned();
+                        damaged.insert(c.id, (loc.clone(), msg));
+                    }
+                    // Re-hashed and sound: the damage recorded was a
+                    // passing read error (or fixed by hand).
+                    None if read_data && recorded.contains_key(&c.id) => {
+                        sound.insert(c.id);
+                    }
+                    None => {}
                 }
             }
         }
@@ -145,7 +154,7 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
             damaged.insert(p.id.0, ("index".into(), "manifest does not hash to the point id".into()));
         }
         referenced.insert(p.id.0);
-        if !index.has_chunk(&p.id.0)? {
+        if !index.has_chunk(&p.id.0)? && !sound.contains(&p.id.0) {
             damaged.entry(p.id.0).or_insert_with(|| missing(&p.id.0));
         }
         uses.entry(p.id.0).or_default().push(Use { point: pi, part: "manifest".into(), range: (0, bytes.len() as u64) });
@@ -155,7 +164,7 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
             for (i, h) in c.chunks.iter().enumerate() {
                 let id = ChunkId::from_hex(h).ok_or_else(|| Error::Corrupt(format!("config {}: bad chunk id", c.name)))?;
                 referenced.insert(id);
-                if !index.has_chunk(&id)? {
+                if !index.has_chunk(&id)? && !sound.contains(&id) {
                     damaged.entry(id).or_insert_with(|| missing(&id));
                 }
                 let s = i as u64 * bs;
@@ -168,7 +177,7 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
                 continue;
             }
             let span = (FANOUT as u64).pow(d.depth as u32 - 1);
-            let mut ctx = Walk { fetch: fetch.as_ref(), index: &index, missing: &missing, point: pi, part: format!("disk {}", d.name), bs: d.block_size as u64, size: d.size, unreadable: 0 };
+            let mut ctx = Walk { fetch: fetch.as_ref(), index: &index, missing: &missing, sound: &sound, point: pi, part: format!("disk {}", d.name), bs: d.block_size as u64, size: d.size, unreadable: 0 };
             ctx.walk(root, d.depth - 1, 0, span, &mut damaged, &mut uses, &mut referenced)?;
             report.unreadable_map_pages += ctx.unreadable;
         }
@@ -200,14 +209,21 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
         }
         report.damaged.push(Damage { chunk: id.to_hex(), location: loc, error: err, affects });
     }
-    record(vault, &points, &report, only.is_none() && read_data)?;
+    record(vault, &points, &report, &recorded, &sound, only.is_none() && read_data)?;
     Ok(report)
 }
 
-/// Records what `report` found (see the module doc); with `complete` (every
-/// point and every chunk's bytes were checked), what it did not find is
-/// forgotten.
-fn record(vault: &Vault, points: &[PointRow], report: &VerifyReport, complete: bool) -> Result<()> {
+/// Records what `report` found (see the module doc), and forgets the
+/// recorded damage found `sound`; with `complete` (every point and every
+/// chunk's bytes were checked), all it did not find.
+fn record(
+    vault: &Vault,
+    points: &[PointRow],
+    report: &VerifyReport,
+    known: &HashMap<ChunkId, String>,
+    sound: &HashSet<ChunkId>,
+    complete: bool,
+) -> Result<()> {
     let chunks: Vec<(ChunkId, String)> = report
         .damaged
         .iter()
@@ -217,9 +233,11 @@ fn record(vault: &Vault, points: &[PointRow], report: &VerifyReport, complete: b
     let flags: Vec<_> = points.iter().map(|p| (p.id, hit.contains(p.id.to_hex().as_str()))).collect();
     let mut cat = vault.catalog();
     cat.mark_chunks_damaged(&chunks)?;
-    if complete {
-        cat.forget_damaged_except(&chunks.iter().map(|(id, _)| *id).collect())?;
+    let mut keep: HashSet<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+    if !complete {
+        keep.extend(known.keys().filter(|id| !sound.contains(id)));
     }
+    cat.forget_damaged_except(&keep)?;
     cat.set_points_damaged(&flags)?;
     Ok(())
 }
@@ -228,6 +246,8 @@ struct Walk<'a> {
     fetch: &'a dyn crate::recovery_point::ChunkFetcher,
     index: &'a crate::catalog::Catalog,
     missing: &'a dyn Fn(&ChunkId) -> (String, String),
+    /// Chunks recorded as damaged that this verify re-hashed and found sound.
+    sound: &'a HashSet<ChunkId>,
     point: usize,
     part: String,
     bs: u64,
@@ -281,7 +301,7 @@ impl Walk<'_> {
                 continue;
             }
             let fresh = referenced.insert(child);
-            if fresh && !self.index.has_chunk(&child)? {
+            if fresh && !self.index.has_chunk(&child)? && !self.sound.contains(&child) {
                 damaged.entry(child).or_insert_with(|| (self.missing)(&child));
             }
             if damaged.contains_key(&child) {

@@ -327,3 +327,41 @@ fn point_whose_manifest_pack_is_truncated_survives_rebuild_and_gc() {
     let out = env.run(&["--json", "verify", &p2.sel(), "--read-data"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
+
+/// gc acts on recorded damage without destroying anything: a pack holding
+/// a damaged chunk some point needs is kept whole, so when the damage was
+/// a passing read error, a later verify finds the point whole again.
+#[test]
+fn gc_keeps_the_pack_of_recorded_damage() {
+    let mut rng = rng("gc_keeps_damaged_pack");
+    let env = Env::new();
+    env.purge_deleted_at_gc();
+    let disk = env.path("os.raw");
+    random_file(&disk, 2 * MIB, &mut rng);
+    let p1 = env.backup("web01", &[("os", disk.as_path())], &[]);
+    // Point 2 rewrites most of the disk: most of point 1's pack goes dead
+    // once point 1 is deleted, all but block 30.
+    let keep = fs::read(&disk).unwrap()[30 * BS as usize..31 * BS as usize].to_vec();
+    random_file(&disk, 2 * MIB, &mut rng);
+    write_at(&disk, 30 * BS, &keep);
+    let p2 = env.backup("web01", &[("os", disk.as_path())], &[]);
+    let ids = block_ids(&disk, BS);
+    let pack = pack_files(&env.vault).into_iter().find(|p| frames(p).iter().any(|f| f.holds(&ids[30]))).unwrap();
+    let f = frames(&pack).into_iter().find(|f| f.holds(&ids[30])).unwrap();
+    let at = f.chunk_offset(&ids[30]) + 7;
+    let good = fs::read(&pack).unwrap();
+    let mut bad = good.clone();
+    bad[at as usize] ^= 0x55;
+    fs::write(&pack, &bad).unwrap();
+    let (code, _) = env.verify(true);
+    assert_eq!(code, 3);
+    env.ok(&["delete", &p1.sel()]);
+    env.ok(&["gc"]);
+    assert!(pack.exists(), "gc deleted or rewrote the pack that holds recorded damage");
+    // The byte was a passing error: a full verify clears the record and the
+    // mark, and the point restores exactly.
+    fs::write(&pack, &good).unwrap();
+    env.verify_clean(true);
+    assert_eq!(env.points(Some("web01"))[0].json["damaged"], false);
+    assert_same_file(&env.restore(&p2.sel(), "os", "raw"), &disk);
+}
