@@ -19,8 +19,9 @@
 //! leaves the old record or the new, and at worst a `.tmp-*` file that the
 //! next write of the same record replaces and readers ignore. Directories
 //! are made 0700: item definitions hold scripts and paths. The catalog
-//! writes them whenever it changes such a row (crate::catalog); they are a
-//! step towards a self-contained vault whose index is only a cache.
+//! writes them whenever it changes such a row (crate::catalog); replicate
+//! mirrors them into the replica with its packs. They are a step towards a
+//! self-contained vault whose index is only a cache.
 
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -113,6 +114,26 @@ pub fn list(root: &Path, kind: Kind) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
+/// Makes the records of the vault at `to` those of the vault at `from`
+/// (`kluis replicate`): each record written anew, records `from` lacks
+/// removed. Returns how many records `to` holds.
+pub fn mirror(from: &Path, to: &Path) -> Result<usize> {
+    let mut n = 0;
+    for kind in [Kind::Item, Kind::Policy, Kind::Setting, Kind::Deleted] {
+        let want = list(from, kind)?;
+        for (name, bytes) in &want {
+            put(to, kind, name, bytes)?;
+        }
+        for (name, _) in list(to, kind)? {
+            if !want.iter().any(|(w, _)| *w == name) {
+                remove(to, kind, &name)?;
+            }
+        }
+        n += want.len();
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +155,11 @@ mod tests {
         assert_eq!(list(t.path(), Kind::Item).unwrap().len(), 1);
         assert!(list(t.path(), Kind::Policy).unwrap().is_empty());
         assert!(put(t.path(), Kind::Item, "../x", b"").is_err());
+
+        let r = tempfile::tempdir().unwrap();
+        put(r.path(), Kind::Policy, "stale", b"{}").unwrap();
+        assert_eq!(mirror(t.path(), r.path()).unwrap(), 1);
+        assert_eq!(list(r.path(), Kind::Item).unwrap(), list(t.path(), Kind::Item).unwrap());
+        assert!(list(r.path(), Kind::Policy).unwrap().is_empty());
     }
 }

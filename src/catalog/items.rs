@@ -115,7 +115,7 @@ impl Catalog {
     /// Mirrors a row into the vault's records (None removes the record);
     /// the row is committed first, so a record never claims what the index
     /// does not hold, and a failure here is reported, not hidden.
-    fn record(&self, kind: Kind, name: &str, value: Option<&serde_json::Value>) -> Result<()> {
+    pub(super) fn record(&self, kind: Kind, name: &str, value: Option<&serde_json::Value>) -> Result<()> {
         let Some(root) = &self.records else { return Ok(()) };
         match value {
             Some(serde_json::Value::String(s)) if kind == Kind::Setting => records::put(root, kind, name, s.as_bytes()),

@@ -375,7 +375,7 @@ impl Catalog {
 
     pub fn delete_meta(&mut self, key: &str) -> Result<()> {
         self.conn.execute("DELETE FROM meta WHERE key = ?1", [key])?;
-        Ok(())
+        self.record(crate::records::Kind::Setting, key, None)
     }
 }
 

@@ -365,3 +365,31 @@ fn gc_keeps_the_pack_of_recorded_damage() {
     assert_eq!(env.points(Some("web01"))[0].json["damaged"], false);
     assert_same_file(&env.restore(&p2.sel(), "os", "raw"), &disk);
 }
+
+/// A replica carries the vault's records: promoted after a disaster and
+/// its index lost, it still knows its items, policies and deletions.
+#[test]
+fn promoted_replica_rebuilds_its_items_and_deletions() {
+    let mut rng = rng("replica_records");
+    let env = Env::new();
+    let disk = env.path("os.raw");
+    random_file(&disk, MIB, &mut rng);
+    env.ok(&["policy", "set", "nightly", "--schedule", "daily 02:00"]);
+    env.ok(&["protect", "vm", "--disk", &format!("os={}", disk.display()), "--policy", "nightly"]);
+    let p1 = env.backup("vm", &[], &[]);
+    write_at(&disk, 0, &random_bytes(&mut rng, 512));
+    let p2 = env.backup("vm", &[], &[]);
+    env.ok(&["delete", &p1.sel()]);
+    let dr = env.path("dr");
+    env.ok(&["replicate", "--to", dr.to_str().unwrap()]);
+    let replica = Env::empty().with_vault(dr.clone());
+    replica.ok(&["vault", "promote"]);
+    lose_index(&replica);
+    replica.ok(&["rebuild-index"]);
+    let items = replica.json(&["items"]);
+    assert_eq!(items[0]["policy"], "nightly", "{items:#}");
+    assert_eq!(replica.json(&["policy", "ls"]).as_array().unwrap().len(), 1);
+    let live: Vec<String> = replica.points(Some("vm")).into_iter().map(|p| p.id).collect();
+    assert_eq!(live, vec![p2.id.clone()], "the deleted point came back on the replica");
+    assert_same_file(&replica.restore(&p2.sel(), "os", "raw"), &disk);
+}
