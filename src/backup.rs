@@ -162,6 +162,10 @@ struct PackSink<'a> {
     vault: &'a Vault,
     writer: Option<PackWriter>,
     pending: Arc<Pending>,
+    /// Chunks recorded as damaged when the backup began (crate::verify): a
+    /// block equal to its block in the previous point is stored again if
+    /// its chunk is one of these, even where that point is not marked.
+    damaged: Arc<HashSet<ChunkId>>,
     opts: &'a Options,
     stored_bytes: u64,
     new_bytes: u64,
@@ -272,12 +276,17 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
 
     let _lock = vault.lock(false, || log::warn!("waiting for a running gc to finish"))?;
     let time_ms = next_time(vault, &req.item)?;
-    let previous = vault.catalog().points(Some(&req.item), false)?.pop();
+    // The newest point that is whole: a block equal to its block there is
+    // known to be stored intact. A damaged point's blocks are compared with
+    // the index instead, where damaged chunks count as absent, so this
+    // backup stores them again (and so heals the older points too).
+    let previous = vault.catalog().points(Some(&req.item), false)?.into_iter().rev().find(|p| !p.damaged);
     let prev_manifest = previous.as_ref().map(|p| Manifest::parse(&p.manifest)).transpose()?;
     let fetch = vault.fetcher()?;
 
     let pending = Arc::new(Pending(Mutex::new(HashSet::new())));
-    let mut sink = PackSink { vault, writer: None, pending: pending.clone(), opts: &opts, stored_bytes: 0, new_bytes: 0 };
+    let damaged = Arc::new(vault.catalog().damaged_chunks()?.into_keys().collect());
+    let mut sink = PackSink { vault, writer: None, pending: pending.clone(), damaged, opts: &opts, stored_bytes: 0, new_bytes: 0 };
     let mut disks = Vec::new();
     let mut stats = Vec::new();
     let bs = vault.block_size();
@@ -334,6 +343,7 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
         stored_bytes: sink.stored_bytes,
         deleted_ms: None,
         capture: req.capture.clone(),
+        damaged: false,
     };
     vault.catalog().insert_point(&row)?;
     Ok(BackupReport {
@@ -359,19 +369,16 @@ fn prefix_disk(name: &str, e: Error) -> Error {
 }
 
 /// A point's time: now, cut to the whole second, and always at least one
-/// second after the item's previous point (deleted ones included). So the
-/// name of a point (its time to the second) is unique within its item and
-/// never changes, even when its neighbours are deleted; points are strictly
-/// ordered even if the clock stepped back. Backups of one item taken faster
-/// than one a second are dated up to a few seconds ahead.
+/// second after the item's previous point (deleted ones included) and any
+/// time already handed to a backup of the item still running. So the name
+/// of a point (its time to the second) is unique within its item and never
+/// changes, even when its neighbours are deleted; points are strictly
+/// ordered even if the clock stepped back or backups of one item run at
+/// once. Backups of one item taken faster than one a second are dated up
+/// to a few seconds ahead.
 fn next_time(vault: &Vault, item: &str) -> Result<i64> {
     let now = now_ms();
-    let now = now - now.rem_euclid(1000);
-    let last = vault.catalog().points(Some(item), true)?.iter().map(|p| p.time_ms).max();
-    Ok(match last {
-        Some(l) if l + 1000 > now => l - l.rem_euclid(1000) + 1000,
-        _ => now,
-    })
+    vault.catalog().allocate_point_time(item, now - now.rem_euclid(1000))
 }
 
 fn read_config(p: &Path) -> Result<(String, Vec<u8>)> {
@@ -441,6 +448,7 @@ fn backup_disk(
     let failed = AtomicBool::new(false);
 
     let run = run_blocks(bs);
+    let damaged = sink.damaged.clone();
     let (job_tx, job_rx) = bounded::<Job>(opts.workers * QUEUE_PER_WORKER);
     let (done_tx, done_rx) = bounded::<Result<Done>>(opts.workers * QUEUE_PER_WORKER);
     // Buffers given back for reuse, as many as can be in flight: run buffers
@@ -467,8 +475,11 @@ fn backup_disk(
                 for index in first..first + n {
                     let start = index * bs;
                     has_data.push(holes.block_has_data(start, (start + bs).min(size)));
+                    // A damaged previous chunk compares as "no previous
+                    // block": the worker then asks the index, which counts
+                    // it as absent, and the block is stored again.
                     prev_ids.push(match &prev {
-                        Some(m) if index < m.blocks() => m.block(index)?,
+                        Some(m) if index < m.blocks() => Some(m.block(index)?).filter(|id| !damaged.contains(id)).unwrap_or(ChunkId::ZERO),
                         _ => ChunkId::ZERO,
                     });
                 }

@@ -2,6 +2,18 @@
 //! from the index, packs with no live chunk are deleted, and packs that are
 //! mostly garbage have their live frames copied into a new pack.
 //!
+//! Damage (crate::verify, crate::rebuild) never costs a point: gc deletes
+//! no point but soft-deleted ones past their window, however damaged, and
+//! keeps every chunk a point still reaches. A pack holding a live chunk
+//! recorded as damaged is neither rewritten nor deleted (a damaged frame
+//! cannot be copied forward, and the damage may have been a passing read
+//! error that a later verify clears); once a backup stores the chunk again
+//! its row moves to the new pack and the old one is collected as usual. A
+//! map page recorded as damaged is walked as if empty (what lies below it
+//! cannot be named), and damage records no point needs any more are
+//! dropped. Any other unreadable page stops gc before it deletes anything:
+//! gc frees only what it can prove dead.
+//!
 //! Runs under the exclusive vault lock (see crate::vault), so no backup is
 //! adding chunks meanwhile. Order of operations, each step crash-safe:
 //!
@@ -22,6 +34,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rusqlite::params;
@@ -29,7 +42,7 @@ use rusqlite::params;
 use crate::error::{IoContext, Result};
 use crate::id::ChunkId;
 use crate::progress::Progress;
-use crate::recovery_point::{Manifest, MapReader};
+use crate::recovery_point::{ChunkFetcher, Manifest, MapReader, PAGE_BYTES};
 use crate::catalog::PackChunk;
 use crate::error::Error;
 use crate::store::{check_frame, pack_path, remove_packs_except, remove_temp_packs, Frame, FrameHeader, PackWriter, PACK_HEADER_SIZE};
@@ -54,7 +67,8 @@ pub struct GcReport {
 /// Every chunk id some recovery point (deleted ones included while they are
 /// kept) needs: manifests, config chunks, map pages and data blocks.
 pub fn live_chunks(vault: &Vault) -> Result<HashSet<ChunkId>> {
-    let fetch = vault.fetcher()?;
+    let damaged: HashSet<ChunkId> = vault.catalog().damaged_chunks()?.into_keys().collect();
+    let fetch: Arc<dyn ChunkFetcher> = Arc::new(PastDamage { inner: vault.fetcher()?, damaged });
     let mut live = HashSet::new();
     for p in vault.catalog().points(None, true)? {
         live.insert(p.id.0);
@@ -72,6 +86,21 @@ pub fn live_chunks(vault: &Vault) -> Result<HashSet<ChunkId>> {
         }
     }
     Ok(live)
+}
+
+/// Reads map pages, giving a page recorded as damaged as an empty one.
+struct PastDamage {
+    inner: Arc<dyn ChunkFetcher>,
+    damaged: HashSet<ChunkId>,
+}
+
+impl ChunkFetcher for PastDamage {
+    fn fetch(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+        match self.damaged.contains(id) {
+            true => Ok(Arc::new(vec![0; PAGE_BYTES])),
+            false => self.inner.fetch(id),
+        }
+    }
 }
 
 pub fn gc(vault: &Vault, progress: &dyn Progress) -> Result<GcReport> {
@@ -102,6 +131,8 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
     // 2. Mark.
     let live = live_chunks(vault)?;
     report.live_chunks = live.len() as u64;
+    let damaged: HashSet<ChunkId> = vault.catalog().damaged_chunks()?.into_keys().collect();
+    vault.catalog().forget_damaged_except(&live)?;
 
     // 3. Sweep rows; plan rewrites.
     let mut dead_packs = Vec::new();
@@ -114,6 +145,7 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
             let rows = crate::catalog::Catalog::chunks_in_pack_tx(&tx, pack.id)?;
             let live_bytes = live_share(&rows, &live);
             let (alive, dead): (Vec<_>, Vec<_>) = rows.into_iter().partition(|c| live.contains(&c.id));
+            let holds_damage = alive.iter().any(|c| damaged.contains(&c.id));
             {
                 let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
                 for c in &dead {
@@ -125,7 +157,7 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
                 tx.execute("DELETE FROM packs WHERE id = ?1", [pack.id])?;
                 dead_packs.push(pack.name.clone());
                 report.bytes_freed += pack.size;
-            } else if (live_bytes as f64) < REWRITE_BELOW * (pack.size - PACK_HEADER_SIZE) as f64 {
+            } else if !holds_damage && (live_bytes as f64) < REWRITE_BELOW * (pack.size - PACK_HEADER_SIZE) as f64 {
                 rewrite.push((pack.id, pack.name.clone(), alive));
             }
         }

@@ -5,6 +5,7 @@ pub mod id;
 pub mod newfile;
 pub mod image;
 pub mod store;
+pub mod records;
 pub mod catalog;
 pub mod recovery_point;
 pub mod timefmt;

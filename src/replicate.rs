@@ -21,7 +21,8 @@
 //!    `REPLICA/index.sqlite.incoming` (SQLite's `VACUUM INTO`).
 //! 3. Every pack that copy lists and the replica lacks is copied, in the
 //!    write order of a new pack (temporary name, fsync, rename, fsync).
-//! 4. The replica's index is replaced by the copy in one SQLite transaction.
+//! 4. The replica's index is replaced by the copy in one SQLite
+//!    transaction; then the vault's records (crate::records) are mirrored.
 //! 5. The replica's packs that its new index does not list (gc removed or
 //!    rewrote them on the primary) are deleted.
 //!
@@ -133,6 +134,8 @@ pub fn replicate(vault: &Vault, to: &Path, progress: &dyn Progress, cancel: &Ato
     let replica = Vault::open(to)?;
     // In the copy, this run's own job was still running.
     replica.catalog().end_copied_jobs("replicate", "ok", rep.bytes_copied)?;
+    // What a rebuild of the replica's index needs besides its packs.
+    crate::records::mirror(vault.root(), to)?;
 
     // 5. Packs the primary no longer has.
     let listed: HashSet<&str> = packs.iter().map(|(n, _)| n.as_str()).collect();

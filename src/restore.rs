@@ -9,12 +9,19 @@
 //! run of consecutive blocks is written with one pwrite(2) straight from the
 //! decoded frame; reads and writes go around the page cache where the
 //! filesystems allow it (image/direct.rs, store::FrameBuf).
+//!
+//! A damaged point (chunks recorded as damaged by verify or rebuild-index,
+//! see crate::verify) is refused before anything is written, naming the
+//! byte ranges that are lost. With `partial`, everything intact is written,
+//! the lost ranges are left as zeros (also where damage is met only while
+//! reading), and the report lists them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
@@ -38,6 +45,9 @@ pub struct RestoreReport {
     pub size: u64,
     pub bytes_written: u64,
     pub seconds: f64,
+    /// Byte ranges [start, end) of the disk that are damaged in the vault
+    /// and were written as zeros (a partial restore); empty otherwise.
+    pub missing: Vec<(u64, u64)>,
 }
 
 /// Identity of a disk image made from a point: the same point and disk give
@@ -74,13 +84,16 @@ pub fn targets_in_dir(point: &PointRow, disks: &[String], dir: &Path, format: Ta
 /// workers wait for their writes. Every target is checked before anything
 /// is written, and the new files are renamed into place only when all of
 /// them are complete and durable: a failure leaves no target changed
-/// (block devices excepted, which are written in place).
+/// (block devices excepted, which are written in place). With `partial`,
+/// a damaged disk is restored anyway (see the module doc).
+#[allow(clippy::too_many_arguments)]
 pub fn restore_disks(
     vault: &Vault,
     point: &PointRow,
     targets: &[RestoreTarget],
     format: TargetFormat,
     force: bool,
+    partial: bool,
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<Vec<RestoreReport>> {
@@ -96,7 +109,8 @@ pub fn restore_disks(
     }
     // Shared lock: gc waits, so no pack this restore reads is rewritten under it.
     let _lock = vault.lock(false, || log::warn!("waiting for a running gc to finish"))?;
-    let checked = targets.iter().map(|t| Checked::new(vault, point, t, format, force)).collect::<Result<Vec<_>>>()?;
+    let known: Arc<HashSet<ChunkId>> = Arc::new(vault.catalog().damaged_chunks()?.into_keys().collect());
+    let checked = targets.iter().map(|t| Checked::new(vault, point, t, format, force, partial, &known)).collect::<Result<Vec<_>>>()?;
     let opened = checked.into_iter().map(Opened::new).collect::<Result<Vec<_>>>()?;
     let total = opened.iter().map(|o| o.checked.size).sum();
     let label = match targets {
@@ -144,6 +158,7 @@ pub fn restore_disks(
     let mut reports = Vec::new();
     for (o, (written, seconds)) in opened.into_iter().zip(done) {
         let c = o.commit()?;
+        let missing = c.lost.ranges();
         reports.push(RestoreReport {
             item: point.item.clone(),
             point: point.id.to_hex(),
@@ -153,6 +168,7 @@ pub fn restore_disks(
             size: c.size,
             bytes_written: written,
             seconds,
+            missing,
         });
     }
     Ok(reports)
@@ -165,10 +181,11 @@ struct Checked {
     reader: DiskReader,
     size: u64,
     is_device: bool,
+    lost: Lost,
 }
 
 impl Checked {
-    fn new(vault: &Vault, point: &PointRow, t: &RestoreTarget, format: TargetFormat, force: bool) -> Result<Checked> {
+    fn new(vault: &Vault, point: &PointRow, t: &RestoreTarget, format: TargetFormat, force: bool, partial: bool, known: &Arc<HashSet<ChunkId>>) -> Result<Checked> {
         let (disk, to) = (&t.disk, &t.to);
         let reader = vault.disk_reader(point, disk)?;
         let size = reader.size();
@@ -202,7 +219,24 @@ impl Checked {
                 return Err(Error::InvalidInput(format!("{} holds {dev_size} bytes; the disk needs {size}", to.display())));
             }
         }
-        Ok(Checked { disk: disk.clone(), to: to.clone(), reader, size, is_device })
+        let lost = Lost { known: known.clone(), partial, ranges: Mutex::new(Vec::new()) };
+        let (damaged, first) = lost.recorded_in(&reader)?;
+        if !damaged.is_empty() {
+            let when = crate::timefmt::rfc3339_s(point.time_ms);
+            if !partial {
+                return Err(Error::Corrupt(format!(
+                    "disk {disk} of {}@{when} is damaged in the vault: bytes {} are lost ({}`kluis verify` names all); \
+                     `--partial` restores the rest, with zeros there",
+                    point.item,
+                    name_ranges(&damaged),
+                    first.map(|c| format!("chunk {c}, ")).unwrap_or_default()
+                )));
+            }
+            if format == TargetFormat::VhdDynamic {
+                return Err(Error::InvalidInput(format!("disk {disk} is damaged: --partial writes --format raw or vhd, not vhd-dynamic")));
+            }
+        }
+        Ok(Checked { disk: disk.clone(), to: to.clone(), reader, size, is_device, lost })
     }
 }
 
@@ -239,12 +273,12 @@ impl Opened {
                 if !c.is_device {
                     out.set_len(size).ctx(|| format!("size {}", tmp.display()))?;
                 }
-                write_blocks(vault, reader, &TargetFile::new(out, tmp), c.is_device, together, progress, stop)?
+                write_blocks(vault, reader, &TargetFile::new(out, tmp), c.is_device, &c.lost, together, progress, stop)?
             }
             TargetFormat::VhdFixed => {
                 let data = vhd::vhd_data_size(size);
                 out.set_len(data + vhd::FOOTER_SIZE).ctx(|| format!("size {}", tmp.display()))?;
-                let n = write_blocks(vault, reader, &TargetFile::new(out, tmp), false, together, progress, stop)?;
+                let n = write_blocks(vault, reader, &TargetFile::new(out, tmp), false, &c.lost, together, progress, stop)?;
                 let (uid, ts) = vhd_identity(point, &c.disk);
                 out.write_all_at(&vhd::fixed_footer(size, uid, ts), data).ctx(|| format!("write {}", tmp.display()))?;
                 n + vhd::FOOTER_SIZE
@@ -303,6 +337,84 @@ impl Drop for TempGuard {
             let _ = fs::remove_file(p);
         }
     }
+}
+
+/// Byte ranges [start, end) of a disk.
+type Ranges = Vec<(u64, u64)>;
+
+/// Damage met by a restore: the chunks recorded as damaged, whether to go
+/// on past damage, and the byte ranges left as zeros for it.
+struct Lost {
+    known: Arc<HashSet<ChunkId>>,
+    partial: bool,
+    ranges: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Lost {
+    /// The byte ranges of the disk whose chunks are recorded as damaged or
+    /// whose map pages cannot be read, and the first such chunk. Walks the
+    /// map only when the vault records any damage.
+    fn recorded_in(&self, reader: &DiskReader) -> Result<(Ranges, Option<ChunkId>)> {
+        let mut first_id = None;
+        if self.known.is_empty() {
+            return Ok((Vec::new(), first_id));
+        }
+        let (bs, size, blocks) = (reader.block_size(), reader.size(), reader.map().blocks());
+        let mut out = Vec::new();
+        for page in 0..blocks.div_ceil(FANOUT as u64) {
+            let first = page * FANOUT as u64;
+            let span = |from: u64, n: u64| (from * bs, ((from + n) * bs).min(size));
+            match reader.map().leaf(page) {
+                Ok(ids) => {
+                    for (i, id) in ids.iter().enumerate().take((blocks - first) as usize) {
+                        if self.known.contains(id) {
+                            first_id.get_or_insert(*id);
+                            out.push(span(first + i as u64, 1));
+                        }
+                    }
+                }
+                Err(_) => out.push(span(first, FANOUT as u64)),
+            }
+        }
+        Ok((merge(out), first_id))
+    }
+
+    /// Takes the error met writing `len` bytes at `off`: with `partial`,
+    /// notes the range as lost (it stays zero) and goes on.
+    fn met(&self, e: Error, off: u64, len: u64) -> Result<()> {
+        if !self.partial || matches!(e, Error::Interrupted) {
+            return Err(in_range(e, off, len as usize));
+        }
+        log::debug!("disk bytes {off}..{}: {e}", off + len);
+        self.ranges.lock().unwrap().push((off, off + len));
+        Ok(())
+    }
+
+    fn ranges(&self) -> Vec<(u64, u64)> {
+        merge(std::mem::take(&mut *self.ranges.lock().unwrap()))
+    }
+}
+
+/// Sorted, with touching ranges joined.
+fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+    for (s, e) in r {
+        match out.last_mut() {
+            Some(last) if last.1 >= s => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// `0..65536, 131072..196608` (the first ten, then how many more).
+fn name_ranges(r: &[(u64, u64)]) -> String {
+    let mut s: Vec<String> = r.iter().take(10).map(|(a, b)| format!("{a}..{b}")).collect();
+    if r.len() > 10 {
+        s.push(format!("and {} more ranges", r.len() - 10));
+    }
+    s.join(", ")
 }
 
 /// Byte ranges of the disk's non-zero blocks, merged.
@@ -364,6 +476,7 @@ fn write_blocks(
     reader: &DiskReader,
     out: &TargetFile,
     write_zeros: bool,
+    lost: &Lost,
     together: usize,
     progress: &dyn Progress,
     stop: &(dyn Fn() -> bool + Sync),
@@ -393,7 +506,7 @@ fn write_blocks(
                 zeros.resize(ZERO_WRITE, 0);
                 let mut frame = FrameBuf::default();
                 for job in rx.iter() {
-                    let r = write_job(&job, packs, out, &mut frame, &zeros, bs, size, written);
+                    let r = write_job(&job, packs, out, &mut frame, &zeros, bs, size, written, lost, write_zeros);
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                         return r;
@@ -407,7 +520,19 @@ fn write_blocks(
             let _snapshot = index.conn().unchecked_transaction()?;
             let mut window = Window::default();
             for page in 0..blocks.div_ceil(FANOUT as u64) {
-                let ids = reader.map().leaf(page)?;
+                let ids = match reader.map().leaf(page) {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        let first = page * FANOUT as u64;
+                        let n = (blocks - first).min(FANOUT as u64);
+                        lost.met(e, first * bs, (n * bs).min(size - first * bs))?;
+                        if write_zeros {
+                            (first..first + n).for_each(|b| window.add_zero(b));
+                        }
+                        progress.advance((n * bs).min(size - first * bs));
+                        continue;
+                    }
+                };
                 for (i, id) in ids.iter().enumerate() {
                     let index_no = page * FANOUT as u64 + i as u64;
                     if index_no >= blocks {
@@ -423,10 +548,17 @@ fn write_blocks(
                         return Ok(());
                     }
                     if !id.is_zero() {
-                        let loc = index.chunk_location(id)?.ok_or_else(|| {
-                            Error::Corrupt(format!("chunk {id} (disk bytes {}..) is referenced but missing from the index", index_no * bs))
-                        })?;
-                        window.add(loc, index_no, *id);
+                        let damaged = lost.known.contains(id);
+                        match if damaged { None } else { index.chunk_location(id)? } {
+                            Some(loc) => window.add(loc, index_no, *id),
+                            None => {
+                                let why = if damaged { "is recorded as damaged" } else { "is referenced but missing from the index" };
+                                lost.met(Error::Corrupt(format!("chunk {id} {why}")), index_no * bs, bs.min(size - index_no * bs))?;
+                                if write_zeros {
+                                    window.add_zero(index_no);
+                                }
+                            }
+                        }
                     } else if write_zeros {
                         window.add_zero(index_no);
                     }
@@ -486,7 +618,18 @@ impl Window {
 /// both on the disk and in the frame with one write straight from the
 /// decoded frame (whose buffer is aligned for direct I/O).
 #[allow(clippy::too_many_arguments)]
-fn write_job(job: &Job, packs: &PackFiles, out: &TargetFile, frame: &mut FrameBuf, zeros: &[u8], bs: u64, size: u64, written: &AtomicU64) -> Result<()> {
+fn write_job(
+    job: &Job,
+    packs: &PackFiles,
+    out: &TargetFile,
+    frame: &mut FrameBuf,
+    zeros: &[u8],
+    bs: u64,
+    size: u64,
+    written: &AtomicU64,
+    lost: &Lost,
+    write_zeros: bool,
+) -> Result<()> {
     let span = |i: u64| (i * bs, bs.min(size - i * bs) as usize);
     let Some(loc) = &job.frame else {
         // Zero blocks come in consecutive stretches (Window::add_zero):
@@ -504,14 +647,42 @@ fn write_job(job: &Job, packs: &PackFiles, out: &TargetFile, frame: &mut FrameBu
         }
         return Ok(());
     };
-    let (first, _) = span(job.blocks[0].0);
-    let f = frame.read(packs, loc).map_err(|e| in_range(e, first, bs as usize))?;
+    // A block that cannot be had: an error, or with `partial` a lost range
+    // (zeros, written out on a device that may hold old data).
+    let skip = |e: Error, off: u64, len: usize| -> Result<()> {
+        lost.met(e, off, len as u64)?;
+        let mut at = off;
+        while write_zeros && at < off + len as u64 {
+            let n = zeros.len().min((off + len as u64 - at) as usize);
+            out.write_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    };
+    let f = match frame.read(packs, loc) {
+        Ok(f) => f,
+        Err(e) if !lost.partial => return Err(in_range(e, span(job.blocks[0].0).0, bs as usize)),
+        Err(e) => {
+            let msg = e.to_string();
+            for &(index, _, _) in &job.blocks {
+                let (off, len) = span(index);
+                skip(Error::Corrupt(msg.clone()), off, len)?;
+            }
+            return Ok(());
+        }
+    };
     let what = format_args!("pack {}", loc.pack);
     // (disk offset, offset in the frame, length) of the run being gathered
     let mut run: Option<(u64, usize, usize)> = None;
     for &(index, id, inner) in &job.blocks {
         let (off, len) = span(index);
-        f.checked_slice(&id, inner, len as u32, &what).map_err(|e| in_range(e, off, len))?;
+        if let Err(e) = f.checked_slice(&id, inner, len as u32, &what) {
+            if let Some((d, i, l)) = run.take() {
+                out.write_at(&f.raw[i..i + l], d)?;
+            }
+            skip(e, off, len)?;
+            continue;
+        }
         let inner = inner as usize;
         run = match run {
             Some((d, i, l)) if d + l as u64 == off && i + l == inner => Some((d, i, l + len)),

@@ -4,6 +4,7 @@
 //! VAULT/kluis.vault     header (text): format version, vault id, block size
 //! VAULT/index.sqlite    the index (WAL mode; -wal and -shm beside it)
 //! VAULT/packs/…         pack files (see crate::store)
+//! VAULT/records/…       items, policies, settings, deletions (see crate::records)
 //! VAULT/lock            flock(2) target, see the lock table below
 //! ```
 //!

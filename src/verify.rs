@@ -2,6 +2,16 @@
 //! Merkle tree against the index, and with `read_data` every chunk's bytes
 //! against its hash. Each damaged chunk is reported with the points, disks
 //! and byte ranges it affects, so the operator knows what is lost.
+//!
+//! What it finds is recorded in the index (crate::catalog, schema 4): the
+//! damaged chunks, so that no later backup deduplicates against them (the
+//! next backup of the same data stores them again, and every point that
+//! needs them is whole again), and a `damaged` flag on each point that
+//! needs one, shown by `kluis points` and cleared by a verify that finds
+//! the point whole. gc keeps damaged points and everything they still
+//! reach (crate::gc); restore fails on them unless asked for a partial
+//! restore (crate::restore). A full `verify --read-data` replaces the
+//! record; any other verify adds to it.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -76,6 +86,16 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
     };
     report.points = points.len();
     let mut damaged: HashMap<ChunkId, (String, String)> = HashMap::new();
+    // Chunks recorded as damaged earlier count as missing (see
+    // Catalog::has_chunk); say why.
+    let recorded = vault.catalog().damaged_chunks()?;
+    let mut sound: HashSet<ChunkId> = HashSet::new();
+    let missing = |id: &ChunkId| -> (String, String) {
+        match recorded.get(id) {
+            Some(why) => ("index".into(), format!("recorded as damaged: {why}")),
+            None => ("index".into(), "chunk missing from the vault".into()),
+        }
+    };
 
     // 1. Every index row against the frame it points to.
     let packs = vault.catalog().packs()?;
@@ -105,9 +125,17 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
             report.bytes_read += outcome.bytes_read;
             progress.advance(frame_len as u64);
             for (c, err) in frame_rows.iter().zip(outcome.errors) {
-                if let Some(msg) = err {
-                    let msg = msg.rsplit(": ").next().unwrap_or(&msg).to_owned();
-                    damaged.insert(c.id, (loc.clone(), msg));
+                match err {
+                    Some(msg) => {
+                        let msg = msg.rsplit(": ").next().unwrap_or(&msg).to_owned();
+                        damaged.insert(c.id, (loc.clone(), msg));
+                    }
+                    // Re-hashed and sound: the damage recorded was a
+                    // passing read error (or fixed by hand).
+                    None if read_data && recorded.contains_key(&c.id) => {
+                        sound.insert(c.id);
+                    }
+                    None => {}
                 }
             }
         }
@@ -126,8 +154,8 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
             damaged.insert(p.id.0, ("index".into(), "manifest does not hash to the point id".into()));
         }
         referenced.insert(p.id.0);
-        if !index.has_chunk(&p.id.0)? {
-            damaged.entry(p.id.0).or_insert(("index".into(), "manifest chunk missing from the vault".into()));
+        if !index.has_chunk(&p.id.0)? && !sound.contains(&p.id.0) {
+            damaged.entry(p.id.0).or_insert_with(|| missing(&p.id.0));
         }
         uses.entry(p.id.0).or_default().push(Use { point: pi, part: "manifest".into(), range: (0, bytes.len() as u64) });
         let m = Manifest::parse(&p.manifest)?;
@@ -136,8 +164,8 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
             for (i, h) in c.chunks.iter().enumerate() {
                 let id = ChunkId::from_hex(h).ok_or_else(|| Error::Corrupt(format!("config {}: bad chunk id", c.name)))?;
                 referenced.insert(id);
-                if !index.has_chunk(&id)? {
-                    damaged.entry(id).or_insert(("index".into(), "chunk missing from the vault".into()));
+                if !index.has_chunk(&id)? && !sound.contains(&id) {
+                    damaged.entry(id).or_insert_with(|| missing(&id));
                 }
                 let s = i as u64 * bs;
                 uses.entry(id).or_default().push(Use { point: pi, part: format!("config {}", c.name), range: (s, (s + bs).min(c.size)) });
@@ -149,7 +177,7 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
                 continue;
             }
             let span = (FANOUT as u64).pow(d.depth as u32 - 1);
-            let mut ctx = Walk { fetch: fetch.as_ref(), index: &index, point: pi, part: format!("disk {}", d.name), bs: d.block_size as u64, size: d.size, unreadable: 0 };
+            let mut ctx = Walk { fetch: fetch.as_ref(), index: &index, missing: &missing, sound: &sound, point: pi, part: format!("disk {}", d.name), bs: d.block_size as u64, size: d.size, unreadable: 0 };
             ctx.walk(root, d.depth - 1, 0, span, &mut damaged, &mut uses, &mut referenced)?;
             report.unreadable_map_pages += ctx.unreadable;
         }
@@ -181,12 +209,45 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
         }
         report.damaged.push(Damage { chunk: id.to_hex(), location: loc, error: err, affects });
     }
+    record(vault, &points, &report, &recorded, &sound, only.is_none() && read_data)?;
     Ok(report)
+}
+
+/// Records what `report` found (see the module doc), and forgets the
+/// recorded damage found `sound`; with `complete` (every point and every
+/// chunk's bytes were checked), all it did not find.
+fn record(
+    vault: &Vault,
+    points: &[PointRow],
+    report: &VerifyReport,
+    known: &HashMap<ChunkId, String>,
+    sound: &HashSet<ChunkId>,
+    complete: bool,
+) -> Result<()> {
+    let chunks: Vec<(ChunkId, String)> = report
+        .damaged
+        .iter()
+        .filter_map(|d| Some((ChunkId::from_hex(&d.chunk)?, format!("{}: {}", d.location, d.error))))
+        .collect();
+    let hit: HashSet<&str> = report.damaged.iter().flat_map(|d| &d.affects).map(|a| a.point_id.as_str()).collect();
+    let flags: Vec<_> = points.iter().map(|p| (p.id, hit.contains(p.id.to_hex().as_str()))).collect();
+    let mut cat = vault.catalog();
+    cat.mark_chunks_damaged(&chunks)?;
+    let mut keep: HashSet<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+    if !complete {
+        keep.extend(known.keys().filter(|id| !sound.contains(id)));
+    }
+    cat.forget_damaged_except(&keep)?;
+    cat.set_points_damaged(&flags)?;
+    Ok(())
 }
 
 struct Walk<'a> {
     fetch: &'a dyn crate::recovery_point::ChunkFetcher,
     index: &'a crate::catalog::Catalog,
+    missing: &'a dyn Fn(&ChunkId) -> (String, String),
+    /// Chunks recorded as damaged that this verify re-hashed and found sound.
+    sound: &'a HashSet<ChunkId>,
     point: usize,
     part: String,
     bs: u64,
@@ -240,8 +301,8 @@ impl Walk<'_> {
                 continue;
             }
             let fresh = referenced.insert(child);
-            if fresh && !self.index.has_chunk(&child)? {
-                damaged.entry(child).or_insert(("index".into(), "chunk missing from the vault".into()));
+            if fresh && !self.index.has_chunk(&child)? && !self.sound.contains(&child) {
+                damaged.entry(child).or_insert_with(|| (self.missing)(&child));
             }
             if damaged.contains_key(&child) {
                 let s = child_first * self.bs;

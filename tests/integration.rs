@@ -19,6 +19,7 @@ mod integration {
     mod edges;
     mod corruption;
     mod crash;
+    mod damaged;
     mod docs;
     mod enospc;
     mod gc_lock;

@@ -6,6 +6,8 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{job_row, now_ms, Catalog, JobRow, JOB_COLUMNS};
 use crate::error::Result;
+use crate::id::RecoveryPointId;
+use crate::records::{self, Kind};
 
 /// A protected item: its name, policy and definition (JSON, see
 /// crate::protect::ItemDef).
@@ -18,7 +20,7 @@ pub struct ItemRow {
     pub updated_ms: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PolicyRow {
     pub name: String,
     /// As the user wrote it (`daily 02:00`), parsed by crate::policy::Schedule.
@@ -43,7 +45,7 @@ impl Catalog {
              ON CONFLICT(name) DO UPDATE SET policy = ?2, definition = ?3, updated_ms = ?4",
             params![name, policy, definition, now],
         )?;
-        Ok(())
+        self.record(Kind::Item, name, Some(&serde_json::json!({"policy": policy, "definition": definition})))
     }
 
     pub fn item(&self, name: &str) -> Result<Option<ItemRow>> {
@@ -60,7 +62,9 @@ impl Catalog {
     }
 
     pub fn remove_item(&mut self, name: &str) -> Result<bool> {
-        Ok(self.conn.execute("DELETE FROM items WHERE name = ?1", [name])? > 0)
+        let removed = self.conn.execute("DELETE FROM items WHERE name = ?1", [name])? > 0;
+        self.record(Kind::Item, name, None)?;
+        Ok(removed)
     }
 
     // ---- policies ----
@@ -73,7 +77,7 @@ impl Catalog {
                  keep_monthly = ?6, keep_yearly = ?7, updated_ms = ?8",
             params![p.name, p.schedule, p.keep_last, p.keep_daily, p.keep_weekly, p.keep_monthly, p.keep_yearly, now_ms()],
         )?;
-        Ok(())
+        self.record(Kind::Policy, &p.name, Some(&serde_json::to_value(p).expect("a policy row is JSON")))
     }
 
     pub fn policy(&self, name: &str) -> Result<Option<PolicyRow>> {
@@ -94,14 +98,81 @@ impl Catalog {
     }
 
     pub fn remove_policy(&mut self, name: &str) -> Result<bool> {
-        Ok(self.conn.execute("DELETE FROM policies WHERE name = ?1", [name])? > 0)
+        let removed = self.conn.execute("DELETE FROM policies WHERE name = ?1", [name])? > 0;
+        self.record(Kind::Policy, name, None)?;
+        Ok(removed)
     }
 
     // ---- settings (rows of meta) ----
 
     pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
         self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)", params![key, value])?;
-        Ok(())
+        self.record(Kind::Setting, key, Some(&serde_json::Value::String(value.to_owned())))
+    }
+
+    // ---- records in the vault (crate::records) ----
+
+    /// Mirrors a row into the vault's records (None removes the record);
+    /// the row is committed first, so a record never claims what the index
+    /// does not hold, and a failure here is reported, not hidden.
+    pub(super) fn record(&self, kind: Kind, name: &str, value: Option<&serde_json::Value>) -> Result<()> {
+        let Some(root) = &self.records else { return Ok(()) };
+        match value {
+            Some(serde_json::Value::String(s)) if kind == Kind::Setting => records::put(root, kind, name, s.as_bytes()),
+            Some(v) => records::put(root, kind, name, v.to_string().as_bytes()),
+            None => records::remove(root, kind, name),
+        }
+    }
+
+    /// Mirrors a point's deletion (or undeletion, None) into the records.
+    pub fn record_deleted(&self, id: &RecoveryPointId, deleted_ms: Option<i64>) -> Result<()> {
+        self.record(Kind::Deleted, &id.to_hex(), deleted_ms.map(serde_json::Value::from).as_ref())
+    }
+
+    /// Adds the items, policies and settings of the vault's records that
+    /// this index lacks (after a rebuild); returns how many of each.
+    pub fn add_from_records(&mut self) -> Result<Vec<(&'static str, usize)>> {
+        let Some(root) = self.records.clone() else { return Ok(Vec::new()) };
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        let mut counts = vec![("item records", 0), ("policy records", 0), ("setting records", 0)];
+        for (name, bytes) in records::list(&root, Kind::Item)? {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| crate::error::Error::Corrupt(format!("record items/{name}: {e}")))?;
+            counts[0].1 += tx.execute(
+                "INSERT OR IGNORE INTO items(name, policy, definition, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![name, v["policy"].as_str(), v["definition"].as_str().unwrap_or("{}"), now],
+            )?;
+        }
+        for (name, bytes) in records::list(&root, Kind::Policy)? {
+            let p: PolicyRow = serde_json::from_slice(&bytes).map_err(|e| crate::error::Error::Corrupt(format!("record policies/{name}: {e}")))?;
+            counts[1].1 += tx.execute(
+                "INSERT OR IGNORE INTO policies(name, schedule, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![name, p.schedule, p.keep_last, p.keep_daily, p.keep_weekly, p.keep_monthly, p.keep_yearly, p.created_ms, p.updated_ms],
+            )?;
+        }
+        for (key, bytes) in records::list(&root, Kind::Setting)? {
+            counts[2].1 += tx.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?1, ?2)", params![key, String::from_utf8_lossy(&bytes)])?;
+        }
+        tx.commit()?;
+        Ok(counts)
+    }
+
+    /// The deletion records: point id → when it was deleted.
+    pub fn deletion_records(&self) -> Result<std::collections::HashMap<RecoveryPointId, i64>> {
+        let Some(root) = &self.records else { return Ok(Default::default()) };
+        let mut out = std::collections::HashMap::new();
+        for (name, bytes) in records::list(root, Kind::Deleted)? {
+            let id = crate::id::ChunkId::from_hex(&name);
+            let ms = String::from_utf8_lossy(&bytes).trim().parse::<i64>().ok();
+            match (id, ms) {
+                (Some(id), Some(ms)) => {
+                    out.insert(RecoveryPointId(id), ms);
+                }
+                _ => log::warn!("ignoring the malformed record deleted/{name}"),
+            }
+        }
+        Ok(out)
     }
 
     // ---- soft delete ----

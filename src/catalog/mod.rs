@@ -5,6 +5,7 @@
 //! The schema is documented in docs/format.md; `SCHEMA_VERSION` is bumped with
 //! a migration whenever it changes.
 
+mod damage;
 mod items;
 mod schema;
 
@@ -37,6 +38,9 @@ pub struct PointRow {
     /// How the disks were captured (`reflink`, `snapshot`, `held-freeze`,
     /// `live`, ...; see crate::consistency); None for points of schema 1.
     pub capture: Option<String>,
+    /// The point needs chunks that are not intact in any pack (see
+    /// [`Catalog::damaged_chunks`]): restoring it fails unless partial.
+    pub damaged: bool,
 }
 
 /// One chunk row of a pack (see [`Catalog::chunks_in_pack`]).
@@ -92,6 +96,9 @@ pub(crate) fn job_row(r: &rusqlite::Row) -> rusqlite::Result<JobRow> {
 
 pub struct Catalog {
     conn: Connection,
+    /// The vault whose records (crate::records) mirror items, policies,
+    /// settings and deletions; None for a read-only connection.
+    records: Option<std::path::PathBuf>,
 }
 
 const LOCATION_QUERY: &str =
@@ -132,7 +139,7 @@ impl Catalog {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut c = Catalog { conn };
+        let mut c = Catalog { conn, records: path.parent().map(Path::to_owned) };
         schema::migrate(&mut c.conn, create)?;
         Ok(c)
     }
@@ -141,7 +148,7 @@ impl Catalog {
     pub fn open_reader(path: &Path) -> Result<Catalog> {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(Duration::from_secs(60))?;
-        Ok(Catalog { conn })
+        Ok(Catalog { conn, records: None })
     }
 
     pub fn conn(&self) -> &Connection {
@@ -154,8 +161,13 @@ impl Catalog {
 
     // ---- chunks and packs ----
 
+    /// Whether an intact copy of the chunk is indexed: a chunk recorded as
+    /// damaged is not, so that backups store it again instead of
+    /// deduplicating against the broken copy.
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
-        let mut st = self.conn.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM chunks WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM damaged_chunks WHERE id = ?1)")?;
         Ok(st.exists([id_blob(id)])?)
     }
 
@@ -175,7 +187,9 @@ impl Catalog {
 
     /// Records a durable pack and the chunks of its frames in one
     /// transaction. A chunk that is already indexed elsewhere keeps its old
-    /// location (the duplicate copy is garbage for gc).
+    /// location (the duplicate copy is garbage for gc), unless the old copy
+    /// is recorded as damaged: then the new copy replaces it and the chunk
+    /// is whole again.
     pub fn commit_pack(&mut self, pack: &FinishedPack) -> Result<()> {
         self.commit_pack_except(pack, &std::collections::HashSet::new())
     }
@@ -186,13 +200,23 @@ impl Catalog {
         let tx = self.conn.transaction()?;
         tx.execute("INSERT INTO packs(name, size, created_ms) VALUES (?1, ?2, ?3)", params![pack.name, pack.size, now_ms()])?;
         let pack_id = tx.last_insert_rowid();
+        let any_damaged: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM damaged_chunks)", [], |r| r.get(0))?;
         {
             let mut st = tx.prepare_cached(
                 "INSERT OR IGNORE INTO chunks(id, pack, offset, frame_len, inner, raw_len, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
+            let mut heal = tx.prepare_cached("DELETE FROM damaged_chunks WHERE id = ?1")?;
+            let mut replace = tx.prepare_cached(
+                "INSERT OR REPLACE INTO chunks(id, pack, offset, frame_len, inner, raw_len, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
             for f in &pack.frames {
                 for (e, r) in f.header.ranges().filter(|(e, _)| !skip.contains(&e.id)) {
-                    st.execute(params![id_blob(&e.id), pack_id, f.offset, f.header.frame_len(), r.start, e.raw_len, f.header.kind as u8])?;
+                    let row = params![id_blob(&e.id), pack_id, f.offset, f.header.frame_len(), r.start, e.raw_len, f.header.kind as u8];
+                    if any_damaged && heal.execute([id_blob(&e.id)])? > 0 {
+                        replace.execute(row)?;
+                    } else {
+                        st.execute(row)?;
+                    }
                 }
             }
         }
@@ -230,9 +254,9 @@ impl Catalog {
 
     pub fn insert_point(&mut self, p: &PointRow) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO points(id, item, time_ms, consistency, manifest, logical_size, new_bytes, stored_bytes, deleted_ms, capture)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![id_blob(&p.id.0), p.item, p.time_ms, p.consistency, p.manifest, p.logical_size, p.new_bytes, p.stored_bytes, p.deleted_ms, p.capture],
+            "INSERT INTO points(id, item, time_ms, consistency, manifest, logical_size, new_bytes, stored_bytes, deleted_ms, capture, damaged)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![id_blob(&p.id.0), p.item, p.time_ms, p.consistency, p.manifest, p.logical_size, p.new_bytes, p.stored_bytes, p.deleted_ms, p.capture, p.damaged],
         )?;
         Ok(())
     }
@@ -240,7 +264,7 @@ impl Catalog {
     /// Points, oldest first; `item` filters; deleted ones only with `deleted`.
     pub fn points(&self, item: Option<&str>, deleted: bool) -> Result<Vec<PointRow>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT id, item, time_ms, consistency, manifest, logical_size, new_bytes, stored_bytes, deleted_ms, capture FROM points
+            "SELECT id, item, time_ms, consistency, manifest, logical_size, new_bytes, stored_bytes, deleted_ms, capture, damaged FROM points
              WHERE (?1 IS NULL OR item = ?1) AND ((deleted_ms IS NULL) OR ?2) ORDER BY item, time_ms, id",
         )?;
         let rows = st.query_map(params![item, deleted], |r| {
@@ -255,13 +279,18 @@ impl Catalog {
                 stored_bytes: r.get(7)?,
                 deleted_ms: r.get(8)?,
                 capture: r.get(9)?,
+                damaged: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn set_point_deleted(&mut self, id: &RecoveryPointId, deleted_ms: Option<i64>) -> Result<bool> {
-        Ok(self.conn.execute("UPDATE points SET deleted_ms = ?2 WHERE id = ?1", params![id_blob(&id.0), deleted_ms])? > 0)
+        let changed = self.conn.execute("UPDATE points SET deleted_ms = ?2 WHERE id = ?1", params![id_blob(&id.0), deleted_ms])? > 0;
+        if changed {
+            self.record_deleted(id, deleted_ms)?;
+        }
+        Ok(changed)
     }
 
     pub fn items(&self) -> Result<Vec<String>> {
@@ -362,7 +391,7 @@ impl Catalog {
 
     pub fn delete_meta(&mut self, key: &str) -> Result<()> {
         self.conn.execute("DELETE FROM meta WHERE key = ?1", [key])?;
-        Ok(())
+        self.record(crate::records::Kind::Setting, key, None)
     }
 }
 

@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 pub const SCHEMA_V1: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -86,8 +86,29 @@ ALTER TABLE chunks RENAME COLUMN stored_len TO frame_len;
 ALTER TABLE chunks ADD COLUMN inner INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 4: damage that verify or rebuild-index found, kept so that it
+/// is never forgotten: `damaged_chunks` lists chunks some point needs that
+/// are not intact in any pack (no backup deduplicates against them, so the
+/// next backup of the same data stores them again and the row goes);
+/// `points.damaged` flags the points that need one (set by verify and
+/// rebuild-index, cleared by a verify that finds the point whole);
+/// `point_times` holds the newest time handed to a backup of each item, so
+/// concurrent backups of one item get distinct, increasing times.
+pub const MIGRATE_V4: &str = "
+CREATE TABLE damaged_chunks(
+    id BLOB PRIMARY KEY,
+    found_ms INTEGER NOT NULL,
+    error TEXT NOT NULL
+) WITHOUT ROWID;
+ALTER TABLE points ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE point_times(
+    item TEXT PRIMARY KEY,
+    last_ms INTEGER NOT NULL
+);
+";
+
 /// Steps from each version to the next; `MIGRATIONS[i]` goes from i+1 to i+2.
-const MIGRATIONS: &[&str] = &[MIGRATE_V2, MIGRATE_V3];
+const MIGRATIONS: &[&str] = &[MIGRATE_V2, MIGRATE_V3, MIGRATE_V4];
 
 pub fn migrate(conn: &mut Connection, create: bool) -> Result<()> {
     let mut version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;

@@ -92,6 +92,10 @@ pub enum Command {
         /// Overwrite an existing target
         #[arg(long)]
         force: bool,
+        /// Restore a damaged point anyway: what is intact, zeros where
+        /// chunks are damaged, and list the missing byte ranges
+        #[arg(long)]
+        partial: bool,
     },
     /// Check the vault (all points, or one); --read-data re-hashes every chunk
     Verify {
@@ -207,7 +211,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let vault = Vault::open(&vault_dir)?;
             output::points(&out, &vault, item.as_deref(), deleted)?;
         }
-        Command::Restore { point, disk, to, to_dir, format, force } => {
+        Command::Restore { point, disk, to, to_dir, format, force, partial } => {
             let format: TargetFormat = format.parse()?;
             if to_dir.is_none() && (disk.is_empty() || disk.len() != to.len()) {
                 return Err(Error::InvalidInput(format!(
@@ -224,10 +228,19 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                     Some(dir) => kluis::restore::targets_in_dir(&p, &disk, dir, format)?,
                     None => disk.iter().zip(&to).map(|(d, t)| kluis::restore::RestoreTarget { disk: d.clone(), to: t.clone() }).collect(),
                 };
-                kluis::restore::restore_disks(&vault, &p, &targets, format, force, &bars, &CANCEL)
+                kluis::restore::restore_disks(&vault, &p, &targets, format, force, partial, &bars, &CANCEL)
             })?;
+            for r in &reps {
+                for m in &r.missing {
+                    log::warn!("{}/{}: bytes {}..{} are damaged in the vault; written as zeros", r.item, r.disk, m.0, m.1);
+                }
+            }
             let human = || {
-                let line = |r: &kluis::restore::RestoreReport| format!("restored {}/{} to {} ({}, {:.1}s)", r.item, r.disk, r.target, output::bytes(r.size), r.seconds);
+                let line = |r: &kluis::restore::RestoreReport| {
+                    let missing: u64 = r.missing.iter().map(|m| m.1 - m.0).sum();
+                    let partial = if r.missing.is_empty() { String::new() } else { format!("; PARTIAL: {} in {} ranges missing, written as zeros", output::bytes(missing), r.missing.len()) };
+                    format!("restored {}/{} to {} ({}, {:.1}s){partial}", r.item, r.disk, r.target, output::bytes(r.size), r.seconds)
+                };
                 reps.iter().map(line).collect::<Vec<_>>().join("\n")
             };
             match reps.as_slice() {
@@ -257,11 +270,12 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             }
             out.result(&rep, || {
                 format!(
-                    "rebuilt the index of {}: {} packs, {} chunks, {} recovery points ({} incomplete, {} damaged chunks skipped){}",
+                    "rebuilt the index of {}: {} packs, {} chunks, {} recovery points ({} damaged, kept; {} manifests unreadable; {} damaged chunks skipped){}",
                     vault_dir.display(),
                     rep.packs,
                     rep.chunks,
                     rep.points,
+                    rep.damaged_points.len(),
                     rep.incomplete_points.len(),
                     rep.damaged_chunks,
                     rep.old_index.as_deref().map(|o| format!("; previous index kept as {o}")).unwrap_or_default()

@@ -70,6 +70,8 @@ struct PointOut {
     deleted: Option<String>,
     /// When gc may reclaim a deleted point (end of the soft-delete window).
     purge_after: Option<String>,
+    /// Chunks it needs are damaged (verify names them): restore needs --partial.
+    damaged: bool,
 }
 
 #[derive(Serialize)]
@@ -111,6 +113,7 @@ pub fn points(out: &Out, vault: &Vault, item: Option<&str>, deleted: bool) -> Re
                 capture: p.capture.clone(),
                 deleted: p.deleted_ms.map(kluis::timefmt::rfc3339_s),
                 purge_after: p.deleted_ms.map(|d| kluis::timefmt::rfc3339_s(d + window)),
+                damaged: p.damaged,
             });
         }
     }
@@ -121,7 +124,7 @@ pub fn points(out: &Out, vault: &Vault, item: Option<&str>, deleted: bool) -> Re
     for p in &list {
         let disks: Vec<String> = p.disks.iter().map(|d| format!("{}({})", d.name, bytes(d.size))).collect();
         out.line(&format!(
-            "{:<10} {:<24} {:<8} {:<11} {:>10} {:>10}  {}{}",
+            "{:<10} {:<24} {:<8} {:<11} {:>10} {:>10}  {}{}{}",
             p.item,
             p.name,
             &p.id[..8],
@@ -129,7 +132,8 @@ pub fn points(out: &Out, vault: &Vault, item: Option<&str>, deleted: bool) -> Re
             bytes(p.logical_size),
             bytes(p.new_bytes),
             disks.join(" "),
-            p.purge_after.as_ref().map(|t| format!("  [deleted; undelete before {t}]")).unwrap_or_default()
+            p.purge_after.as_ref().map(|t| format!("  [deleted; undelete before {t}]")).unwrap_or_default(),
+            if p.damaged { "  [DAMAGED: `kluis verify` names what; restore --partial]" } else { "" }
         ))?;
     }
     Ok(())

@@ -122,12 +122,17 @@ pub fn prune_item(vault: &Vault, item: &str, policy: &Policy, dry_run: bool) -> 
         let now = now_ms();
         let mut cat = vault.catalog();
         let tx = cat.conn_mut().transaction()?;
+        let mut gone = Vec::new();
         for (p, d) in points.iter().zip(plan(&times, &policy.keep)) {
             if !d.keep() {
                 tx.execute("UPDATE points SET deleted_ms = ?2 WHERE id = ?1 AND deleted_ms IS NULL", rusqlite::params![&p.id.0 .0[..], now])?;
+                gone.push(p.id);
             }
         }
         tx.commit()?;
+        for id in &gone {
+            cat.record_deleted(id, Some(now))?;
+        }
         log::info!("prune {item}: kept {}, pruned {} (soft-deleted at {})", rep.kept.len(), rep.pruned.len(), rfc3339_s(now));
     }
     Ok(rep)

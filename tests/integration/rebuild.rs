@@ -52,8 +52,9 @@ fn lost_index_is_rebuilt_from_the_packs() {
     assert!(rep["old_index"].as_str().is_some_and(|o| o.contains("index.sqlite.old-")), "{rep}");
     assert_eq!(rep["points"].as_u64(), Some(3));
 
-    // A flipped byte in a data chunk: that chunk is skipped, and the points
-    // that need it are reported as incomplete instead of coming back broken.
+    // A flipped byte in a data chunk: that chunk is left out of the index,
+    // and the points that need it come back marked damaged, never dropped
+    // (issue #19), nor indexed as if whole.
     let pack = pack_files(&env.path("vault")).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
     let f = frames(&pack).into_iter().find(|f| f.kind == 0).expect("a data frame");
     let mut bytes = fs::read(&pack).unwrap();
@@ -63,9 +64,21 @@ fn lost_index_is_rebuilt_from_the_packs() {
     fs::write(&pack, bytes).unwrap();
     let rep = env.json(&["rebuild-index"]);
     assert_eq!(rep["damaged_chunks"].as_u64(), Some(1), "{rep}");
-    let incomplete = rep["incomplete_points"].as_array().unwrap().len() as u64;
-    assert!(incomplete >= 1, "{rep}");
-    assert_eq!(rep["points"].as_u64(), Some(3 - incomplete), "{rep}");
-    // Whatever came back verifies clean: damage was not carried into the index.
-    env.verify_clean(true);
+    let damaged = rep["damaged_points"].as_array().unwrap().len();
+    assert!(damaged >= 1, "{rep}");
+    assert!(rep["incomplete_points"].as_array().unwrap().is_empty(), "{rep}");
+    assert_eq!(rep["points"].as_u64(), Some(3), "{rep}");
+    // verify finds that one chunk and nothing else; the points not marked
+    // damaged restore exactly.
+    let (code, v) = env.verify(true);
+    assert_eq!(code, 3, "{v:#}");
+    assert_eq!(v["damaged"].as_array().unwrap().len(), 1, "{v:#}");
+    let now = env.points(None);
+    assert_eq!(now.iter().filter(|p| p.json["damaged"] == true).count(), damaged, "{now:#?}");
+    for ((p, copy), n) in expected.iter().zip(&now) {
+        assert_eq!(p.id, n.id);
+        if n.json["damaged"] == false {
+            assert_same_file(&env.restore(&p.sel(), "os", "raw"), copy);
+        }
+    }
 }
