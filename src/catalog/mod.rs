@@ -105,9 +105,35 @@ fn blob_id(b: Vec<u8>) -> rusqlite::Result<ChunkId> {
     ChunkId::from_slice(&b).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, "id".into(), rusqlite::types::Type::Blob))
 }
 
+/// How a vault's index is opened (see [`Catalog::open_index`]); its other
+/// connections ([`Catalog::open_reader_as`]) are opened the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexAccess {
+    /// Read and write, in WAL mode: the usual case.
+    Write,
+    /// No write access (a read-only mount, a snapshot, another user's
+    /// vault) but a writer's `-wal` and `-shm` are there: read through
+    /// them, under SQLite's locks, so what the log holds is seen.
+    ReadOnly,
+    /// No write access and no `-shm` to be had: opened `immutable=1`, which
+    /// needs neither. Only taken when the log is absent or empty, since an
+    /// immutable reader ignores it (and a partly checkpointed database is
+    /// only consistent together with its log).
+    Immutable,
+    /// No index at all: a replica whose first `kluis replicate` did not get
+    /// as far as installing one. Reads as an index without rows.
+    Empty,
+}
+
 impl Catalog {
     /// Opens (and with `create`, creates) the index at `path`.
     pub fn open(path: &Path, create: bool) -> Result<Catalog> {
+        let mut c = Catalog { conn: Self::connect(path, create)? };
+        schema::migrate(&mut c.conn, create)?;
+        Ok(c)
+    }
+
+    fn connect(path: &Path, create: bool) -> Result<Connection> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -117,8 +143,88 @@ impl Catalog {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut c = Catalog { conn };
-        schema::migrate(&mut c.conn, create)?;
+        Ok(conn)
+    }
+
+    /// Opens a vault's existing index for what this process may do with
+    /// it: read and write when it can write both the index and its
+    /// directory (where SQLite makes `-wal` and `-shm`), else read-only
+    /// ([`IndexAccess`]). With `may_be_absent` (a replica), a missing index,
+    /// or one that never got its schema, reads as empty.
+    pub fn open_index(path: &Path, may_be_absent: bool) -> Result<(Catalog, IndexAccess)> {
+        if may_be_absent && !path.exists() {
+            return Ok((Catalog::empty()?, IndexAccess::Empty));
+        }
+        let (mut c, access) = if writable(path) {
+            (Catalog { conn: Self::connect(path, false)? }, IndexAccess::Write)
+        } else {
+            Self::open_read_only(path)?
+        };
+        let version = schema::version(&c.conn)?;
+        if version == 0 && may_be_absent {
+            return Ok((Catalog::empty()?, IndexAccess::Empty));
+        }
+        if access == IndexAccess::Write {
+            schema::migrate(&mut c.conn, false)?;
+        } else if version > SCHEMA_VERSION {
+            schema::migrate(&mut c.conn, false)?; // refuses, saying why
+        } else if version != SCHEMA_VERSION {
+            return Err(Error::InvalidInput(format!(
+                "{}: the index has schema version {version}; upgrading it to {SCHEMA_VERSION} needs write access to the vault",
+                path.display()
+            )));
+        }
+        Ok((c, access))
+    }
+
+    /// [`Catalog::open_index`] without write access.
+    fn open_read_only(path: &Path) -> Result<(Catalog, IndexAccess)> {
+        let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // The first read is what opens the -wal and -shm.
+        let through_log = Connection::open_with_flags(path, ro).and_then(|c| {
+            c.busy_timeout(Duration::from_secs(60))?;
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+            Ok(c)
+        });
+        match through_log {
+            Ok(conn) => Ok((Catalog { conn }, IndexAccess::ReadOnly)),
+            Err(e) => {
+                let wal = path.with_file_name(format!("{}-wal", path.file_name().unwrap_or_default().to_string_lossy()));
+                if std::fs::metadata(&wal).map(|m| m.len() > 0).unwrap_or(false) {
+                    return Err(Error::InvalidInput(format!(
+                        "{}: cannot read the index without write access: its log {} holds changes that only a \
+                         writer can fold in ({e}); open the vault once with write access, or copy it somewhere writable",
+                        path.display(),
+                        wal.display()
+                    )));
+                }
+                Ok((Self::open_immutable(path)?, IndexAccess::Immutable))
+            }
+        }
+    }
+
+    fn open_immutable(path: &Path) -> Result<Catalog> {
+        use std::os::unix::ffi::OsStrExt;
+        let abs = std::path::absolute(path).map_err(|e| Error::io_path("resolve", path, e))?;
+        // A URI: every byte but the unreserved ones and '/' percent-encoded.
+        let mut uri = b"file:".to_vec();
+        for &b in abs.as_os_str().as_bytes() {
+            if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+                uri.push(b);
+            } else {
+                uri.extend_from_slice(format!("%{b:02X}").as_bytes());
+            }
+        }
+        uri.extend_from_slice(b"?immutable=1");
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(Path::new(std::ffi::OsStr::from_bytes(&uri)), flags)?;
+        Ok(Catalog { conn })
+    }
+
+    /// An index without rows, in memory (see [`IndexAccess::Empty`]).
+    pub fn empty() -> Result<Catalog> {
+        let mut c = Catalog { conn: Connection::open_in_memory()? };
+        schema::migrate(&mut c.conn, true)?;
         Ok(c)
     }
 
@@ -127,6 +233,15 @@ impl Catalog {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(Duration::from_secs(60))?;
         Ok(Catalog { conn })
+    }
+
+    /// [`Catalog::open_reader`] for an index opened with `access`.
+    pub fn open_reader_as(path: &Path, access: IndexAccess) -> Result<Catalog> {
+        match access {
+            IndexAccess::Write | IndexAccess::ReadOnly => Self::open_reader(path),
+            IndexAccess::Immutable => Self::open_immutable(path),
+            IndexAccess::Empty => Self::empty(),
+        }
     }
 
     pub fn conn(&self) -> &Connection {
@@ -348,6 +463,21 @@ impl Catalog {
         self.conn.execute("DELETE FROM meta WHERE key = ?1", [key])?;
         Ok(())
     }
+}
+
+/// Whether this process may write the index at `path` and make files beside
+/// it (SQLite's `-wal` and `-shm`): false on a read-only mount and without
+/// permission. Asked of the kernel (access(2) with the effective ids), not
+/// found out by failing, so that a real error (a full disk) is not taken
+/// for a read-only vault.
+fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let may_write = |p: &Path| {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return false };
+        unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    may_write(path) && may_write(dir)
 }
 
 /// Wall-clock now in Unix milliseconds; `KLUIS_NOW` (RFC 3339) overrides it
