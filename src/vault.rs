@@ -162,6 +162,8 @@ pub struct Vault {
     catalog: Mutex<Catalog>,
     /// How the index was opened; its other connections follow suit.
     access: IndexAccess,
+    /// Why an index this process may write was opened read-only.
+    write_error: Option<String>,
     packs: Arc<PackFiles>,
 }
 
@@ -196,9 +198,16 @@ impl Vault {
     pub fn open(root: &Path) -> Result<Vault> {
         let header = read_header(root)?;
         // A replica may have no index yet (crate::replicate): it has no points.
-        let (catalog, access) = Catalog::open_index(&root.join("index.sqlite"), header.replica_of.is_some())
+        let index = Catalog::open_index(&root.join("index.sqlite"), header.replica_of.is_some())
             .map_err(|e| Error::Corrupt(format!("{}: cannot open index: {e}", root.display())))?;
-        Ok(Vault { root: root.to_owned(), header, catalog: Mutex::new(catalog), access, packs: Arc::new(PackFiles::new(root)) })
+        Ok(Vault {
+            root: root.to_owned(),
+            header,
+            catalog: Mutex::new(index.catalog),
+            access: index.access,
+            write_error: index.write_error,
+            packs: Arc::new(PackFiles::new(root)),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -210,6 +219,12 @@ impl Vault {
     /// the vault holds.
     pub fn check_primary(&self) -> Result<()> {
         check_primary(&self.root, &self.header)?;
+        if let Some(e) = &self.write_error {
+            return Err(Error::InvalidInput(format!(
+                "{}: cannot open the index for writing: {e} (if its filesystem is full, `kluis gc` makes room)",
+                self.root.display()
+            )));
+        }
         if !matches!(self.access, IndexAccess::Write | IndexAccess::Empty) {
             return Err(Error::InvalidInput(format!(
                 "{} is read-only here (a read-only mount, or no write permission): it can be read, not changed",
@@ -273,6 +288,14 @@ impl Vault {
             let _ = fs::remove_file(&tmp);
             log::warn!("cannot set aside {} KiB of reserve space in {}: {e}", RESERVE_BYTES >> 10, self.root.display());
         }
+    }
+
+    /// Closes the index, leaving an empty one in its place: SQLite folds its
+    /// log in and removes `-wal` and `-shm`, whose room a full filesystem
+    /// may need back (crate::gc::close). For the end of a command.
+    pub fn close_index(&self) -> Result<()> {
+        *self.catalog() = Catalog::empty()?;
+        Ok(())
     }
 
     /// Frees the reserve (see [`RESERVE_FILE`]).

@@ -125,6 +125,15 @@ pub enum IndexAccess {
     Empty,
 }
 
+/// What [`Catalog::open_index`] opened.
+pub struct OpenedIndex {
+    pub catalog: Catalog,
+    pub access: IndexAccess,
+    /// Set when the index could be written but opening it for writing
+    /// failed, so it was opened read-only: the error.
+    pub write_error: Option<String>,
+}
+
 impl Catalog {
     /// Opens (and with `create`, creates) the index at `path`.
     pub fn open(path: &Path, create: bool) -> Result<Catalog> {
@@ -149,20 +158,31 @@ impl Catalog {
     /// Opens a vault's existing index for what this process may do with
     /// it: read and write when it can write both the index and its
     /// directory (where SQLite makes `-wal` and `-shm`), else read-only
-    /// ([`IndexAccess`]). With `may_be_absent` (a replica), a missing index,
-    /// or one that never got its schema, reads as empty.
-    pub fn open_index(path: &Path, may_be_absent: bool) -> Result<(Catalog, IndexAccess)> {
+    /// ([`IndexAccess`]). Also read-only when opening it for writing fails
+    /// (a filesystem full to the last byte has no room for the `-shm`):
+    /// [`OpenedIndex::write_error`] says why. With `may_be_absent` (a
+    /// replica), a missing index, or one that never got its schema, reads
+    /// as empty.
+    pub fn open_index(path: &Path, may_be_absent: bool) -> Result<OpenedIndex> {
+        let empty = || Ok(OpenedIndex { catalog: Catalog::empty()?, access: IndexAccess::Empty, write_error: None });
         if may_be_absent && !path.exists() {
-            return Ok((Catalog::empty()?, IndexAccess::Empty));
+            return empty();
         }
-        let (mut c, access) = if writable(path) {
-            (Catalog { conn: Self::connect(path, false)? }, IndexAccess::Write)
-        } else {
-            Self::open_read_only(path)?
+        let mut write_error = None;
+        let (mut c, access) = match writable(path).then(|| Self::connect(path, false)) {
+            Some(Ok(conn)) => (Catalog { conn }, IndexAccess::Write),
+            Some(Err(e)) => match Self::open_read_only(path) {
+                Ok(ro) => {
+                    write_error = Some(e.to_string());
+                    ro
+                }
+                Err(_) => return Err(e),
+            },
+            None => Self::open_read_only(path)?,
         };
         let version = schema::version(&c.conn)?;
         if version == 0 && may_be_absent {
-            return Ok((Catalog::empty()?, IndexAccess::Empty));
+            return empty();
         }
         if access == IndexAccess::Write {
             schema::migrate(&mut c.conn, false)?;
@@ -174,7 +194,7 @@ impl Catalog {
                 path.display()
             )));
         }
-        Ok((c, access))
+        Ok(OpenedIndex { catalog: c, access, write_error })
     }
 
     /// [`Catalog::open_index`] without write access.
