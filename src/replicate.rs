@@ -200,6 +200,8 @@ pub fn promote(vault: &mut Vault) -> Result<PromoteReport> {
         // No replicate got as far as its index: a vault of its own needs one.
         Catalog::open(&vault.index_path(), true)?;
     }
+    // A killed replicate's copy of its primary's index has no use any more.
+    let _ = fs::remove_file(vault.root().join(INCOMING));
     let header = VaultHeader { replica_of: None, ..vault.header.clone() };
     vault.rewrite_header(header)?;
     Ok(PromoteReport { vault: vault.root().to_owned(), was_replica_of: of, points, cleared_replicate_to: cleared })

@@ -32,4 +32,7 @@ mod integration {
     mod freeze;
     mod protect;
     mod retention;
+
+    // full, read-only and half-made vaults (issue 19)
+    mod trouble;
 }
