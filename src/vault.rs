@@ -15,6 +15,12 @@
 //! | gc                                 | exclusive          |
 //! | mount, points, delete, prune, protect | none (SQLite WAL isolates readers; the mount holds its packs open) |
 //!
+//! A reader that may not write the vault (a read-only mount or snapshot,
+//! another user's vault) takes the shared lock on a read-only descriptor,
+//! or none when there is no lock file; its index is opened read-only
+//! (crate::catalog::IndexAccess) and every change is refused
+//! ([`Vault::check_primary`]).
+//!
 //! gc needs exclusivity because a running backup reuses chunks that no
 //! committed point references yet (its own freshly committed packs, and old
 //! chunks it deduplicated against); gc would otherwise see them as garbage.
