@@ -515,6 +515,27 @@ pub fn now_ms() -> i64 {
 mod tests {
     use super::*;
 
+    /// The immutable opening of a read-only vault's index works whatever
+    /// the vault's path holds (it goes through a URI), sees the rows, and
+    /// leaves no -wal or -shm behind.
+    #[test]
+    fn immutable_index_at_an_awkward_path() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("a b%20c?d#e&f=g");
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("index.sqlite");
+        let c = Catalog::open(&path, true).unwrap();
+        c.conn.execute("INSERT INTO meta(key, value) VALUES ('k', 'v')", []).unwrap();
+        drop(c);
+        let r = Catalog::open_reader_as(&path, IndexAccess::Immutable).unwrap();
+        assert_eq!(r.meta("k").unwrap().as_deref(), Some("v"));
+        drop(r);
+        let mut left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, vec![std::ffi::OsString::from("index.sqlite")]);
+        assert_eq!(Catalog::open_reader_as(&path, IndexAccess::Empty).unwrap().points(None, true).unwrap().len(), 0);
+    }
+
     /// A lookup per block (restore, mounts) reuses its prepared statement:
     /// SQLite never has to re-prepare it (see `chunk_location`).
     #[test]
