@@ -170,6 +170,8 @@ pub struct Vault {
     access: IndexAccess,
     /// Why an index this process may write was opened read-only.
     write_error: Option<String>,
+    /// The reserve was borrowed ([`Vault::open_to_free`]): given back on drop.
+    borrowed_reserve: bool,
     packs: Arc<PackFiles>,
 }
 
@@ -212,8 +214,28 @@ impl Vault {
             catalog: Mutex::new(index.catalog),
             access: index.access,
             write_error: index.write_error,
+            borrowed_reserve: false,
             packs: Arc::new(PackFiles::new(root)),
         })
+    }
+
+    /// [`Vault::open`] for a command that frees space (delete, prune): where
+    /// the index cannot be opened for writing because the filesystem is full
+    /// to the last byte (no room for SQLite's `-shm`), it borrows the
+    /// reserve, as gc does, and gives it back when the vault is dropped,
+    /// after closing the index. Otherwise the reserve stays untouched.
+    pub fn open_to_free(root: &Path) -> Result<Vault> {
+        let vault = Vault::open(root)?;
+        if vault.write_error.is_none() || vault.header.replica_of.is_some() {
+            return Ok(vault);
+        }
+        drop(vault);
+        if fs::remove_file(root.join(RESERVE_FILE)).is_err() {
+            return Vault::open(root);
+        }
+        let mut vault = Vault::open(root)?;
+        vault.borrowed_reserve = true;
+        Ok(vault)
     }
 
     pub fn root(&self) -> &Path {
@@ -227,7 +249,7 @@ impl Vault {
         check_primary(&self.root, &self.header)?;
         if let Some(e) = &self.write_error {
             return Err(Error::InvalidInput(format!(
-                "{}: cannot open the index for writing: {e} (if its filesystem is full, `kluis gc` makes room)",
+                "{}: cannot open the index for writing: {e} (on a full filesystem, `kluis delete`, `prune` and `gc` still run)",
                 self.root.display()
             )));
         }
@@ -335,6 +357,17 @@ impl Vault {
             return Err(Error::NotFound(format!("no recovery points for item {item:?}")));
         }
         select_point(points, item, which)
+    }
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        if self.borrowed_reserve {
+            // The index's -wal and -shm go when it closes; their room is
+            // part of what the reserve needs.
+            let _ = self.close_index();
+            self.ensure_reserve();
+        }
     }
 }
 

@@ -72,15 +72,20 @@ fn gc_runs_on_a_filesystem_full_to_the_last_byte() {
     let gone = env.path("gone.raw");
     random_file(&gone, 3 * MIB, &mut rng);
     let p2 = env.backup("gone", &[("os", gone.as_path())], &[]);
-    env.ok(&["delete", &p2.sel()]);
 
     let filler = fill_up(&mnt);
     // Reading needs no room.
-    assert_eq!(ids(&env), vec![p1.id.clone()]);
+    assert_eq!(ids(&env), vec![p2.id.clone(), p1.id.clone()]);
     assert_same_file(&env.restore(&p1.sel(), "os", "raw"), &keep1);
-    // A change other than gc says what is wrong, in one line.
-    let f = env.fail(&["undelete", &p2.sel()]);
+    // A change that frees nothing says what is wrong, in one line.
+    let f = env.fail(&["backup", "keep", "--disk", &format!("os={}", keep.display())]);
     assert!(f.one_error_line().contains("cannot open the index for writing"), "{}", f.stderr);
+    // What frees space runs: delete (borrowing the reserve, and giving it
+    // back) and then gc.
+    env.ok(&["delete", &p2.sel()]);
+    assert_eq!(ids(&env), vec![p1.id.clone()]);
+    assert_eq!(reserve_len(&env.vault), Some(MIB), "the reserve after delete");
+    assert_eq!(free_bytes(&mnt), 0);
 
     // gc releases the reserve before it opens the index, frees the deleted
     // point's pack and takes the reserve back.
