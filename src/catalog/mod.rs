@@ -1,6 +1,9 @@
 //! The SQLite index: a cache of what the packs say (chunk locations) plus the
 //! vault's bookkeeping (recovery points, items, jobs). Knows nothing of pack
 //! bytes. Opened in WAL mode so readers (mounts, verify) never block a backup.
+//! A vault this process may not write (or whose filesystem is too full to
+//! open the index for writing) is read without writing anything: see
+//! [`IndexAccess`].
 //!
 //! The schema is documented in docs/format.md; `SCHEMA_VERSION` is bumped with
 //! a migration whenever it changes.
