@@ -13,9 +13,9 @@
 //!
 //! 1. The replica is made if `to` is missing or empty (header first, with a
 //!    new vault id and `replica-of`: from then on it reads as a replica
-//!    with no points until step 4 gives it an index), then locked exclusively (its restores
-//!    and verifies wait, as they do for gc) and its header checked under the
-//!    lock. The primary is locked shared: gc, which deletes and rewrites
+//!    with no points until step 4 gives it an index), then locked
+//!    exclusively (its restores and verifies wait, as they do for gc) and
+//!    its header checked under the lock. The primary is locked shared: gc, which deletes and rewrites
 //!    packs, waits; backups go on, and what they commit after step 2 goes
 //!    with the next run.
 //! 2. The primary's index is copied as of one instant into

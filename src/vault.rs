@@ -170,7 +170,7 @@ pub struct Vault {
     access: IndexAccess,
     /// Why an index this process may write was opened read-only.
     write_error: Option<String>,
-    /// The reserve was borrowed ([`Vault::open_to_free`]): given back on drop.
+    /// The reserve was borrowed ([`Vault::open_for_small_change`]): given back on drop.
     borrowed_reserve: bool,
     packs: Arc<PackFiles>,
 }
@@ -219,12 +219,14 @@ impl Vault {
         })
     }
 
-    /// [`Vault::open`] for a command that frees space (delete, prune): where
-    /// the index cannot be opened for writing because the filesystem is full
-    /// to the last byte (no room for SQLite's `-shm`), it borrows the
-    /// reserve, as gc does, and gives it back when the vault is dropped,
-    /// after closing the index. Otherwise the reserve stays untouched.
-    pub fn open_to_free(root: &Path) -> Result<Vault> {
+    /// [`Vault::open`] for a command that changes a few index rows (delete,
+    /// prune, settings), not one that stores data: where the index cannot be
+    /// opened for writing because the filesystem is full to the last byte
+    /// (no room for SQLite's `-shm`), it borrows the reserve, as gc does,
+    /// and gives it back when the vault is dropped, after closing the index.
+    /// So room can be made on a full vault (delete, then gc). Otherwise the
+    /// reserve stays untouched.
+    pub fn open_for_small_change(root: &Path) -> Result<Vault> {
         let vault = Vault::open(root)?;
         if vault.write_error.is_none() || vault.header.replica_of.is_some() {
             return Ok(vault);
@@ -249,7 +251,7 @@ impl Vault {
         check_primary(&self.root, &self.header)?;
         if let Some(e) = &self.write_error {
             return Err(Error::InvalidInput(format!(
-                "{}: cannot open the index for writing: {e} (on a full filesystem, `kluis delete`, `prune` and `gc` still run)",
+                "{}: cannot open the index for writing: {e} (on a full filesystem, `kluis delete`, `prune`, `vault set` and `gc` still run)",
                 self.root.display()
             )));
         }

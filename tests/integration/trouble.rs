@@ -63,7 +63,6 @@ fn gc_runs_on_a_filesystem_full_to_the_last_byte() {
         Err(e) => return skip(t, &e),
     };
     env.ok(&["init"]);
-    env.purge_deleted_at_gc();
     let keep = env.path("keep.raw");
     random_file(&keep, MIB + 4321, &mut rng);
     let p1 = env.backup("keep", &[("os", keep.as_path())], &[]);
@@ -80,8 +79,9 @@ fn gc_runs_on_a_filesystem_full_to_the_last_byte() {
     // A change that frees nothing says what is wrong, in one line.
     let f = env.fail(&["backup", "keep", "--disk", &format!("os={}", keep.display())]);
     assert!(f.one_error_line().contains("cannot open the index for writing"), "{}", f.stderr);
-    // What frees space runs: delete (borrowing the reserve, and giving it
-    // back) and then gc.
+    // What makes room runs: settings and delete (borrowing the reserve,
+    // and giving it back) and then gc.
+    env.ok(&["vault", "set", "soft-delete-days", "0"]);
     env.ok(&["delete", &p2.sel()]);
     assert_eq!(ids(&env), vec![p1.id.clone()]);
     assert_eq!(reserve_len(&env.vault), Some(MIB), "the reserve after delete");
