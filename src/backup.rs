@@ -20,8 +20,8 @@
 //! unreferenced chunks, which gc reclaims.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -376,13 +376,27 @@ fn next_time(vault: &Vault, item: &str) -> Result<i64> {
 
 fn read_config(p: &Path) -> Result<(String, Vec<u8>)> {
     let name = config_name(p)?;
-    let mut f = File::open(p).map_err(|e| Error::io_path("cannot open config file", p, e))?;
-    let len = f.metadata().ctx(|| format!("stat {}", p.display()))?.len();
-    if len > MAX_CONFIG_BYTES {
-        return Err(Error::InvalidInput(format!("config file {} is {len} bytes; the limit is {MAX_CONFIG_BYTES}", p.display())));
+    // O_NONBLOCK: opening a FIFO for reading would wait for a writer.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+        .map_err(|e| Error::io_path("cannot open config file", p, e))?;
+    let meta = f.metadata().ctx(|| format!("stat {}", p.display()))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidInput(format!("config file {}: not a regular file", p.display())));
     }
-    let mut bytes = Vec::with_capacity(len as usize);
-    f.read_to_end(&mut bytes).ctx(|| format!("read {}", p.display()))?;
+    let too_big = || Error::InvalidInput(format!("config file {} is larger than the limit of {MAX_CONFIG_BYTES} bytes", p.display()));
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    // The limit holds for the bytes read, not only the size stat gave: a
+    // file may grow while it is read.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).ctx(|| format!("read {}", p.display()))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
     Ok((name, bytes))
 }
 

@@ -9,7 +9,8 @@
 //!                             (no copy of some disk: read + store here, holding the freeze)
 //! ```
 //!
-//! 1. **pre-script** (`sh -c CMD`, own process group): environment
+//! 1. **pre-script** (`/bin/sh -c CMD` in `/`, own process group; its
+//!    program must not be a relative path, see [`check_script`]): environment
 //!    `KLUIS_ITEM`, `KLUIS_PHASE=pre`, `KLUIS_DISKS` (`NAME=PATH` lines),
 //!    `KLUIS_DISK_<NAME>`, `KLUIS_FREEZE`, `KLUIS_VAULT`; a JSON description
 //!    on stdin. It may print protocol lines on stdout:
@@ -62,6 +63,7 @@
 //! some disk was read live with nothing held (a crash-consistent point whose
 //! disks are not from one instant).
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -310,6 +312,95 @@ fn remove_stale_copies(disks: &[(String, PathBuf)]) {
 
 // ---------------------------------------------------------------- scripts
 
+/// `KLUIS_DISK_<NAME>`: the name upper-cased, every other character `_`.
+/// Names that give the same variable are refused when an item is protected
+/// ([`check_disk_env_vars`]).
+pub fn disk_env_var(name: &str) -> String {
+    let key: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("KLUIS_DISK_{key}")
+}
+
+/// Refuses disk names that map to one `KLUIS_DISK_<NAME>` (`a-b`, `a_b`, `A-B`):
+/// a script would see only one of the disks.
+pub fn check_disk_env_vars<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for n in names {
+        if let Some(other) = seen.insert(disk_env_var(n), n) {
+            return Err(Error::InvalidInput(format!(
+                "disk names {other:?} and {n:?} both become {} for scripts; rename one",
+                disk_env_var(n)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a script command whose program is a relative path (`./pre.sh`,
+/// `bin/pre`): it would run whatever is at that path in the directory of
+/// whoever runs the backup, the scheduler included. The command is one
+/// string for `/bin/sh -c`, so the program is its first shell word after
+/// any `NAME=value` assignments; a bare name (`pre.sh`) is looked up in
+/// PATH, an absolute path or `~/…` is fixed.
+pub fn check_script(what: &str, cmd: &str) -> Result<()> {
+    let words = shell_words(cmd);
+    let program = words.iter().find(|w| !is_assignment(w));
+    if let Some(p) = program
+        && p.contains('/')
+        && !p.starts_with('/')
+        && !p.starts_with('~')
+    {
+        return Err(Error::InvalidInput(format!(
+            "{what} {cmd:?}: {p} is a relative path, which would run from whatever directory the backup starts in; give it as an absolute path"
+        )));
+    }
+    Ok(())
+}
+
+fn is_assignment(w: &str) -> bool {
+    w.split_once('=').is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !k.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// The leading simple words of a shell command, quotes removed, up to the
+/// first operator (`;`, `&`, `|`, `(`…) — enough to find its program.
+fn shell_words(cmd: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur: Option<String> = None;
+    let mut chars = cmd.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' => {
+                if let Some(w) = cur.take() {
+                    words.push(w);
+                }
+            }
+            ';' | '&' | '|' | '(' | ')' | '<' | '>' => break,
+            '\'' => {
+                let w = cur.get_or_insert_with(String::new);
+                for c in chars.by_ref() {
+                    if c == '\'' {
+                        break;
+                    }
+                    w.push(c);
+                }
+            }
+            '"' => {
+                let w = cur.get_or_insert_with(String::new);
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => w.extend(chars.next()),
+                        c => w.push(c),
+                    }
+                }
+            }
+            '\\' => cur.get_or_insert_with(String::new).extend(chars.next()),
+            c => cur.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(cur);
+    words
+}
+
 #[derive(Debug)]
 enum ScriptError {
     Failed(String),
@@ -341,8 +432,7 @@ impl ScriptEnv<'_> {
             ("KLUIS_FREEZE".to_owned(), self.def.freeze.iter().map(|f| format!("{}\n", f.display())).collect()),
         ];
         for d in &self.def.disks {
-            let key: String = d.name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
-            env.push((format!("KLUIS_DISK_{key}"), d.path.display().to_string()));
+            env.push((disk_env_var(&d.name), d.path.display().to_string()));
         }
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         env
@@ -368,9 +458,14 @@ impl ScriptEnv<'_> {
     /// Runs `cmd` for `phase`; a cancel kills its process group.
     fn run(&self, what: &str, cmd: &str, phase: &str, extra: &[(&str, String)], cancel: Option<&AtomicBool>) -> std::result::Result<ScriptOutput, ScriptError> {
         let started = Instant::now();
+        // A definition stored by an older kluis may still hold one.
+        check_script(what, cmd).map_err(|e| ScriptError::Failed(format!("{e}; run `kluis protect` again with an absolute path")))?;
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(cmd)
+            // The same directory whoever runs the backup (a user's shell,
+            // the scheduler): a relative path in the command means one place.
+            .current_dir("/")
             .envs(self.env(phase, extra))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -481,7 +576,8 @@ fn parse_protocol(stdout: &str, disks: &[String]) -> std::result::Result<PreProt
             if p.snapshots.iter().any(|(n, _)| n == name) {
                 return Err(format!("pre-script: two snapshots for disk {name}"));
             }
-            p.snapshots.push((name.to_owned(), PathBuf::from(path.trim())));
+            // Relative to the script's working directory, which is `/`.
+            p.snapshots.push((name.to_owned(), Path::new("/").join(path.trim())));
         } else if let Some(rest) = l.strip_prefix("consistency ") {
             p.declared = Some(Level::parse(rest.trim()).ok_or_else(|| format!("pre-script: unknown level in {l:?} (application, file-system or crash)"))?);
         } else if !l.is_empty() {
@@ -711,6 +807,20 @@ fn capture_and_store(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_script_programs_and_colliding_disk_vars() {
+        for ok in ["/etc/kluis/pre", "'/opt/my dir/pre' --db x", "sync", "exit 1", "FOO=1 /x/pre", "~/pre.sh", "pre.sh arg", "sh -c 'cd /x && ./y'", "echo a/b"] {
+            assert!(check_script("pre-script", ok).is_ok(), "{ok}");
+        }
+        for bad in ["./pre.sh", "  ./pre.sh --x", "bin/pre", "\"./my pre\"", "FOO=1 ./pre", "'./pre';true", "../pre"] {
+            assert!(check_script("pre-script", bad).is_err(), "{bad}");
+        }
+        assert!(check_disk_env_vars(["os", "data", "a-b"]).is_ok());
+        let e = check_disk_env_vars(["a-b", "os", "a_b"]).unwrap_err().to_string();
+        assert!(e.contains("KLUIS_DISK_A_B") && e.contains("\"a-b\"") && e.contains("\"a_b\""), "{e}");
+        assert!(check_disk_env_vars(["OS", "os"]).is_err());
+    }
 
     #[test]
     fn levels() {

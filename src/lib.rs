@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod id;
+pub mod newfile;
 pub mod image;
 pub mod store;
 pub mod catalog;

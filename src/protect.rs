@@ -99,7 +99,11 @@ pub fn protect(vault: &Vault, name: &str, mut def: ItemDef, policy: Option<&str>
         if s.as_deref().is_some_and(|s| s.trim().is_empty()) {
             return Err(Error::InvalidInput(format!("{what} is empty")));
         }
+        if let Some(cmd) = s {
+            crate::consistency::check_script(what, cmd)?;
+        }
     }
+    crate::consistency::check_disk_env_vars(def.disks.iter().map(|d| d.name.as_str()))?;
     let json = serde_json::to_string(&def).expect("item definition serializes");
     vault.catalog().put_item(name, policy, &json)?;
     get(vault, name)?.ok_or_else(|| Error::NotFound(format!("item {name} vanished")))

@@ -46,7 +46,7 @@ pub struct RebuildReport {
 
 pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildReport> {
     let hp = root.join(HEADER_FILE);
-    let text = fs::read_to_string(&hp).map_err(|e| Error::io_path("not a kluis vault: cannot read", &hp, e))?;
+    let text = crate::vault::read_header_text(&hp).map_err(|e| Error::io_path("not a kluis vault: cannot read", &hp, e))?;
     VaultHeader::parse(&text, root)?;
     let _lock = lock_vault(root, true, || log::warn!("waiting for running backups to finish before the rebuild"))?;
     let mut report = RebuildReport::default();

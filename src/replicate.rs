@@ -247,7 +247,12 @@ fn make_replica(vault: &Vault, to: &Path) -> Result<bool> {
             to.display()
         )));
     }
-    fs::create_dir_all(to).ctx(|| format!("create {}", to.display()))?;
+    // Owner-only, like a vault made by `kluis init` (crate::newfile).
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
+    }
+    crate::newfile::create_dir_all(to, crate::newfile::PRIVATE_DIR).ctx(|| format!("create {}", to.display()))?;
+    fs::set_permissions(to, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(crate::newfile::PRIVATE_DIR)).ctx(|| format!("chmod {}", to.display()))?;
     let header = VaultHeader {
         format: FORMAT_VERSION,
         id: new_vault_id(),
@@ -258,7 +263,7 @@ fn make_replica(vault: &Vault, to: &Path) -> Result<bool> {
     // Header first: from here on the directory is a (still empty) replica
     // that the next run continues, whatever happens to this one.
     write_header(to, &header)?;
-    fs::create_dir_all(to.join("packs").join("tmp")).ctx(|| format!("create {}", to.display()))?;
+    crate::newfile::create_dir_all(&to.join("packs").join("tmp"), crate::newfile::PRIVATE_DIR).ctx(|| format!("create {}", to.display()))?;
     Ok(true)
 }
 
@@ -266,7 +271,7 @@ fn make_replica(vault: &Vault, to: &Path) -> Result<bool> {
 /// promoted replica is refused. Follows the primary's zstd level.
 fn check_replica(vault: &Vault, to: &Path) -> Result<()> {
     let hp = to.join(HEADER_FILE);
-    let h = VaultHeader::parse(&fs::read_to_string(&hp).ctx(|| format!("read {}", hp.display()))?, to)?;
+    let h = VaultHeader::parse(&crate::vault::read_header_text(&hp).ctx(|| format!("read {}", hp.display()))?, to)?;
     match &h.replica_of {
         Some(of) if *of == vault.header.id => {}
         Some(of) => {

@@ -173,6 +173,19 @@ impl Checked {
         let reader = vault.disk_reader(point, disk)?;
         let size = reader.size();
         let is_device = fs::metadata(to).map(|m| m.file_type().is_block_device()).unwrap_or(false);
+        // Checked before anything is written: a directory cannot be renamed
+        // over, and a missing parent would be reported by the temporary name.
+        if to.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "{} is a directory: a disk is restored to a file or block device (`--to-dir DIR` restores into a directory)",
+                to.display()
+            )));
+        }
+        let parent = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            let why = if parent.exists() { "is not a directory" } else { "does not exist" };
+            return Err(Error::NotFound(format!("cannot restore to {}: {} {why}", to.display(), parent.display())));
+        }
         if to.exists() && !force {
             return Err(Error::AlreadyExists(format!("{} exists; use --force to overwrite it", to.display())));
         }
@@ -183,7 +196,7 @@ impl Checked {
             return Err(Error::InvalidInput(format!("disk {disk} is {size} bytes; VHD holds at most {} (use --format raw)", vhd::MAX_SIZE)));
         }
         if is_device {
-            let dev = OpenOptions::new().read(true).open(to).map_err(|e| Error::io_path("cannot open", to, e))?;
+            let dev = open_device(to, false)?;
             let dev_size = unsafe { libc::lseek64(std::os::unix::io::AsRawFd::as_raw_fd(&dev), 0, libc::SEEK_END) };
             if (dev_size as u64) < size {
                 return Err(Error::InvalidInput(format!("{} holds {dev_size} bytes; the disk needs {size}", to.display())));
@@ -206,11 +219,12 @@ impl Opened {
     fn new(checked: Checked) -> Result<Opened> {
         let to = &checked.to;
         if checked.is_device {
-            let out = OpenOptions::new().write(true).open(to).map_err(|e| Error::io_path("cannot open", to, e))?;
+            let out = open_device(to, true)?;
             return Ok(Opened { tmp: to.clone(), out, cleanup: TempGuard(None), checked });
         }
-        let tmp = temp_name(to);
-        let out = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| Error::io_path("cannot create", &tmp, e))?;
+        // Exclusive, never through a symlink, under a name no one can
+        // predict: the target's directory may be writable by others.
+        let (tmp, out) = crate::newfile::create_temp_beside(to, crate::newfile::PRIVATE_FILE).map_err(|e| Error::io_path("cannot create a temporary file beside", to, e))?;
         Ok(Opened { cleanup: TempGuard(Some(tmp.clone())), tmp, out, checked })
     }
 
@@ -266,9 +280,20 @@ impl Opened {
     }
 }
 
-fn temp_name(to: &Path) -> PathBuf {
-    let name = to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    to.with_file_name(format!(".{name}.kluis-tmp-{}", std::process::id()))
+/// Opens block device `to` with O_EXCL, which for a block device means
+/// "not mounted, not held by another exclusive opener" (the kernel answers
+/// EBUSY otherwise): a restore never writes under a mounted file system,
+/// a RAID member or a device-mapper volume in use.
+fn open_device(to: &Path, write: bool) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match OpenOptions::new().read(true).write(write).custom_flags(libc::O_EXCL).open(to) {
+        Ok(f) => Ok(f),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::InvalidInput(format!(
+            "{} is in use (mounted, or held by another program or device-mapper/RAID): unmount it first; nothing was written",
+            to.display()
+        ))),
+        Err(e) => Err(Error::io_path("cannot open", to, e)),
+    }
 }
 
 struct TempGuard(Option<PathBuf>);

@@ -17,7 +17,6 @@
 //! Only one scheduler runs per vault at a time (flock on VAULT/scheduler.lock);
 //! a second one skips its run.
 
-use std::fs::OpenOptions;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -79,7 +78,7 @@ fn prune_due(vault: &Vault, item: &Item, policy: &Policy) -> Result<bool> {
 /// Holds VAULT/scheduler.lock; None if another scheduler has it.
 fn scheduler_lock(vault: &Vault) -> Result<Option<std::fs::File>> {
     let path = vault.root().join("scheduler.lock");
-    let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
+    let f = crate::newfile::open_or_create(&path, crate::newfile::Modes::of_vault(vault.root()).file).ctx(|| format!("open {}", path.display()))?;
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Ok(None);
     }

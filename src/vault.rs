@@ -7,6 +7,9 @@
 //! VAULT/lock            flock(2) target, see the lock table below
 //! ```
 //!
+//! Everything in it is the owner's alone (0700/0600) unless a group was
+//! given the vault directory on purpose; see crate::newfile.
+//!
 //! # Locks
 //!
 //! | operation                          | lock on VAULT/lock |
@@ -27,7 +30,8 @@
 //! Restore and verify hold it so packs are not rewritten under them. gc
 //! waits for running holders of the shared lock, and they wait for gc.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -35,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use crate::catalog::{Catalog, IndexAccess, PointRow};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
+use crate::newfile::{Modes, PRIVATE_DIR};
 use crate::recovery_point::{ChunkFetcher, DiskReader, Manifest};
 use crate::store::PackFiles;
 
@@ -133,17 +138,20 @@ pub struct VaultLock(#[allow(dead_code)] Option<File>);
 /// callers that have no open [`Vault`], such as an index rebuild.
 pub fn lock_vault(root: &Path, exclusive: bool, on_wait: impl FnOnce()) -> Result<VaultLock> {
     let path = root.join("lock");
-    let f = match OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
+    let f = match crate::newfile::open_or_create(&path, Modes::of_vault(root).file) {
         Ok(f) => f,
         // A reader without write access (a read-only mount, another user's
         // vault) takes what it can: flock(2) works on a read-only
         // descriptor; and where there is no lock file to open, no writer
         // has come by since the vault was made.
-        Err(e) if !exclusive && matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) => match File::open(&path) {
-            Ok(f) => f,
-            Err(n) if n.kind() == std::io::ErrorKind::NotFound => return Ok(VaultLock(None)),
-            Err(_) => return Err(Error::io_path("open", &path, e)),
-        },
+        Err(e) if !exclusive && matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path) {
+                Ok(f) => f,
+                Err(n) if n.kind() == std::io::ErrorKind::NotFound => return Ok(VaultLock(None)),
+                Err(_) => return Err(Error::io_path("open", &path, e)),
+            }
+        }
         Err(e) => return Err(Error::io_path("open", &path, e)),
     };
     let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
@@ -186,7 +194,12 @@ impl Vault {
         if !block_size.is_power_of_two() || !(4096..=4 << 20).contains(&block_size) {
             return Err(Error::InvalidInput(format!("block size {block_size} must be a power of two between 4096 and 4194304")));
         }
-        fs::create_dir_all(root.join("packs/tmp")).ctx(|| format!("create vault {}", root.display()))?;
+        // Owner-only whatever the umask: packs hold every byte of every disk.
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
+        }
+        crate::newfile::create_dir_all(&root.join("packs/tmp"), PRIVATE_DIR).ctx(|| format!("create vault {}", root.display()))?;
+        fs::set_permissions(root, fs::Permissions::from_mode(PRIVATE_DIR)).ctx(|| format!("chmod {}", root.display()))?;
         if !ZSTD_LEVELS.contains(&zstd_level) {
             return Err(Error::InvalidInput(format!("zstd level {zstd_level} must be between {} and {}", ZSTD_LEVELS.start(), ZSTD_LEVELS.end())));
         }
@@ -311,11 +324,7 @@ impl Vault {
         }
         // Real zeros, not a hole: the blocks must be allocated to be worth anything.
         let tmp = self.root.join(format!("{RESERVE_FILE}.tmp"));
-        let made = fs::write(&tmp, vec![0u8; RESERVE_BYTES])
-            .and_then(|_| File::open(&tmp)?.sync_all())
-            .and_then(|_| fs::rename(&tmp, &path));
-        if let Err(e) = made {
-            let _ = fs::remove_file(&tmp);
+        if let Err(e) = crate::newfile::replace_with(&path, &tmp, &vec![0u8; RESERVE_BYTES], Modes::of_vault(&self.root).file) {
             log::warn!("cannot set aside {} KiB of reserve space in {}: {e}", RESERVE_BYTES >> 10, self.root.display());
         }
     }
@@ -376,7 +385,7 @@ impl Drop for Vault {
 /// Reads and checks the header of the vault at `root`.
 pub fn read_header(root: &Path) -> Result<VaultHeader> {
     let hp = root.join(HEADER_FILE);
-    let text = match fs::read_to_string(&hp) {
+    let text = match read_header_text(&hp) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::NotFound(format!("{} is not a kluis vault (run `kluis init` first)", root.display())));
@@ -433,13 +442,32 @@ fn parse_time_ms(s: &str) -> Option<i64> {
     s.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond())
 }
 
+/// The text of a vault header file: at most 64 KiB of a regular file (a
+/// FIFO or a device at that name, from a mistyped `--vault`, would
+/// otherwise hang or fill memory).
+pub(crate) fn read_header_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    const LIMIT: u64 = 64 << 10;
+    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    if !f.metadata()?.is_file() {
+        return Err(bad("not a regular file"));
+    }
+    let mut text = String::new();
+    f.take(LIMIT + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > LIMIT {
+        return Err(bad("larger than a vault header can be"));
+    }
+    Ok(text)
+}
+
 /// Writes `VAULT/kluis.vault` atomically: a temporary file, fsynced, renamed
 /// over the old one, and the directory fsynced.
 pub(crate) fn write_header(root: &Path, header: &VaultHeader) -> Result<()> {
     let tmp = root.join(format!("{HEADER_FILE}.tmp"));
-    fs::write(&tmp, header.to_text()).ctx(|| format!("write {}", tmp.display()))?;
-    File::open(&tmp).and_then(|f| f.sync_all()).ctx(|| format!("fsync {}", tmp.display()))?;
-    fs::rename(&tmp, root.join(HEADER_FILE)).ctx(|| format!("write {}", root.display()))?;
+    crate::newfile::replace_with(&root.join(HEADER_FILE), &tmp, header.to_text().as_bytes(), Modes::of_vault(root).file)
+        .ctx(|| format!("write {}", root.join(HEADER_FILE).display()))?;
     crate::store::fsync_dir(root)
 }
 

@@ -8,15 +8,18 @@
 //!
 //! Tests that need root-only or optional facilities (tmpfs mounts, loop
 //! devices, qemu-img) print `SKIPPED: reason` and pass when the facility is
-//! missing; everything they mount or attach is released by a guard.
+//! missing, or fail when `KLUIS_TEST_STRICT=1` (as .ci/run sets); everything
+//! they mount or attach is released by a guard.
 
 mod integration {
     pub mod common;
 
     mod backup_restore;
     mod bad_input;
+    mod edges;
     mod corruption;
     mod crash;
+    mod docs;
     mod enospc;
     mod gc_lock;
     mod mount;
@@ -32,6 +35,9 @@ mod integration {
     mod freeze;
     mod protect;
     mod retention;
+
+    // hardening: symlinks, modes, signals, special files (issue 19)
+    mod security;
 
     // full, read-only and half-made vaults (issue 19)
     mod trouble;

@@ -137,6 +137,20 @@ pub struct OpenedIndex {
     pub write_error: Option<String>,
 }
 
+/// Makes a missing database file empty, with the vault's mode for new
+/// files (0600 unless a group was given the vault), before SQLite opens
+/// it: SQLite would create it 0644 (less the umask), and gives the `-wal`
+/// and `-shm` files the mode of the database file, so all three follow.
+/// An empty file is an empty database to SQLite.
+fn owner_only(path: &Path) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match crate::newfile::create_new(path, crate::newfile::Modes::of_vault(dir).file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io_path("create", path, e)),
+    }
+}
+
 impl Catalog {
     /// Opens (and with `create`, creates) the index at `path`.
     pub fn open(path: &Path, create: bool) -> Result<Catalog> {
@@ -149,6 +163,7 @@ impl Catalog {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
+            owner_only(path)?;
         }
         let conn = Connection::open_with_flags(path, flags)?;
         conn.busy_timeout(Duration::from_secs(60))?;
@@ -445,6 +460,7 @@ impl Catalog {
     /// Writes a consistent copy of the whole index, as of one instant, to
     /// the new file `to` (`VACUUM INTO`: one read transaction, compacted).
     pub fn snapshot_into(&self, to: &Path) -> Result<()> {
+        owner_only(to)?;
         let to = to.to_str().ok_or_else(|| Error::InvalidInput(format!("{}: not a UTF-8 path", to.display())))?;
         self.conn.execute("VACUUM INTO ?1", [to])?;
         Ok(())

@@ -5,10 +5,10 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, File, FileTimes, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -66,7 +66,17 @@ fn parse_spec(s: &str) -> Result<(String, Option<u32>, Vec<u8>)> {
 
 /// The node of `path` in partition `part`, looked up one component at a time.
 fn resolve(tree: &VaultTree, id: RecoveryPointId, disk: &str, part: Option<u32>, path: &[u8]) -> Result<Node> {
-    let mut node = tree.lookup_bytes(&Node::FilesDir(id), disk.as_bytes())?;
+    let disks = Node::FilesDir(id);
+    let mut node = tree.lookup_bytes(&disks, disk.as_bytes()).map_err(|e| match e {
+        Error::NotFound(_) => {
+            let names: Vec<String> = tree.children(&disks).map(|c| c.into_iter().map(|(n, _)| n).collect()).unwrap_or_default();
+            Error::NotFound(format!(
+                "the point has no disk {disk:?} (its disks: {}); expected NAME, NAME:pN or NAME:pN/path (e.g. os:p1/etc/fstab)",
+                names.join(", ")
+            ))
+        }
+        e => e,
+    })?;
     let Some(n) = part else { return Ok(node) };
     node = tree.lookup_bytes(&node, format!("p{n}").as_bytes()).map_err(|e| match e {
         Error::NotFound(_) => Error::NotFound(format!("disk {disk} has no readable partition p{n} (see `kluis files ls ITEM@RP {disk}`)")),
@@ -334,7 +344,8 @@ impl Copier<'_> {
     fn copy(&mut self, node: &Node, dest: &Path, top: bool) -> Result<()> {
         match self.copy_one(node, dest) {
             Ok(()) => Ok(()),
-            Err(e) if !top => {
+            // A signal stops the whole copy, not only this file.
+            Err(e) if !top && !matches!(e, Error::Interrupted) => {
                 log::error!("{}: {e}", dest.display());
                 eprintln!("kluis: error: {}: {e}", dest.display());
                 self.rep.errors += 1;
@@ -345,6 +356,7 @@ impl Copier<'_> {
     }
 
     fn copy_one(&mut self, node: &Node, dest: &Path) -> Result<()> {
+        stop_requested()?;
         let a = self.tree.attr(node)?;
         let io = |what: &str, e| Error::io_path(what, dest, e);
         match a.kind {
@@ -354,7 +366,8 @@ impl Copier<'_> {
                 }
                 match fs::create_dir(dest) {
                     Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir() => {}
+                    // Not through a symlink: the copy stays where it was asked to go.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) => {}
                     Err(e) => return Err(io("create directory", e)),
                 }
                 self.rep.dirs += 1;
@@ -372,10 +385,15 @@ impl Copier<'_> {
                     return Ok(());
                 }
                 let h = self.tree.open(node)?;
-                let f = OpenOptions::new().write(true).create(true).truncate(true).open(dest).map_err(|e| io("create", e))?;
+                // Written under a fresh name made exclusively beside `dest`
+                // and renamed over it when complete: never through a symlink
+                // at `dest`, and no partial file left by an interruption.
+                let (tmp, f) = kluis::newfile::create_temp_beside(dest, 0o600).map_err(|e| io("create", e))?;
+                let mut partial = Partial(Some(tmp.clone()));
                 let size = h.size();
                 let mut off = 0u64;
                 while off < size {
+                    stop_requested()?;
                     let d = h.read(off, self.buf.len())?;
                     if d.is_empty() {
                         return Err(Error::Corrupt(format!("{}: file ends at {off} of {size} bytes", dest.display())));
@@ -388,12 +406,14 @@ impl Copier<'_> {
                 }
                 f.set_len(size).map_err(|e| io("write", e))?;
                 drop(f);
+                self.finish(&tmp, &a, false)?;
+                fs::rename(&tmp, dest).map_err(|e| io("rename into", e))?;
+                partial.0 = None;
                 self.rep.files += 1;
                 self.rep.bytes += size;
                 if let Some(i) = ino {
                     self.links.insert(i, dest.to_owned());
                 }
-                self.finish(dest, &a, false)?;
             }
             Kind::Symlink => {
                 let t = self.tree.readlink_bytes(node)?;
@@ -418,7 +438,9 @@ impl Copier<'_> {
         Ok(())
     }
 
-    /// Owner (when root), mode and mtime, in that order: chown clears setuid.
+    /// Owner (when root), mode and mtime, in that order: chown clears
+    /// setuid. All by path and never following a symlink, as tar and rsync
+    /// do: opening a FIFO to set its time would wait for a writer forever.
     fn finish(&self, dest: &Path, a: &Attr, symlink: bool) -> Result<()> {
         let c = cstr(dest)?;
         if let (true, Some(g)) = (self.root, a.guest)
@@ -427,23 +449,52 @@ impl Copier<'_> {
             log::warn!("{}: chown: {}", dest.display(), std::io::Error::last_os_error());
         }
         if !symlink {
-            fs::set_permissions(dest, fs::Permissions::from_mode(a.mode as u32 & 0o7777)).map_err(|e| Error::io_path("chmod", dest, e))?;
-        }
-        let t = mtime_of(a);
-        if symlink {
-            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-            let ts = [
-                libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-                libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as _ },
-            ];
-            if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-                log::warn!("{}: set mtime: {}", dest.display(), std::io::Error::last_os_error());
+            let mode = a.mode as libc::mode_t & 0o7777;
+            if unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+                let e = std::io::Error::last_os_error();
+                // Without fchmodat2(2), glibc emulates the flag through
+                // /proc; where that is missing, a plain chmod of what is
+                // known not to be a symlink.
+                let emulation_missing = matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::ENOENT));
+                if !(emulation_missing && fs::symlink_metadata(dest).is_ok_and(|m| !m.file_type().is_symlink())) {
+                    return Err(Error::io_path("chmod", dest, e));
+                }
+                if unsafe { libc::chmod(c.as_ptr(), mode) } != 0 {
+                    return Err(Error::io_path("chmod", dest, std::io::Error::last_os_error()));
+                }
             }
-        } else {
-            let f = File::open(dest).map_err(|e| Error::io_path("open", dest, e))?;
-            f.set_times(FileTimes::new().set_modified(t)).map_err(|e| Error::io_path("set mtime of", dest, e))?;
+        }
+        let d = mtime_of(a).duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ts = [
+            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+            libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as _ },
+        ];
+        if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if symlink {
+                log::warn!("{}: set mtime: {e}", dest.display());
+            } else {
+                return Err(Error::io_path("set mtime of", dest, e));
+            }
         }
         Ok(())
+    }
+}
+
+/// Err(Interrupted) once SIGINT or SIGTERM came (docs/cli.md: `files cp`
+/// and `files versions` stop at the first one).
+fn stop_requested() -> Result<()> {
+    if super::CANCEL.load(std::sync::atomic::Ordering::Relaxed) { Err(Error::Interrupted) } else { Ok(()) }
+}
+
+/// A file being written, removed unless the copy completes.
+struct Partial(Option<PathBuf>);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = fs::remove_file(p);
+        }
     }
 }
 
@@ -477,6 +528,7 @@ fn content_hash(tree: &VaultTree, node: &Node, a: &Attr) -> Result<blake3::Hash>
             let f = tree.open(node)?;
             let mut off = 0;
             while off < f.size() {
+                stop_requested()?;
                 let d = f.read(off, 1 << 20)?;
                 if d.is_empty() {
                     break;
@@ -503,6 +555,7 @@ fn versions(vault_dir: &Path, item: &str, spec: &str, out: &Out) -> Result<()> {
     let mut list = Vec::new();
     let mut prev: Option<Seen> = None;
     for (name, id) in tree.item_points(item)? {
+        stop_requested()?;
         let mut hash = None;
         let found = match resolve(&tree, id, &disk, part, &path) {
             Ok(node) => Some((tree.attr(&node)?, node)),

@@ -19,23 +19,27 @@ use kluis::{Error, Result};
 
 pub use output::Out;
 
+/// The help heading of the global flags, so a command's help lists its own
+/// options together and the global ones apart.
+const GLOBAL: &str = "Global options";
+
 #[derive(Parser, Debug)]
 #[command(name = "kluis", version, about = "Backup and disaster-recovery vault for virtual-machine disks")]
 pub struct Cli {
     /// Vault directory [default: $KLUIS_VAULT, else $XDG_DATA_HOME/kluis, else ~/.local/share/kluis]
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", help_heading = GLOBAL)]
     pub vault: Option<PathBuf>,
     /// Machine-readable output (JSON) on stdout
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
     /// More log output (-v info, -vv debug)
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
     /// Only errors
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
     /// No progress bars even on a terminal
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub no_progress: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -56,7 +60,7 @@ pub enum Command {
     Backup {
         item: String,
         /// A disk as NAME=PATH (raw image, VHD or block device); repeat for each disk (not for a protected item)
-        #[arg(long = "disk", value_name = "NAME=PATH")]
+        #[arg(long = "disk", value_name = "NAME=PATH", value_parser = disk_arg)]
         disks: Vec<String>,
         /// A configuration file to keep with the point (libvirt XML, ...); repeatable
         #[arg(long = "config", value_name = "FILE")]
@@ -83,7 +87,7 @@ pub enum Command {
         #[arg(long, value_name = "DIR", conflicts_with = "to")]
         to_dir: Option<PathBuf>,
         /// raw (sparse), vhd (fixed) or vhd-dynamic
-        #[arg(long, default_value = "raw")]
+        #[arg(long, default_value = "raw", value_parser = clap::builder::PossibleValuesParser::new(TargetFormat::NAMES))]
         format: String,
         /// Overwrite an existing target
         #[arg(long)]
@@ -92,6 +96,7 @@ pub enum Command {
     /// Check the vault (all points, or one); --read-data re-hashes every chunk
     Verify {
         point: Option<String>,
+        /// Also decompress and re-hash every chunk (reads the whole vault)
         #[arg(long)]
         read_data: bool,
     },
@@ -110,9 +115,15 @@ pub enum Command {
     /// Show every recovery point as a read-only folder (foreground until unmounted or Ctrl-C)
     Mount {
         mountpoint: PathBuf,
-        /// Let other users in (turns on the kernel's permission checks)
+        /// Let other users in (turns on the kernel's permission checks; whole disks and configs stay the mounting user's)
         #[arg(long)]
         allow_other: bool,
+        /// Mount over a directory that is not empty (its contents are hidden until unmounted)
+        #[arg(long)]
+        nonempty: bool,
+        /// With --allow-other: members of GROUP (name or gid) may also read whole disks and configs
+        #[arg(long, value_name = "GROUP", requires = "allow_other")]
+        allow_group: Option<String>,
     },
     /// Unmount a `kluis mount`
     Umount { mountpoint: PathBuf },
@@ -299,8 +310,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 )
             })?;
         }
-        Command::Mount { mountpoint, allow_other } => {
-            mount::run(&vault_dir, &mountpoint, allow_other, &out)?;
+        Command::Mount { mountpoint, allow_other, allow_group, nonempty } => {
+            mount::run(&vault_dir, &mountpoint, allow_other, allow_group.as_deref(), nonempty, &out)?;
         }
         Command::Umount { mountpoint } => {
             mount::umount(&mountpoint)?;
@@ -311,6 +322,12 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     }
     std::io::stdout().flush().map_err(|e| Error::io("write output", e))?;
     Ok(Outcome::Ok)
+}
+
+/// Checks `--disk NAME=PATH` while clap parses, so a malformed one is a
+/// usage error (exit 2) like any other.
+fn disk_arg(s: &str) -> std::result::Result<String, String> {
+    parse_disk_arg(s).map(|_| s.to_owned()).map_err(|_| "expected NAME=PATH (e.g. os=/var/lib/images/os.raw)".to_owned())
 }
 
 fn parse_disk_arg(s: &str) -> Result<(String, PathBuf)> {

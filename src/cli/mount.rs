@@ -1,6 +1,7 @@
 //! `kluis mount` / `kluis umount`: run the FUSE session in the foreground
 //! until it is unmounted (by `kluis umount`, `fusermount3 -u`) or the user
-//! presses Ctrl-C, and always leave the mountpoint clean.
+//! presses Ctrl-C, and always leave the mountpoint clean. The mountpoint
+//! must be an empty directory unless `--nonempty` (fusermount's rule).
 
 use std::path::Path;
 use std::process::Command;
@@ -18,10 +19,9 @@ use super::{Out, CANCEL};
 /// FUSE worker threads: enough to overlap decompression with kernel I/O.
 const FUSE_THREADS: usize = 4;
 
-pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, out: &Out) -> Result<()> {
-    if !mountpoint.is_dir() {
-        return Err(Error::InvalidInput(format!("mountpoint {} is not a directory", mountpoint.display())));
-    }
+pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, allow_group: Option<&str>, nonempty: bool, out: &Out) -> Result<()> {
+    check_mountpoint(mountpoint, nonempty)?;
+    let group = allow_group.map(group_id).transpose()?;
     let tree = VaultTree::new(vault)?;
     let mut options = vec![
         MountOption::RO,
@@ -38,7 +38,10 @@ pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, out: &Out) -> Res
     config.mount_options = options;
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    let fs = KluisFs::new(tree);
+    let mut fs = KluisFs::new(tree);
+    if allow_other {
+        fs = fs.whole_disks_private(group);
+    }
     let notifier = fs.notifier_slot();
     let session = fuser::spawn_mount(fs, mountpoint, &config)
         .map_err(|e| Error::io(format!("cannot mount at {}", mountpoint.display()), e))?;
@@ -60,6 +63,43 @@ pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, out: &Out) -> Res
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A mount hides what its directory holds, so like fusermount3 (without
+/// `-o nonempty`) a non-empty mountpoint is refused unless asked for.
+fn check_mountpoint(mountpoint: &Path, nonempty: bool) -> Result<()> {
+    let shown = mountpoint.display();
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(format!("mountpoint {shown} does not exist (create the directory first)")));
+        }
+        Err(e) => return Err(Error::io_path("cannot use mountpoint", mountpoint, e)),
+        Ok(m) if !m.is_dir() => return Err(Error::InvalidInput(format!("mountpoint {shown} is not a directory"))),
+        Ok(_) => {}
+    }
+    if !nonempty {
+        let mut entries = std::fs::read_dir(mountpoint).map_err(|e| Error::io_path("cannot read mountpoint", mountpoint, e))?;
+        if entries.next().is_some() {
+            return Err(Error::InvalidInput(format!(
+                "mountpoint {shown} is not empty: the mount would hide its contents (use --nonempty to mount over them)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A group given by name or number.
+fn group_id(g: &str) -> Result<u32> {
+    if let Ok(n) = g.parse() {
+        return Ok(n);
+    }
+    let c = std::ffi::CString::new(g).map_err(|_| Error::InvalidInput(format!("--allow-group {g:?}: not a group name")))?;
+    // getgrnam at startup, before any thread: its static result is not shared.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        return Err(Error::InvalidInput(format!("--allow-group {g}: no such group")));
+    }
+    Ok(unsafe { (*gr).gr_gid })
 }
 
 /// The kernel caps a FUSE mount's readahead at the default 128 KiB whatever

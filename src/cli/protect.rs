@@ -17,7 +17,7 @@ use kluis::{settings, Error, Result};
 
 use super::output::{bytes, Out};
 use super::progress::Bars;
-use super::{parse_disk_arg, CANCEL};
+use super::{disk_arg, parse_disk_arg, CANCEL};
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
@@ -66,7 +66,7 @@ pub enum Cmd {
 pub struct ProtectArgs {
     item: String,
     /// A disk as NAME=PATH (raw image, VHD or block device); repeat for each disk
-    #[arg(long = "disk", value_name = "NAME=PATH", required = true)]
+    #[arg(long = "disk", value_name = "NAME=PATH", required = true, value_parser = disk_arg)]
     disks: Vec<String>,
     /// A configuration file to keep with every point; repeatable
     #[arg(long = "config", value_name = "FILE")]
@@ -472,6 +472,9 @@ fn prune(vault: &Vault, item: Option<&str>, dry_run: bool, out: &Out) -> Result<
     }
     if out.is_json() {
         return out.json_value(&reports);
+    }
+    if reports.is_empty() {
+        return out.line("prune: nothing to do: no protected item has a policy (`kluis protect ITEM ... --policy P`)");
     }
     for r in &reports {
         out.line(&format!(

@@ -6,7 +6,9 @@
 //!
 //! Files inside guest filesystems (`files/`) carry the guest's owner, mode,
 //! nanosecond mtime and inode number (shared by hard links); everything
-//! else belongs to the mounting user. A directory's entries are listed once
+//! else belongs to the mounting user. With `--allow-other` the whole disks
+//! and config files, which would bypass the guest's modes, are 0400 (or
+//! 0440 for one group): see [`KluisFs::whole_disks_private`]. A directory's entries are listed once
 //! per opendir and served from that snapshot, so a 100,000-entry guest
 //! directory costs one listing, not one per readdir batch.
 //!
@@ -69,6 +71,9 @@ pub struct KluisFs {
     prefill: Prefill,
     uid: u32,
     gid: u32,
+    /// (perm, gid) of whole disks and config files when other users can
+    /// enter the mount (see [`KluisFs::whole_disks_private`]).
+    whole_disks: Option<(u16, u32)>,
 }
 
 impl KluisFs {
@@ -83,7 +88,21 @@ impl KluisFs {
             prefill: Prefill::start(tree.clone()),
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
+            whole_disks: None,
         }
+    }
+
+    /// For a mount other users can enter (`--allow-other`): guest files
+    /// keep their guest owners and modes, but `disks/*.raw|vhd` and
+    /// `config/*` hold every file of the guest regardless of those modes,
+    /// so they become readable by the mounting user only (0400), or also
+    /// by `group` (0440).
+    pub fn whole_disks_private(mut self, group: Option<u32>) -> KluisFs {
+        self.whole_disks = Some(match group {
+            Some(g) => (0o440, g),
+            None => (0o400, self.gid),
+        });
+        self
     }
 
     /// Where the mount's pushes into the kernel's page cache go (see
@@ -103,6 +122,10 @@ impl KluisFs {
             None => UNIX_EPOCH + Duration::from_millis(a.mtime_ms.max(0) as u64),
         };
         let ino = self.tree.ino_of(node, a);
+        let (perm, gid) = match (node, self.whole_disks) {
+            (Node::Disk(..) | Node::Config(..), Some((perm, gid))) => (perm, gid),
+            _ => (a.mode, a.guest.map_or(self.gid, |g| g.gid)),
+        };
         FileAttr {
             ino: INodeNo(ino),
             size: a.size,
@@ -112,10 +135,10 @@ impl KluisFs {
             ctime: t,
             crtime: t,
             kind: file_type(a.kind),
-            perm: a.mode,
+            perm,
             nlink: a.nlink,
             uid: a.guest.map_or(self.uid, |g| g.uid),
-            gid: a.guest.map_or(self.gid, |g| g.gid),
+            gid,
             rdev: 0,
             blksize: 65536,
             flags: 0,

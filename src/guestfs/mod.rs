@@ -150,10 +150,37 @@ pub fn open_fs(kind: FsKind, slice: Slice) -> Result<Arc<dyn GuestFs>> {
     }
 }
 
+thread_local! {
+    /// Depth of [`guard`] calls on this thread: their panics are expected.
+    static GUARDED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Chains a panic hook (once) that keeps the panics [`guard`] catches out
+/// of stderr: they become one error naming the filesystem, so the default
+/// hook's "thread panicked at ..." (and backtrace) would be noise on top
+/// of it. Every other panic goes to the previous hook as before.
+fn quiet_guarded_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDED.with(|g| g.get()) > 0 {
+                log::debug!("filesystem parser: {info}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Runs `f` (a call into a filesystem crate) so that a panic in the crate
 /// becomes an error naming `what`.
 pub fn guard<T>(what: impl FnOnce() -> String, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    quiet_guarded_panics();
+    GUARDED.with(|g| g.set(g.get() + 1));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(g.get() - 1));
+    match r {
         Ok(r) => r,
         Err(p) => {
             let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();

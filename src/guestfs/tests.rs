@@ -23,13 +23,22 @@ fn run(prog: &str, args: &[&str]) -> Option<bool> {
     }
 }
 
+/// A test that cannot run here passes with a SKIPPED line, or fails when
+/// `KLUIS_TEST_STRICT` is set (as in CI: tests/integration/common.rs `skip`).
+fn skip(test: &str, reason: &str) {
+    if std::env::var("KLUIS_TEST_STRICT").is_ok_and(|v| !v.is_empty() && v != "0") {
+        panic!("{test} cannot run: {reason} (KLUIS_TEST_STRICT is set, so a skip is a failure)");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
 /// Runs a tool; None (with a SKIPPED line) if it is not installed.
 fn tool(test: &str, prog: &str, args: &[&str]) -> Option<()> {
     match run(prog, args) {
         Some(true) => Some(()),
         Some(false) => panic!("{prog} {} failed", args.join(" ")),
         None => {
-            eprintln!("SKIPPED {test}: {prog} is not installed");
+            skip(test, &format!("{prog} is not installed"));
             None
         }
     }
@@ -40,7 +49,7 @@ fn sfdisk(test: &str, img: &Path, script: &str) -> Option<()> {
     let mut c = match Command::new("sfdisk").arg("-q").arg(img).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn() {
         Ok(c) => c,
         Err(_) => {
-            eprintln!("SKIPPED {test}: sfdisk is not installed");
+            skip(test, "sfdisk is not installed");
             return None;
         }
     };
@@ -578,7 +587,7 @@ fn ext_mapped_extent_block_checksum() {
 #[test]
 fn ext_with_a_journal_to_replay_is_read_by_the_crate() {
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED journal_replay: needs root for a loop mount");
+        skip("journal_replay", "needs root for a loop mount");
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -589,7 +598,7 @@ fn ext_with_a_journal_to_replay_is_read_by_the_crate() {
         return;
     }
     if run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()]) != Some(true) {
-        eprintln!("SKIPPED journal_replay: loop mount failed");
+        skip("journal_replay", "loop mount failed");
         return;
     }
     let content: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
@@ -608,4 +617,30 @@ fn ext_with_a_journal_to_replay_is_read_by_the_crate() {
     let a = fs.stat(b"late").unwrap();
     assert!(fs.open_mapped(b"late", &a).unwrap().is_none());
     assert_eq!(read_all(&fs, b"late").unwrap(), content);
+}
+
+/// Panics `guard` catches inside a filesystem crate when
+/// `KLUIS_GUARD_PROBE` is set (only `guarded_panics_are_quiet` sets it).
+#[test]
+fn guard_probe() {
+    if std::env::var_os("KLUIS_GUARD_PROBE").is_some() {
+        let e = guard(|| "FAT".into(), || -> Result<()> { panic!("attempt to subtract with overflow") }).unwrap_err();
+        assert!(e.to_string().contains("FAT: the filesystem parser gave up (attempt to subtract with overflow)"), "{e}");
+    }
+}
+
+/// A panic `guard` turns into an error prints nothing of its own (no
+/// "panicked at", no backtrace), even in a `--nocapture` run with
+/// RUST_BACKTRACE set.
+#[test]
+fn guarded_panics_are_quiet() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "guestfs::tests::guard_probe", "--nocapture", "--test-threads=1"])
+        .env("KLUIS_GUARD_PROBE", "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "a caught panic was printed:\n{err}");
 }

@@ -54,7 +54,7 @@ pub struct SourceFile {
 
 impl SourceFile {
     pub fn new(file: File, path: &Path) -> SourceFile {
-        let direct = open_direct(path, false);
+        let direct = reopen_direct(&file, path, false);
         SourceFile { file, direct, use_direct: AtomicBool::new(true), path: path.to_owned() }
     }
 
@@ -115,6 +115,17 @@ pub fn open_direct(path: &Path, write: bool) -> Option<File> {
     OpenOptions::new().read(!write).write(write).custom_flags(libc::O_DIRECT).open(path).ok()
 }
 
+/// [`open_direct`] of `path`, kept only if it is the very file `file` has
+/// open: another user who can write the directory may have put a symlink
+/// at the name since (a restore's temporary file), and the data must not
+/// follow it.
+fn reopen_direct(file: &File, path: &Path, write: bool) -> Option<File> {
+    use std::os::unix::fs::MetadataExt;
+    let direct = open_direct(path, write)?;
+    let (a, b) = (file.metadata().ok()?, direct.metadata().ok()?);
+    (a.dev() == b.dev() && a.ino() == b.ino() && a.rdev() == b.rdev()).then_some(direct)
+}
+
 /// A restore's output file (or device), written at positions: whole
 /// aligned pages through O_DIRECT where the target allows it, everything
 /// else through the page cache.
@@ -130,7 +141,7 @@ impl<'a> TargetFile<'a> {
     /// `file` is `path` opened for writing.
     pub fn new(file: &'a File, path: &'a Path) -> TargetFile<'a> {
         let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
-        TargetFile { file, direct: open_direct(path, true), path, regular }
+        TargetFile { file, direct: reopen_direct(file, path, true), path, regular }
     }
 
     /// Whether aligned writes bypass the page cache (then they wait for the
@@ -187,6 +198,28 @@ impl<'a> TargetFile<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A symlink put at a target's name after it was created is not where
+    /// the direct writes go.
+    #[test]
+    fn direct_reopen_does_not_follow_a_swapped_name() {
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        let d = tempfile::tempdir_in(&target).unwrap();
+        let (p, victim) = (d.path().join("t"), d.path().join("victim"));
+        std::fs::write(&victim, vec![7u8; 8192]).unwrap();
+        let f = OpenOptions::new().write(true).create_new(true).open(&p).unwrap();
+        f.set_len(8192).unwrap();
+        let direct_here = TargetFile::new(&f, &p).is_direct();
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        let t = TargetFile::new(&f, &p);
+        assert!(!t.is_direct() || !direct_here, "direct writes would go through the symlink");
+        let mut buf = IoBuf::new(0);
+        buf.resize(4096, 1);
+        t.write_at(&buf, 0).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), vec![7u8; 8192]);
+    }
 
     /// Aligned reads (direct where the filesystem allows) and unaligned ones
     /// (through the cache) give the file's bytes: in the system's temporary

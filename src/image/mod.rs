@@ -1,5 +1,7 @@
 //! Disk sources and targets. A backup reads any [`DiskSource`]: a raw image
 //! (sparse-aware), a fixed or dynamic VHD read natively, or a block device.
+//! [`open_source`], which every backup goes through, refuses formats there
+//! is no reader for yet (qcow2, VMDK, VHDX) by their magic, by name.
 //! Restores write raw (sparse) or VHD (fixed or dynamic) targets.
 //!
 //! Sources are `Sync` and read with positional I/O, so the backup pipeline can
@@ -50,16 +52,62 @@ fn advise(file: &File, offset: u64, len: u64, advice: libc::c_int) {
     }
 }
 
+/// Image formats kluis has no reader for, by the magic at offset 0 (from
+/// each format's specification: qcow2 `QFI\xfb`; VMDK sparse extent `KDMV`,
+/// and a VMDK descriptor file's first line; VHDX's file type identifier).
+/// Backing one up as raw bytes would store the container, not the disk.
+const FOREIGN_FORMATS: [(&[u8], &str); 4] = [
+    (b"QFI\xfb", "qcow2"),
+    (b"KDMV", "VMDK"),
+    (b"# Disk DescriptorFile", "VMDK descriptor"),
+    (b"vhdxfile", "VHDX"),
+];
+
+/// The name of the foreign image format `file` starts with, if any.
+fn foreign_format(file: &File, path: &Path) -> Result<Option<&'static str>> {
+    let mut head = [0u8; 32];
+    let mut got = 0;
+    while got < head.len() {
+        match std::os::unix::fs::FileExt::read_at(file, &mut head[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io_path("cannot read", path, e)),
+        }
+    }
+    Ok(FOREIGN_FORMATS.iter().find(|(magic, _)| head[..got].starts_with(magic)).map(|&(_, name)| name))
+}
+
 /// Opens a disk source, telling the format from the content: a file whose
 /// last 512 bytes (or, for an odd-sized dynamic VHD, first 512) carry the
 /// `conectix` cookie is a VHD; a block device is read as one; anything else is raw.
+/// A qcow2, VMDK or VHDX image (file or device) is refused by name.
 pub fn open_source(path: &Path) -> Result<Box<dyn DiskSource>> {
-    let file = File::open(path).map_err(|e| Error::io_path("cannot open disk", path, e))?;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    // O_NONBLOCK until the type is known: opening a FIFO would otherwise
+    // wait for a writer, forever.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io_path("cannot open disk", path, e))?;
+    let meta = file.metadata().ctx(|| format!("cannot stat {}", path.display()))?;
+    let ft = meta.file_type();
+    if ft.is_file() || ft.is_block_device() {
+        use std::os::unix::io::AsRawFd;
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) };
+    }
     // Disks are read front to back: ask for the larger sequential readahead window.
     advise(&file, 0, 0, libc::POSIX_FADV_SEQUENTIAL);
-    let meta = file.metadata().ctx(|| format!("cannot stat {}", path.display()))?;
-    use std::os::unix::fs::FileTypeExt;
-    let ft = meta.file_type();
+    if (ft.is_file() || ft.is_block_device())
+        && let Some(name) = foreign_format(&file, path)?
+    {
+        let planned = if name == "qcow2" { " (qcow2 support is planned)" } else { "" };
+        return Err(Error::InvalidInput(format!(
+            "{} is a {name} image; kluis reads raw, VHD and block devices{planned}",
+            path.display()
+        )));
+    }
     if ft.is_block_device() {
         return Ok(Box::new(raw::RawSource::block_device(file, path)?));
     }
@@ -84,6 +132,9 @@ pub enum TargetFormat {
 }
 
 impl TargetFormat {
+    /// Every name `--format` accepts (`vhd-fixed` is an alias of `vhd`).
+    pub const NAMES: [&str; 4] = ["raw", "vhd", "vhd-fixed", "vhd-dynamic"];
+
     /// The name `--format` takes.
     pub fn name(self) -> &'static str {
         match self {

@@ -1,7 +1,7 @@
 //! Writing, reading and scanning pack files.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use super::frame::*;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
+use crate::newfile::{create_dir_all, create_new, Modes};
 use crate::image::{open_direct, IoBuf, DIRECT_ALIGN};
 
 pub fn pack_path(vault: &Path, name: &str) -> PathBuf {
@@ -39,7 +40,7 @@ fn new_pack_name() -> String {
 /// `name` is written before [`install_pack`] makes it visible.
 fn temp_pack_path(vault: &Path, name: &str) -> Result<PathBuf> {
     let tmp_dir = vault.join("packs").join("tmp");
-    fs::create_dir_all(&tmp_dir).ctx(|| format!("create {}", tmp_dir.display()))?;
+    create_dir_all(&tmp_dir, Modes::of_vault(vault).dir).ctx(|| format!("create {}", tmp_dir.display()))?;
     Ok(tmp_dir.join(format!("{name}.tmp")))
 }
 
@@ -48,7 +49,7 @@ fn temp_pack_path(vault: &Path, name: &str) -> Result<PathBuf> {
 fn install_pack(vault: &Path, name: &str, tmp: &Path) -> Result<()> {
     let final_path = pack_path(vault, name);
     let dir = final_path.parent().unwrap();
-    fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+    create_dir_all(dir, Modes::of_vault(vault).dir).ctx(|| format!("create {}", dir.display()))?;
     fs::rename(tmp, &final_path).ctx(|| format!("rename pack {name} into place in {}", vault.display()))?;
     fsync_dir(dir)
 }
@@ -96,7 +97,7 @@ pub fn copy_pack(from: &Path, to: &Path, name: &str, step: &mut dyn FnMut(u64) -
     let mut src = File::open(&src_path).ctx(|| format!("open pack {}", src_path.display()))?;
     let tmp_path = temp_pack_path(to, name)?;
     let _ = fs::remove_file(&tmp_path); // a leftover of an interrupted copy
-    let mut dst = OpenOptions::new().write(true).create_new(true).open(&tmp_path).ctx(|| format!("create {}", tmp_path.display()))?;
+    let mut dst = create_new(&tmp_path, Modes::of_vault(to).file).ctx(|| format!("create {}", tmp_path.display()))?;
     let copied = (|| {
         let mut total = 0;
         loop {
@@ -153,11 +154,7 @@ impl PackWriter {
     pub fn create(vault: &Path) -> Result<PackWriter> {
         let name = new_pack_name();
         let tmp_path = temp_pack_path(vault, &name)?;
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .ctx(|| format!("create pack {}", tmp_path.display()))?;
+        let file = create_new(&tmp_path, Modes::of_vault(vault).file).ctx(|| format!("create pack {}", tmp_path.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&PACK_HEADER).ctx(|| format!("write pack {name}"))?;
         Ok(PackWriter { vault: vault.to_owned(), name, tmp_path, out: Some(out), len: PACK_HEADER_SIZE, written_back: 0, frames: Vec::new() })
@@ -676,7 +673,7 @@ mod tests {
         // A pack cut short: its last frame is reported truncated.
         let (_, offset, frame_len, inner, data) = locs.last().unwrap();
         let path = pack_path(dir, &p.name);
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(offset + *frame_len as u64 - 10).unwrap();
         let loc = ChunkLocation { pack: p.name.clone(), offset: *offset, frame_len: *frame_len, inner: *inner, raw_len: data.len() as u32 };
         let e = FrameBuf::default().read(&PackFiles::new(dir), &loc).err().expect("a truncated frame is an error");

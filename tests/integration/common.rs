@@ -31,8 +31,27 @@ pub fn rng(test: &str) -> fastrand::Rng {
     fastrand::Rng::with_seed(seed)
 }
 
+/// Strict mode (`KLUIS_TEST_STRICT=1`, set by .ci/run): a missing facility
+/// fails the test instead of skipping it, so CI cannot go green without
+/// the coverage it is meant to give.
+pub fn strict() -> bool {
+    std::env::var("KLUIS_TEST_STRICT").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A test cannot run here (no /dev/fuse, not root, a tool missing): it
+/// passes with a `SKIPPED` line, or fails in strict mode.
 pub fn skip(test: &str, reason: &str) {
+    if strict() {
+        panic!("{test} cannot run: {reason} (KLUIS_TEST_STRICT is set, so a skip is a failure)");
+    }
     eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// A timing-dependent part of a test did not happen this run (the process
+/// finished before it could be interrupted): not a missing facility, so
+/// not a failure even in strict mode; the rest of the test still ran.
+pub fn missed(test: &str, reason: &str) {
+    eprintln!("MISSED {test}: {reason}");
 }
 
 /// A temporary directory holding one vault (`DIR/vault`) and the test's images.

@@ -257,7 +257,7 @@ fn sigint_while_frozen_thaws() {
     }
     if !frozen {
         let _ = child.kill();
-        return skip("sigint_while_frozen_thaws", "the backup finished before the freeze could be seen");
+        return missed("sigint_while_frozen_thaws", "the backup finished before the freeze could be seen");
     }
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
@@ -272,7 +272,7 @@ fn sigint_while_frozen_thaws() {
         assert!(steps(&job).contains(&format!("thawed {mnt}")), "{job}");
     } else {
         // A slow machine made a write look blocked before the freeze.
-        skip("sigint_while_frozen_thaws (freeze part)", "SIGINT came before the freeze");
+        missed("sigint_while_frozen_thaws (freeze part)", "SIGINT came before the freeze");
     }
     env.ok(&["gc"]);
     let v = env.verify_clean(false);

@@ -121,6 +121,7 @@ fn compare(want: &Path, got: &Path, c: Check) {
 struct Mount {
     mp: PathBuf,
     child: Child,
+    log: PathBuf,
 }
 
 fn mounted(mp: &Path) -> bool {
@@ -132,8 +133,10 @@ impl Mount {
         fs::create_dir_all(mp).unwrap();
         let mp = fs::canonicalize(mp).unwrap();
         let t0 = Instant::now();
-        let child = env.cmd().arg("mount").arg(&mp).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
-        let m = Mount { mp, child };
+        // The mount logs the damaged disk's errors: keep them for a failure, out of a passing run.
+        let log = env.path("mount.stderr");
+        let child = env.cmd().arg("mount").arg(&mp).stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap()).spawn().unwrap();
+        let m = Mount { mp, child, log };
         while !mounted(&m.mp) {
             assert!(t0.elapsed() < Duration::from_secs(10), "mount did not appear");
             std::thread::sleep(Duration::from_millis(5));
@@ -144,6 +147,9 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kluis mount stderr:\n{}", fs::read_to_string(&self.log).unwrap_or_default());
+        }
         let mp = self.mp.to_str().unwrap();
         if mounted(&self.mp) && !tool("fusermount3", &["-u", mp]).is_some_and(|o| o.status.success()) {
             let _ = tool("umount", &["-l", mp]);

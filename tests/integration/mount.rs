@@ -115,6 +115,11 @@ impl MountGuard {
 
     /// `global` goes before `mount` (e.g. `--json`).
     pub fn start_with(env: &Env, mp: &Path, global: &[&str]) -> MountGuard {
+        MountGuard::start_args(env, mp, global, &[])
+    }
+
+    /// `args` go after the mountpoint (e.g. `--allow-other`).
+    pub fn start_args(env: &Env, mp: &Path, global: &[&str], args: &[&str]) -> MountGuard {
         fs::create_dir_all(mp).unwrap();
         let mp = fs::canonicalize(mp).unwrap();
         assert!(!is_mounted(&mp), "{} is already mounted", mp.display());
@@ -123,6 +128,7 @@ impl MountGuard {
             .args(global)
             .arg("mount")
             .arg(&mp)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
