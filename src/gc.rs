@@ -46,7 +46,7 @@ use crate::recovery_point::{ChunkFetcher, Manifest, MapReader, PAGE_BYTES};
 use crate::catalog::PackChunk;
 use crate::error::Error;
 use crate::store::{check_frame, pack_path, remove_packs_except, remove_temp_packs, Frame, FrameHeader, PackWriter, PACK_HEADER_SIZE};
-use crate::vault::Vault;
+use crate::vault::{check_primary, lock_vault, read_header, Vault, VaultLock, RESERVE_FILE};
 
 /// A pack whose live bytes are below this fraction of its size is rewritten.
 const REWRITE_BELOW: f64 = 0.5;
@@ -103,14 +103,49 @@ impl ChunkFetcher for PastDamage {
     }
 }
 
+fn wait_for_backups() {
+    log::warn!("waiting for running backups to finish before gc");
+}
+
+/// Opens the vault at `root` for [`gc_locked`]; [`close`] ends the run. On
+/// a filesystem full to the last byte SQLite cannot even open the index (it
+/// makes its `-wal` and `-shm` first), so the order is: the header checked
+/// (no gc on a replica), the exclusive lock taken, the reserve released, and
+/// only then the index opened. If the index cannot be opened at all, the
+/// reserve stays released until a gc runs.
+pub fn open(root: &std::path::Path) -> Result<(Vault, VaultLock)> {
+    check_primary(root, &read_header(root)?)?;
+    let lock = lock_vault(root, true, wait_for_backups)?;
+    let _ = fs::remove_file(root.join(RESERVE_FILE));
+    let vault = Vault::open(root)?;
+    vault.check_primary()?;
+    Ok((vault, lock))
+}
+
+/// Ends a run begun by [`open`]: the index is closed first (SQLite folds in
+/// and removes its `-wal` and `-shm`), so that the reserve can be taken back
+/// even when gc freed nothing on a full filesystem; then the lock goes.
+pub fn close(vault: Vault, lock: VaultLock) {
+    if let Err(e) = vault.close_index() {
+        log::warn!("closing the index of {}: {e}", vault.root().display());
+    }
+    vault.ensure_reserve();
+    drop(lock);
+}
+
+/// gc of a vault that is open already (the scheduler's).
 pub fn gc(vault: &Vault, progress: &dyn Progress) -> Result<GcReport> {
-    let started = Instant::now();
-    let _lock = vault.lock(true, || log::warn!("waiting for running backups to finish before gc"))?;
+    let lock = vault.lock(true, wait_for_backups)?;
     // Room to work on a full filesystem; taken back when done, even on error.
     vault.release_reserve();
-    let result = collect(vault, progress, started);
+    let result = gc_locked(vault, &lock, progress);
     vault.ensure_reserve();
     result
+}
+
+/// gc under the exclusive `lock` of [`open`] or [`gc`], the reserve released.
+pub fn gc_locked(vault: &Vault, _lock: &VaultLock, progress: &dyn Progress) -> Result<GcReport> {
+    collect(vault, progress, Instant::now())
 }
 
 fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<GcReport> {

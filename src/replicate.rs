@@ -12,17 +12,19 @@
 //! # One run
 //!
 //! 1. The replica is made if `to` is missing or empty (header first, with a
-//!    new vault id and `replica-of`), then locked exclusively (its restores
-//!    and verifies wait, as they do for gc) and its header checked under the
-//!    lock. The primary is locked shared: gc, which deletes and rewrites
+//!    new vault id and `replica-of`: from then on it reads as a replica
+//!    with no points until step 4 gives it an index), then locked
+//!    exclusively (its restores and verifies wait, as they do for gc) and
+//!    its header checked under the lock. The primary is locked shared: gc, which deletes and rewrites
 //!    packs, waits; backups go on, and what they commit after step 2 goes
 //!    with the next run.
 //! 2. The primary's index is copied as of one instant into
 //!    `REPLICA/index.sqlite.incoming` (SQLite's `VACUUM INTO`).
 //! 3. Every pack that copy lists and the replica lacks is copied, in the
 //!    write order of a new pack (temporary name, fsync, rename, fsync).
-//! 4. The replica's index is replaced by the copy in one SQLite
-//!    transaction; then the vault's records (crate::records) are mirrored.
+//! 4. The replica's index is replaced by the copy in one SQLite transaction
+//!    (its first index: the copy, fsynced and renamed into place); then the
+//!    vault's records (crate::records) are mirrored.
 //! 5. The replica's packs that its new index does not list (gc removed or
 //!    rewrote them on the primary) are deleted.
 //!
@@ -126,10 +128,16 @@ pub fn replicate(vault: &Vault, to: &Path, progress: &dyn Progress, cancel: &Ato
         return Err(Error::Interrupted);
     }
 
-    // 4. The new index, in one transaction.
+    // 4. The new index, in one transaction; a replica's first is the copy
+    // itself, renamed into place.
     let index = to.join("index.sqlite");
-    Catalog::open(&index, true)?.replace_with(&snap)?;
-    drop(snap);
+    if index.exists() {
+        Catalog::open(&index, true)?.replace_with(&snap)?;
+        drop(snap);
+    } else {
+        drop(snap);
+        install_first_index(&incoming, &index)?;
+    }
     // Opened again so that its settings (WAL) hold for what follows.
     let replica = Vault::open(to)?;
     // In the copy, this run's own job was still running.
@@ -144,6 +152,27 @@ pub fn replicate(vault: &Vault, to: &Path, progress: &dyn Progress, cancel: &Ato
     replica.ensure_reserve();
     rep.seconds = started.elapsed().as_secs_f64();
     Ok(rep)
+}
+
+/// Makes the copy `incoming` the replica's first index: fsynced (`VACUUM
+/// INTO` does not), renamed into place, the directory fsynced. Until the
+/// rename the replica has no index, which reads as no points
+/// (crate::catalog::IndexAccess::Empty); then it has all of them.
+fn install_first_index(incoming: &Path, index: &Path) -> Result<()> {
+    fs::File::open(incoming).and_then(|f| f.sync_all()).ctx(|| format!("fsync {}", incoming.display()))?;
+    // A log or shared-memory file without its database is nobody's (a
+    // crash of an older kluis mid-creation): SQLite would apply it to the
+    // new one.
+    for leftover in ["index.sqlite-wal", "index.sqlite-shm"] {
+        let p = index.with_file_name(leftover);
+        if let Err(e) = fs::remove_file(&p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::io_path("remove", &p, e));
+        }
+    }
+    fs::rename(incoming, index).ctx(|| format!("rename {} to {}", incoming.display(), index.display()))?;
+    crate::store::fsync_dir(index.parent().unwrap_or(Path::new(".")))
 }
 
 /// What `kluis vault promote` did.
@@ -170,6 +199,12 @@ pub fn promote(vault: &mut Vault) -> Result<PromoteReport> {
         vault.catalog().delete_meta(crate::settings::REPLICATE_TO)?;
     }
     let points = vault.catalog().points(None, false)?.len() as u64;
+    if vault.index_access() == crate::catalog::IndexAccess::Empty {
+        // No replicate got as far as its index: a vault of its own needs one.
+        Catalog::open(&vault.index_path(), true)?;
+    }
+    // A killed replicate's copy of its primary's index has no use any more.
+    let _ = fs::remove_file(vault.root().join(INCOMING));
     let header = VaultHeader { replica_of: None, ..vault.header.clone() };
     vault.rewrite_header(header)?;
     Ok(PromoteReport { vault: vault.root().to_owned(), was_replica_of: of, points, cleared_replicate_to: cleared })
@@ -206,7 +241,10 @@ fn make_replica(vault: &Vault, to: &Path) -> Result<bool> {
     if to.join(HEADER_FILE).exists() {
         return Ok(false);
     }
-    if to.exists() && fs::read_dir(to).ctx(|| format!("list {}", to.display()))?.next().is_some() {
+    // The header's temporary file is all an earlier run killed before the
+    // header can have left.
+    let header_tmp = format!("{HEADER_FILE}.tmp");
+    if to.exists() && fs::read_dir(to).ctx(|| format!("list {}", to.display()))?.flatten().any(|e| e.file_name() != header_tmp.as_str()) {
         return Err(Error::InvalidInput(format!(
             "{} exists, is not empty and is not a kluis vault; replicate to a new or empty directory, or to a replica of this vault",
             to.display()
@@ -216,7 +254,7 @@ fn make_replica(vault: &Vault, to: &Path) -> Result<bool> {
     if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
     }
-    crate::newfile::create_dir_all(&to.join("packs").join("tmp"), crate::newfile::PRIVATE_DIR).ctx(|| format!("create {}", to.display()))?;
+    crate::newfile::create_dir_all(to, crate::newfile::PRIVATE_DIR).ctx(|| format!("create {}", to.display()))?;
     fs::set_permissions(to, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(crate::newfile::PRIVATE_DIR)).ctx(|| format!("chmod {}", to.display()))?;
     let header = VaultHeader {
         format: FORMAT_VERSION,
@@ -228,6 +266,7 @@ fn make_replica(vault: &Vault, to: &Path) -> Result<bool> {
     // Header first: from here on the directory is a (still empty) replica
     // that the next run continues, whatever happens to this one.
     write_header(to, &header)?;
+    crate::newfile::create_dir_all(&to.join("packs").join("tmp"), crate::newfile::PRIVATE_DIR).ctx(|| format!("create {}", to.display()))?;
     Ok(true)
 }
 

@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
-use crate::catalog::{Catalog, ChunkLocation, PointRow};
+use crate::catalog::{ChunkLocation, PointRow};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::image::{vhd, IoBuf, TargetFile, TargetFormat};
@@ -493,7 +493,7 @@ fn write_blocks(
     let workers = (2 * per_disk / together).clamp(1, per_disk);
     let written = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
-    let index = Catalog::open_reader(&vault.index_path())?;
+    let index = vault.index_reader()?;
     let packs = vault.packs();
     let (tx, rx) = bounded::<Job>(workers * 2);
     std::thread::scope(|s| -> Result<()> {

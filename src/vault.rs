@@ -19,6 +19,12 @@
 //! | gc                                 | exclusive          |
 //! | mount, points, delete, prune, protect | none (SQLite WAL isolates readers; the mount holds its packs open) |
 //!
+//! A reader that may not write the vault (a read-only mount or snapshot,
+//! another user's vault) takes the shared lock on a read-only descriptor,
+//! or none when there is no lock file; its index is opened read-only
+//! (crate::catalog::IndexAccess) and every change is refused
+//! ([`Vault::check_primary`]).
+//!
 //! gc needs exclusivity because a running backup reuses chunks that no
 //! committed point references yet (its own freshly committed packs, and old
 //! chunks it deduplicated against); gc would otherwise see them as garbage.
@@ -31,7 +37,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::catalog::{Catalog, PointRow};
+use crate::catalog::{Catalog, IndexAccess, PointRow};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::newfile::{Modes, PRIVATE_DIR};
@@ -126,13 +132,29 @@ impl VaultHeader {
 }
 
 /// Held for the life of an operation; released on drop (or process death).
-pub struct VaultLock(#[allow(dead_code)] File);
+/// None: a reader of a vault it cannot write, which has no lock file.
+pub struct VaultLock(#[allow(dead_code)] Option<File>);
 
 /// Takes the lock of the vault at `root` (see the lock table above); for
 /// callers that have no open [`Vault`], such as an index rebuild.
 pub fn lock_vault(root: &Path, exclusive: bool, on_wait: impl FnOnce()) -> Result<VaultLock> {
     let path = root.join("lock");
-    let f = crate::newfile::open_or_create(&path, Modes::of_vault(root).file).ctx(|| format!("open {}", path.display()))?;
+    let f = match crate::newfile::open_or_create(&path, Modes::of_vault(root).file) {
+        Ok(f) => f,
+        // A reader without write access (a read-only mount, another user's
+        // vault) takes what it can: flock(2) works on a read-only
+        // descriptor; and where there is no lock file to open, no writer
+        // has come by since the vault was made.
+        Err(e) if !exclusive && matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path) {
+                Ok(f) => f,
+                Err(n) if n.kind() == std::io::ErrorKind::NotFound => return Ok(VaultLock(None)),
+                Err(_) => return Err(Error::io_path("open", &path, e)),
+            }
+        }
+        Err(e) => return Err(Error::io_path("open", &path, e)),
+    };
     let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
     if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
         on_wait();
@@ -146,13 +168,19 @@ pub fn lock_vault(root: &Path, exclusive: bool, on_wait: impl FnOnce()) -> Resul
             }
         }
     }
-    Ok(VaultLock(f))
+    Ok(VaultLock(Some(f)))
 }
 
 pub struct Vault {
     root: PathBuf,
     pub header: VaultHeader,
     catalog: Mutex<Catalog>,
+    /// How the index was opened; its other connections follow suit.
+    access: IndexAccess,
+    /// Why an index this process may write was opened read-only.
+    write_error: Option<String>,
+    /// The reserve was borrowed ([`Vault::open_for_small_change`]): given back on drop.
+    borrowed_reserve: bool,
     packs: Arc<PackFiles>,
 }
 
@@ -186,36 +214,78 @@ impl Vault {
         Ok(vault)
     }
 
+    /// Opens the vault at `root`: for reading and writing where this
+    /// process may write it, else for reading only (see [`IndexAccess`];
+    /// changes are then refused by [`Vault::check_primary`]).
     pub fn open(root: &Path) -> Result<Vault> {
-        let hp = root.join(HEADER_FILE);
-        let text = match read_header_text(&hp) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!("{} is not a kluis vault (run `kluis init` first)", root.display())));
-            }
-            Err(e) => return Err(Error::io_path("read", &hp, e)),
-        };
-        let header = VaultHeader::parse(&text, root)?;
-        let catalog = Catalog::open(&root.join("index.sqlite"), false)
+        let header = read_header(root)?;
+        // A replica may have no index yet (crate::replicate): it has no points.
+        let index = Catalog::open_index(&root.join("index.sqlite"), header.replica_of.is_some())
             .map_err(|e| Error::Corrupt(format!("{}: cannot open index: {e}", root.display())))?;
-        Ok(Vault { root: root.to_owned(), header, catalog: Mutex::new(catalog), packs: Arc::new(PackFiles::new(root)) })
+        Ok(Vault {
+            root: root.to_owned(),
+            header,
+            catalog: Mutex::new(index.catalog),
+            access: index.access,
+            write_error: index.write_error,
+            borrowed_reserve: false,
+            packs: Arc::new(PackFiles::new(root)),
+        })
+    }
+
+    /// [`Vault::open`] for a command that changes a few index rows (delete,
+    /// prune, settings), not one that stores data: where the index cannot be
+    /// opened for writing because the filesystem is full to the last byte
+    /// (no room for SQLite's `-shm`), it borrows the reserve, as gc does,
+    /// and gives it back when the vault is dropped, after closing the index.
+    /// So room can be made on a full vault (delete, then gc). Otherwise the
+    /// reserve stays untouched.
+    pub fn open_for_small_change(root: &Path) -> Result<Vault> {
+        let vault = Vault::open(root)?;
+        if vault.write_error.is_none() || vault.header.replica_of.is_some() {
+            return Ok(vault);
+        }
+        drop(vault);
+        if fs::remove_file(root.join(RESERVE_FILE)).is_err() {
+            return Vault::open(root);
+        }
+        let mut vault = Vault::open(root)?;
+        vault.borrowed_reserve = true;
+        Ok(vault)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Fails on a replica (see [`VaultHeader::replica_of`]): for every
-    /// command that would change what the vault holds.
+    /// Fails on a replica (see [`VaultHeader::replica_of`]) and on a vault
+    /// opened for reading only: for every command that would change what
+    /// the vault holds.
     pub fn check_primary(&self) -> Result<()> {
-        match &self.header.replica_of {
-            None => Ok(()),
-            Some(of) => Err(Error::InvalidInput(format!(
-                "{} is a replica of vault {of}, kept by `kluis replicate`: it takes no backups or changes of its own \
-                 (`kluis vault promote` makes it a vault of its own)",
+        check_primary(&self.root, &self.header)?;
+        if let Some(e) = &self.write_error {
+            return Err(Error::InvalidInput(format!(
+                "{}: cannot open the index for writing: {e} (on a full filesystem, `kluis delete`, `prune`, `vault set` and `gc` still run)",
                 self.root.display()
-            ))),
+            )));
         }
+        if !matches!(self.access, IndexAccess::Write | IndexAccess::Empty) {
+            return Err(Error::InvalidInput(format!(
+                "{} is read-only here (a read-only mount, or no write permission): it can be read, not changed",
+                self.root.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// How the index was opened.
+    pub fn index_access(&self) -> IndexAccess {
+        self.access
+    }
+
+    /// Another connection to the index, for reading (worker threads, mounts).
+    pub fn index_reader(&self) -> Result<Catalog> {
+        Catalog::open_reader_as(&self.index_path(), self.access)
     }
 
     /// Replaces the header (`kluis vault promote`); atomic.
@@ -260,6 +330,14 @@ impl Vault {
         }
     }
 
+    /// Closes the index, leaving an empty one in its place: SQLite folds its
+    /// log in and removes `-wal` and `-shm`, whose room a full filesystem
+    /// may need back (crate::gc::close). For the end of a command.
+    pub fn close_index(&self) -> Result<()> {
+        *self.catalog() = Catalog::empty()?;
+        Ok(())
+    }
+
     /// Frees the reserve (see [`RESERVE_FILE`]).
     pub fn release_reserve(&self) {
         let _ = fs::remove_file(self.root.join(RESERVE_FILE));
@@ -274,7 +352,7 @@ impl Vault {
     /// A fetcher reading chunks through the index and the packs. Each call
     /// looks the location up in SQLite; fine for restore and verify.
     pub fn fetcher(&self) -> Result<Arc<dyn ChunkFetcher>> {
-        Ok(Arc::new(IndexFetcher::new(Catalog::open_reader(&self.index_path())?, self.packs.clone())))
+        Ok(Arc::new(IndexFetcher::new(self.index_reader()?, self.packs.clone())))
     }
 
     pub fn disk_reader(&self, point: &PointRow, disk: &str) -> Result<DiskReader> {
@@ -291,6 +369,42 @@ impl Vault {
             return Err(Error::NotFound(format!("no recovery points for item {item:?}")));
         }
         select_point(points, item, which)
+    }
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        if self.borrowed_reserve {
+            // The index's -wal and -shm go when it closes; their room is
+            // part of what the reserve needs.
+            let _ = self.close_index();
+            self.ensure_reserve();
+        }
+    }
+}
+
+/// Reads and checks the header of the vault at `root`.
+pub fn read_header(root: &Path) -> Result<VaultHeader> {
+    let hp = root.join(HEADER_FILE);
+    let text = match read_header_text(&hp) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(format!("{} is not a kluis vault (run `kluis init` first)", root.display())));
+        }
+        Err(e) => return Err(Error::io_path("read", &hp, e)),
+    };
+    VaultHeader::parse(&text, root)
+}
+
+/// [`Vault::check_primary`]'s replica half, for a vault not open yet.
+pub fn check_primary(root: &Path, header: &VaultHeader) -> Result<()> {
+    match &header.replica_of {
+        None => Ok(()),
+        Some(of) => Err(Error::InvalidInput(format!(
+            "{} is a replica of vault {of}, kept by `kluis replicate`: it takes no backups or changes of its own \
+             (`kluis vault promote` makes it a vault of its own)",
+            root.display()
+        ))),
     }
 }
 

@@ -144,7 +144,7 @@ pub fn verify(vault: &Vault, only: Option<&PointRow>, read_data: bool, progress:
 
     // 2. Every point's tree against the index; record where each chunk is used.
     let fetch = vault.fetcher()?;
-    let index = crate::catalog::Catalog::open_reader(&vault.index_path())?;
+    let index = vault.index_reader()?;
     let _snapshot = index.conn().unchecked_transaction()?;
     let mut uses: HashMap<ChunkId, Vec<Use>> = HashMap::new();
     let mut referenced: HashSet<ChunkId> = HashSet::new();

@@ -39,4 +39,7 @@ mod integration {
 
     // hardening: symlinks, modes, signals, special files (issue 19)
     mod security;
+
+    // full, read-only and half-made vaults (issue 19)
+    mod trouble;
 }

@@ -145,7 +145,7 @@ fn readahead_threads() -> usize {
 impl VaultTree {
     pub fn new(vault_root: &Path) -> Result<Arc<VaultTree>> {
         let vault = crate::vault::Vault::open(vault_root)?; // validates the header
-        let index = Catalog::open_reader(&vault.index_path())?;
+        let index = vault.index_reader()?;
         let (tx, rx) = bounded::<(Arc<OpenDisk>, u64)>(256);
         for _ in 0..readahead_threads() {
             let rx = rx.clone();

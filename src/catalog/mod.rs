@@ -1,6 +1,9 @@
 //! The SQLite index: a cache of what the packs say (chunk locations) plus the
 //! vault's bookkeeping (recovery points, items, jobs). Knows nothing of pack
 //! bytes. Opened in WAL mode so readers (mounts, verify) never block a backup.
+//! A vault this process may not write (or whose filesystem is too full to
+//! open the index for writing) is read without writing anything: see
+//! [`IndexAccess`].
 //!
 //! The schema is documented in docs/format.md; `SCHEMA_VERSION` is bumped with
 //! a migration whenever it changes.
@@ -112,6 +115,35 @@ fn blob_id(b: Vec<u8>) -> rusqlite::Result<ChunkId> {
     ChunkId::from_slice(&b).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, "id".into(), rusqlite::types::Type::Blob))
 }
 
+/// How a vault's index is opened (see [`Catalog::open_index`]); its other
+/// connections ([`Catalog::open_reader_as`]) are opened the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexAccess {
+    /// Read and write, in WAL mode: the usual case.
+    Write,
+    /// No write access (a read-only mount, a snapshot, another user's
+    /// vault) but a writer's `-wal` and `-shm` are there: read through
+    /// them, under SQLite's locks, so what the log holds is seen.
+    ReadOnly,
+    /// No write access and no `-shm` to be had: opened `immutable=1`, which
+    /// needs neither. Only taken when the log is absent or empty, since an
+    /// immutable reader ignores it (and a partly checkpointed database is
+    /// only consistent together with its log).
+    Immutable,
+    /// No index at all: a replica whose first `kluis replicate` did not get
+    /// as far as installing one. Reads as an index without rows.
+    Empty,
+}
+
+/// What [`Catalog::open_index`] opened.
+pub struct OpenedIndex {
+    pub catalog: Catalog,
+    pub access: IndexAccess,
+    /// Set when the index could be written but opening it for writing
+    /// failed, so it was opened read-only: the error.
+    pub write_error: Option<String>,
+}
+
 /// Makes a missing database file empty, with the vault's mode for new
 /// files (0600 unless a group was given the vault), before SQLite opens
 /// it: SQLite would create it 0644 (less the umask), and gives the `-wal`
@@ -129,6 +161,12 @@ fn owner_only(path: &Path) -> Result<()> {
 impl Catalog {
     /// Opens (and with `create`, creates) the index at `path`.
     pub fn open(path: &Path, create: bool) -> Result<Catalog> {
+        let mut c = Catalog { conn: Self::connect(path, create)?, records: path.parent().map(Path::to_owned) };
+        schema::migrate(&mut c.conn, create)?;
+        Ok(c)
+    }
+
+    fn connect(path: &Path, create: bool) -> Result<Connection> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -139,8 +177,99 @@ impl Catalog {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut c = Catalog { conn, records: path.parent().map(Path::to_owned) };
-        schema::migrate(&mut c.conn, create)?;
+        Ok(conn)
+    }
+
+    /// Opens a vault's existing index for what this process may do with
+    /// it: read and write when it can write both the index and its
+    /// directory (where SQLite makes `-wal` and `-shm`), else read-only
+    /// ([`IndexAccess`]). Also read-only when opening it for writing fails
+    /// (a filesystem full to the last byte has no room for the `-shm`):
+    /// [`OpenedIndex::write_error`] says why. With `may_be_absent` (a
+    /// replica), a missing index, or one that never got its schema, reads
+    /// as empty.
+    pub fn open_index(path: &Path, may_be_absent: bool) -> Result<OpenedIndex> {
+        let empty = || Ok(OpenedIndex { catalog: Catalog::empty()?, access: IndexAccess::Empty, write_error: None });
+        if may_be_absent && !path.exists() {
+            return empty();
+        }
+        let mut write_error = None;
+        let (mut c, access) = match writable(path).then(|| Self::connect(path, false)) {
+            Some(Ok(conn)) => (Catalog { conn, records: path.parent().map(Path::to_owned) }, IndexAccess::Write),
+            Some(Err(e)) => match Self::open_read_only(path) {
+                Ok(ro) => {
+                    write_error = Some(e.to_string());
+                    ro
+                }
+                Err(_) => return Err(e),
+            },
+            None => Self::open_read_only(path)?,
+        };
+        let version = schema::version(&c.conn)?;
+        if version == 0 && may_be_absent {
+            return empty();
+        }
+        if access == IndexAccess::Write {
+            schema::migrate(&mut c.conn, false)?;
+        } else if version > SCHEMA_VERSION {
+            schema::migrate(&mut c.conn, false)?; // refuses, saying why
+        } else if version != SCHEMA_VERSION {
+            return Err(Error::InvalidInput(format!(
+                "{}: the index has schema version {version}; upgrading it to {SCHEMA_VERSION} needs write access to the vault",
+                path.display()
+            )));
+        }
+        Ok(OpenedIndex { catalog: c, access, write_error })
+    }
+
+    /// [`Catalog::open_index`] without write access.
+    fn open_read_only(path: &Path) -> Result<(Catalog, IndexAccess)> {
+        let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // The first read is what opens the -wal and -shm.
+        let through_log = Connection::open_with_flags(path, ro).and_then(|c| {
+            c.busy_timeout(Duration::from_secs(60))?;
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+            Ok(c)
+        });
+        match through_log {
+            Ok(conn) => Ok((Catalog { conn, records: None }, IndexAccess::ReadOnly)),
+            Err(e) => {
+                let wal = path.with_file_name(format!("{}-wal", path.file_name().unwrap_or_default().to_string_lossy()));
+                if std::fs::metadata(&wal).map(|m| m.len() > 0).unwrap_or(false) {
+                    return Err(Error::InvalidInput(format!(
+                        "{}: cannot read the index without write access: its log {} holds changes that only a \
+                         writer can fold in ({e}); open the vault once with write access, or copy it somewhere writable",
+                        path.display(),
+                        wal.display()
+                    )));
+                }
+                Ok((Self::open_immutable(path)?, IndexAccess::Immutable))
+            }
+        }
+    }
+
+    fn open_immutable(path: &Path) -> Result<Catalog> {
+        use std::os::unix::ffi::OsStrExt;
+        let abs = std::path::absolute(path).map_err(|e| Error::io_path("resolve", path, e))?;
+        // A URI: every byte but the unreserved ones and '/' percent-encoded.
+        let mut uri = b"file:".to_vec();
+        for &b in abs.as_os_str().as_bytes() {
+            if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+                uri.push(b);
+            } else {
+                uri.extend_from_slice(format!("%{b:02X}").as_bytes());
+            }
+        }
+        uri.extend_from_slice(b"?immutable=1");
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(Path::new(std::ffi::OsStr::from_bytes(&uri)), flags)?;
+        Ok(Catalog { conn, records: None })
+    }
+
+    /// An index without rows, in memory (see [`IndexAccess::Empty`]).
+    pub fn empty() -> Result<Catalog> {
+        let mut c = Catalog { conn: Connection::open_in_memory()?, records: None };
+        schema::migrate(&mut c.conn, true)?;
         Ok(c)
     }
 
@@ -149,6 +278,15 @@ impl Catalog {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(Duration::from_secs(60))?;
         Ok(Catalog { conn, records: None })
+    }
+
+    /// [`Catalog::open_reader`] for an index opened with `access`.
+    pub fn open_reader_as(path: &Path, access: IndexAccess) -> Result<Catalog> {
+        match access {
+            IndexAccess::Write | IndexAccess::ReadOnly => Self::open_reader(path),
+            IndexAccess::Immutable => Self::open_immutable(path),
+            IndexAccess::Empty => Self::empty(),
+        }
     }
 
     pub fn conn(&self) -> &Connection {
@@ -395,6 +533,21 @@ impl Catalog {
     }
 }
 
+/// Whether this process may write the index at `path` and make files beside
+/// it (SQLite's `-wal` and `-shm`): false on a read-only mount and without
+/// permission. Asked of the kernel (access(2) with the effective ids), not
+/// found out by failing, so that a real error (a full disk) is not taken
+/// for a read-only vault.
+fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let may_write = |p: &Path| {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return false };
+        unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    may_write(path) && may_write(dir)
+}
+
 /// Wall-clock now in Unix milliseconds; `KLUIS_NOW` (RFC 3339) overrides it
 /// so that schedules and retention can be tested without waiting.
 pub fn now_ms() -> i64 {
@@ -409,6 +562,27 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The immutable opening of a read-only vault's index works whatever
+    /// the vault's path holds (it goes through a URI), sees the rows, and
+    /// leaves no -wal or -shm behind.
+    #[test]
+    fn immutable_index_at_an_awkward_path() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("a b%20c?d#e&f=g");
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("index.sqlite");
+        let c = Catalog::open(&path, true).unwrap();
+        c.conn.execute("INSERT INTO meta(key, value) VALUES ('k', 'v')", []).unwrap();
+        drop(c);
+        let r = Catalog::open_reader_as(&path, IndexAccess::Immutable).unwrap();
+        assert_eq!(r.meta("k").unwrap().as_deref(), Some("v"));
+        drop(r);
+        let mut left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, vec![std::ffi::OsString::from("index.sqlite")]);
+        assert_eq!(Catalog::open_reader_as(&path, IndexAccess::Empty).unwrap().points(None, true).unwrap().len(), 0);
+    }
 
     /// A lookup per block (restore, mounts) reuses its prepared statement:
     /// SQLite never has to re-prepare it (see `chunk_location`).

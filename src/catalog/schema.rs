@@ -110,8 +110,13 @@ CREATE TABLE point_times(
 /// Steps from each version to the next; `MIGRATIONS[i]` goes from i+1 to i+2.
 const MIGRATIONS: &[&str] = &[MIGRATE_V2, MIGRATE_V3, MIGRATE_V4];
 
+/// The schema version of the index `conn` (0: none yet).
+pub fn version(conn: &Connection) -> Result<i64> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+}
+
 pub fn migrate(conn: &mut Connection, create: bool) -> Result<()> {
-    let mut version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let mut version = self::version(conn)?;
     if version > SCHEMA_VERSION {
         return Err(Error::InvalidInput(format!(
             "index.sqlite has schema version {version}; this kluis knows up to {SCHEMA_VERSION}: upgrade kluis"

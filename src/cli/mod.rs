@@ -283,9 +283,11 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             })?;
         }
         Command::Gc => {
-            let vault = Vault::open(&vault_dir)?;
-            vault.check_primary()?;
-            let rep = kluis::jobs::run(&vault, "gc", None, |_| kluis::gc::gc(&vault, &bars))?;
+            // Not Vault::open: on a full filesystem the reserve must go first.
+            let (vault, lock) = kluis::gc::open(&vault_dir)?;
+            let rep = kluis::jobs::run(&vault, "gc", None, |_| kluis::gc::gc_locked(&vault, &lock, &bars));
+            kluis::gc::close(vault, lock);
+            let rep = rep?;
             out.result(&rep, || {
                 format!(
                     "gc: {} expired points purged, {} chunks removed, {} packs deleted, {} rewritten, {} freed, {} live chunks",

@@ -138,7 +138,10 @@ fn changes_vault(cmd: &Cmd) -> bool {
 }
 
 pub fn run(cmd: Cmd, vault_dir: &Path, out: &Out, bars: &Bars) -> Result<()> {
-    let mut vault = Vault::open(vault_dir)?;
+    // Small changes may borrow the reserve on a full filesystem (and give
+    // it back); runs that store backups must not.
+    let small_change = changes_vault(&cmd) && !matches!(cmd, Cmd::RunDue | Cmd::Daemon { .. });
+    let mut vault = if small_change { Vault::open_for_small_change(vault_dir)? } else { Vault::open(vault_dir)? };
     if changes_vault(&cmd) {
         vault.check_primary()?;
     }
@@ -254,7 +257,7 @@ fn backup_line(rep: &ItemBackupReport) -> String {
 /// `kluis delete ITEM@RP`: a soft delete; gc reclaims the point's data once
 /// the vault's soft-delete window has passed.
 pub fn delete(vault_dir: &Path, point: &str, out: &Out) -> Result<()> {
-    let vault = Vault::open(vault_dir)?;
+    let vault = Vault::open_for_small_change(vault_dir)?;
     vault.check_primary()?;
     let p = vault.select(point, false)?;
     let now = kluis::catalog::now_ms();

@@ -111,15 +111,13 @@ pub fn copy_pack(from: &Path, to: &Path, name: &str, step: &mut dyn FnMut(u64) -
         dst.sync_all().ctx(|| format!("fsync {}", tmp_path.display()))?;
         Ok(total)
     })();
-    let total = match copied {
-        Ok(t) => t,
+    match copied.and_then(|total| install_pack(to, name, &tmp_path).map(|()| total)) {
+        Ok(total) => Ok(total),
         Err(e) => {
             let _ = fs::remove_file(&tmp_path);
-            return Err(e);
+            Err(e)
         }
-    };
-    install_pack(to, name, &tmp_path)?;
-    Ok(total)
+    }
 }
 
 /// Where one frame landed in a finished pack.
@@ -207,12 +205,19 @@ impl PackWriter {
 
     /// fsync, rename into place, fsync the directory. After this returns the
     /// pack survives a crash and index rows may point into it.
+    /// A failure on the way (ENOSPC at the last write) removes the
+    /// temporary file, as dropping an unfinished writer does.
     pub fn finish(mut self) -> Result<FinishedPack> {
         let out = self.out.take().expect("finish twice");
-        let file = out.into_inner().map_err(|e| Error::io(format!("write pack {}", self.name), e.into_error()))?;
-        file.sync_all().ctx(|| format!("fsync pack {}", self.name))?;
-        drop(file);
-        install_pack(&self.vault, &self.name, &self.tmp_path)?;
+        let durable = out
+            .into_inner()
+            .map_err(|e| Error::io(format!("write pack {}", self.name), e.into_error()))
+            .and_then(|file| file.sync_all().ctx(|| format!("fsync pack {}", self.name)))
+            .and_then(|()| install_pack(&self.vault, &self.name, &self.tmp_path));
+        if let Err(e) = durable {
+            let _ = fs::remove_file(&self.tmp_path);
+            return Err(e);
+        }
         Ok(FinishedPack { name: self.name.clone(), size: self.len, frames: std::mem::take(&mut self.frames) })
     }
 }

@@ -59,6 +59,8 @@ pub struct Env {
     pub tmp: tempfile::TempDir,
     pub vault: PathBuf,
     envs: Vec<(String, String)>,
+    /// A program that runs kluis (see [`Env::run_through`]).
+    through: Vec<String>,
 }
 
 impl Env {
@@ -73,7 +75,7 @@ impl Env {
     pub fn empty() -> Env {
         let tmp = tempfile::Builder::new().prefix("kluis-it-").tempdir().expect("create tempdir");
         let vault = tmp.path().join("vault");
-        Env { tmp, vault, envs: Vec::new() }
+        Env { tmp, vault, envs: Vec::new(), through: Vec::new() }
     }
 
     /// The same test directory, but with the vault somewhere else (a tmpfs).
@@ -91,10 +93,23 @@ impl Env {
         self.tmp.path().join(name)
     }
 
+    /// Every kluis started from now on runs as `PROGRAM ARGS... kluis ...`
+    /// (e.g. setpriv, to run as another user).
+    pub fn run_through(&mut self, program_and_args: &[&str]) {
+        self.through = program_and_args.iter().map(|s| s.to_string()).collect();
+    }
+
     /// `kluis --vault VAULT --no-progress`, run inside the test directory
     /// with a clean environment (no inherited KLUIS_* settings).
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(KLUIS);
+        let mut c = match self.through.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(KLUIS);
+                c
+            }
+            None => Command::new(KLUIS),
+        };
         c.arg("--vault").arg(&self.vault).arg("--no-progress");
         c.current_dir(self.tmp.path());
         for (k, _) in std::env::vars() {
