@@ -2,11 +2,19 @@
 //! browse tree the mount shows (`files/NAME/pN/...`), so both agree on
 //! names, metadata and errors. Paths are written `NAME:pN/path/in/guest`;
 //! `NAME` alone means the disk's partitions.
+//!
+//! `cp` writes under the target only: every host entry it makes is created
+//! relative to a directory it opened itself (`openat`, `mkdirat`, ... with
+//! `O_NOFOLLOW`), by a guest name checked to be one plain component
+//! ([`guestfs::bad_name`]). A guest name is never joined into a host path
+//! string, and no symlink in the target, whether the guest's own copy or
+//! one a local user put there meanwhile, is followed.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::fs::{self, File, FileTimes, OpenOptions};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::{self, File, FileTimes};
 use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -17,6 +25,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use kluis::browse::{parse_part, Attr, Kind, Node, VaultTree};
+use kluis::guestfs;
 use kluis::vault::Vault;
 use kluis::{Error, RecoveryPointId, Result};
 
@@ -289,7 +298,7 @@ struct Copier<'a> {
     tree: &'a VaultTree,
     recursive: bool,
     /// st_ino of guest files with several links → the first copy made.
-    links: HashMap<u64, PathBuf>,
+    links: HashMap<u64, Dest>,
     root: bool,
     rep: CopyReport,
     buf: Vec<u8>,
@@ -307,8 +316,9 @@ fn cp(vault_dir: &Path, point: &str, spec: &str, dest: &Path, recursive: bool, o
         _ => format!("p{n}").into_bytes(),
     };
     let target = if dest.is_dir() { dest.join(OsStr::from_bytes(&base)) } else { dest.to_owned() };
+    let top = Dest::top(&target, dest.is_dir().then_some(&base[..]))?;
     let mut c = Copier { tree: &tree, recursive, links: HashMap::new(), root: unsafe { libc::geteuid() } == 0, rep: CopyReport::default(), buf: vec![0u8; 1 << 20] };
-    c.copy(&node, &target, true)?;
+    c.copy(&node, &top, true)?;
     let rep = c.rep;
     out.result(&rep, || {
         format!(
@@ -328,15 +338,77 @@ fn cp(vault_dir: &Path, point: &str, spec: &str, dest: &Path, recursive: bool, o
     Ok(())
 }
 
+/// Entry `name` of directory `dir`, which the copy opened itself; `shown`
+/// is its path for messages.
+#[derive(Clone)]
+struct Dest {
+    dir: Arc<OwnedFd>,
+    name: CString,
+    shown: PathBuf,
+}
+
+/// A libc call's result: `errno` when it is negative.
+fn last_err(r: libc::c_int) -> std::io::Result<libc::c_int> {
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
+}
+
+impl Dest {
+    /// The top of a copy: `target` as the user named it (symlinks on the
+    /// way are the user's to follow), `guest_name` the guest's name of it
+    /// when it was taken from the guest.
+    fn top(target: &Path, guest_name: Option<&[u8]>) -> Result<Dest> {
+        if let Some(why) = guest_name.and_then(guestfs::bad_name) {
+            return Err(Error::InvalidInput(format!("{}: the guest name {why}", target.display())));
+        }
+        let name = target.file_name().filter(|n| *n != ".." && *n != ".").ok_or_else(|| Error::InvalidInput(format!("{}: name the file or directory to create", target.display())))?;
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = File::open(parent).map_err(|e| Error::io_path("open directory", parent, e))?;
+        Ok(Dest { dir: Arc::new(dir.into()), name: cstr(Path::new(name))?, shown: target.to_owned() })
+    }
+
+    /// Entry `name` of directory `dir` (`self`, opened), for a guest name:
+    /// refused unless it is one plain component.
+    fn child(&self, dir: &Arc<OwnedFd>, name: &[u8]) -> Result<Dest> {
+        let shown = self.shown.join(OsStr::from_bytes(name));
+        if let Some(why) = guestfs::bad_name(name) {
+            return Err(Error::InvalidInput(format!("{}: not created, the guest name {why}", shown.display())));
+        }
+        Ok(Dest { dir: dir.clone(), name: cstr(Path::new(OsStr::from_bytes(name)))?, shown })
+    }
+
+    fn io(&self, what: &str, e: std::io::Error) -> Error {
+        Error::io_path(what, &self.shown, e)
+    }
+
+    /// openat(2) of the entry, never through a symlink.
+    fn open(&self, flags: libc::c_int, mode: libc::mode_t) -> std::io::Result<OwnedFd> {
+        let fd = last_err(unsafe { libc::openat(self.dir.as_raw_fd(), self.name.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC, mode as libc::c_uint) })?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Removes a non-directory at the entry, if any.
+    fn unlink(&self) {
+        unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) };
+    }
+
+    fn at(&self) -> (libc::c_int, &CStr) {
+        (self.dir.as_raw_fd(), &self.name)
+    }
+}
+
 impl Copier<'_> {
     /// Copies `node` to `dest`. Errors below the top are reported and
     /// counted so one damaged file does not stop a tree copy.
-    fn copy(&mut self, node: &Node, dest: &Path, top: bool) -> Result<()> {
+    fn copy(&mut self, node: &Node, dest: &Dest, top: bool) -> Result<()> {
         match self.copy_one(node, dest) {
             Ok(()) => Ok(()),
             Err(e) if !top => {
-                log::error!("{}: {e}", dest.display());
-                eprintln!("kluis: error: {}: {e}", dest.display());
+                log::error!("{}: {e}", dest.shown.display());
+                eprintln!("kluis: error: {}: {e}", dest.shown.display());
                 self.rep.errors += 1;
                 Ok(())
             }
@@ -344,111 +416,126 @@ impl Copier<'_> {
         }
     }
 
-    fn copy_one(&mut self, node: &Node, dest: &Path) -> Result<()> {
+    fn copy_one(&mut self, node: &Node, dest: &Dest) -> Result<()> {
         let a = self.tree.attr(node)?;
-        let io = |what: &str, e| Error::io_path(what, dest, e);
         match a.kind {
             Kind::Dir => {
                 if !self.recursive {
-                    return Err(Error::InvalidInput(format!("{} is a directory (use -r)", dest.display())));
+                    return Err(Error::InvalidInput(format!("{} is a directory (use -r)", dest.shown.display())));
                 }
-                match fs::create_dir(dest) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir() => {}
-                    Err(e) => return Err(io("create directory", e)),
+                let (dir, name) = dest.at();
+                // Private until finished; an existing directory is reused,
+                // an existing symlink is not followed (ELOOP below).
+                if let Err(e) = last_err(unsafe { libc::mkdirat(dir, name.as_ptr(), 0o700) })
+                    && e.kind() != std::io::ErrorKind::AlreadyExists
+                {
+                    return Err(dest.io("create directory", e));
                 }
+                let fd = Arc::new(dest.open(libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|e| dest.io("open directory", e))?);
                 self.rep.dirs += 1;
                 for (name, child, _) in self.tree.entries(node)? {
-                    self.copy(&child, &dest.join(OsStr::from_bytes(&name)), false)?;
+                    match dest.child(&fd, &name) {
+                        Ok(d) => self.copy(&child, &d, false)?,
+                        Err(e) => {
+                            eprintln!("kluis: error: {e}");
+                            self.rep.errors += 1;
+                        }
+                    }
                 }
-                self.finish(dest, &a, false)?;
+                self.finish(&File::from(fd.try_clone().map_err(|e| dest.io("open directory", e))?), dest, &a)?;
             }
             Kind::File => {
                 let ino = a.guest.and_then(|g| g.ino).filter(|_| a.nlink > 1);
                 if let Some(first) = ino.and_then(|i| self.links.get(&i)) {
-                    let _ = fs::remove_file(dest);
-                    fs::hard_link(first, dest).map_err(|e| io("link", e))?;
+                    dest.unlink();
+                    let ((fdir, fname), (dir, name)) = (first.at(), dest.at());
+                    last_err(unsafe { libc::linkat(fdir, fname.as_ptr(), dir, name.as_ptr(), 0) }).map_err(|e| dest.io("link", e))?;
                     self.rep.hardlinks += 1;
                     return Ok(());
                 }
                 let h = self.tree.open(node)?;
-                let f = OpenOptions::new().write(true).create(true).truncate(true).open(dest).map_err(|e| io("create", e))?;
+                let f = File::from(dest.open(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o600).map_err(|e| dest.io("create", e))?);
                 let size = h.size();
                 let mut off = 0u64;
                 while off < size {
                     let d = h.read(off, self.buf.len())?;
                     if d.is_empty() {
-                        return Err(Error::Corrupt(format!("{}: file ends at {off} of {size} bytes", dest.display())));
+                        return Err(Error::Corrupt(format!("{}: file ends at {off} of {size} bytes", dest.shown.display())));
                     }
                     // All-zero runs become holes, as a sparse guest file had them.
                     if d.iter().any(|b| *b != 0) {
-                        f.write_all_at(&d, off).map_err(|e| io("write", e))?;
+                        f.write_all_at(&d, off).map_err(|e| dest.io("write", e))?;
                     }
                     off += d.len() as u64;
                 }
-                f.set_len(size).map_err(|e| io("write", e))?;
-                drop(f);
+                f.set_len(size).map_err(|e| dest.io("write", e))?;
                 self.rep.files += 1;
                 self.rep.bytes += size;
                 if let Some(i) = ino {
-                    self.links.insert(i, dest.to_owned());
+                    self.links.insert(i, dest.clone());
                 }
-                self.finish(dest, &a, false)?;
+                self.finish(&f, dest, &a)?;
             }
             Kind::Symlink => {
                 let t = self.tree.readlink_bytes(node)?;
-                let _ = fs::remove_file(dest);
-                std::os::unix::fs::symlink(OsStr::from_bytes(&t), dest).map_err(|e| io("create symlink", e))?;
+                dest.unlink();
+                let target = CString::new(t).map_err(|_| Error::Corrupt(format!("{}: NUL in the symlink's target", dest.shown.display())))?;
+                let (dir, name) = dest.at();
+                last_err(unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) }).map_err(|e| dest.io("create symlink", e))?;
                 self.rep.symlinks += 1;
-                self.finish(dest, &a, true)?;
+                self.finish_symlink(dest, &a);
             }
             Kind::Fifo => {
-                let c = cstr(dest)?;
-                if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-                    return Err(io("create fifo", std::io::Error::last_os_error()));
-                }
+                let (dir, name) = dest.at();
+                last_err(unsafe { libc::mkfifoat(dir, name.as_ptr(), 0o600) }).map_err(|e| dest.io("create fifo", e))?;
+                // Opened to read without waiting for a writer, only to set
+                // its metadata through the descriptor.
+                let f = File::from(dest.open(libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(|e| dest.io("open fifo", e))?);
                 self.rep.other += 1;
-                self.finish(dest, &a, false)?;
+                self.finish(&f, dest, &a)?;
             }
             Kind::CharDev | Kind::BlockDev | Kind::Socket => {
-                log::warn!("{}: device or socket not copied", dest.display());
+                log::warn!("{}: device or socket not copied", dest.shown.display());
                 self.rep.other += 1;
             }
         }
         Ok(())
     }
 
-    /// Owner (when root), mode and mtime, in that order: chown clears setuid.
-    fn finish(&self, dest: &Path, a: &Attr, symlink: bool) -> Result<()> {
-        let c = cstr(dest)?;
+    /// Owner (when root), mode and mtime of the entry open as `f`, in that
+    /// order: chown clears setuid.
+    fn finish(&self, f: &File, dest: &Dest, a: &Attr) -> Result<()> {
         if let (true, Some(g)) = (self.root, a.guest)
-            && unsafe { libc::lchown(c.as_ptr(), g.uid, g.gid) } != 0
+            && let Err(e) = std::os::unix::fs::fchown(f, Some(g.uid), Some(g.gid))
         {
-            log::warn!("{}: chown: {}", dest.display(), std::io::Error::last_os_error());
+            log::warn!("{}: chown: {e}", dest.shown.display());
         }
-        if !symlink {
-            fs::set_permissions(dest, fs::Permissions::from_mode(a.mode as u32 & 0o7777)).map_err(|e| Error::io_path("chmod", dest, e))?;
-        }
-        let t = mtime_of(a);
-        if symlink {
-            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-            let ts = [
-                libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-                libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as _ },
-            ];
-            if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-                log::warn!("{}: set mtime: {}", dest.display(), std::io::Error::last_os_error());
-            }
-        } else {
-            let f = File::open(dest).map_err(|e| Error::io_path("open", dest, e))?;
-            f.set_times(FileTimes::new().set_modified(t)).map_err(|e| Error::io_path("set mtime of", dest, e))?;
-        }
+        f.set_permissions(fs::Permissions::from_mode(a.mode as u32 & 0o7777)).map_err(|e| dest.io("chmod", e))?;
+        f.set_times(FileTimes::new().set_modified(mtime_of(a))).map_err(|e| dest.io("set mtime of", e))?;
         Ok(())
+    }
+
+    /// Owner (when root) and mtime of a symlink, not followed.
+    fn finish_symlink(&self, dest: &Dest, a: &Attr) {
+        let (dir, name) = dest.at();
+        if let (true, Some(g)) = (self.root, a.guest)
+            && unsafe { libc::fchownat(dir, name.as_ptr(), g.uid, g.gid, libc::AT_SYMLINK_NOFOLLOW) } != 0
+        {
+            log::warn!("{}: chown: {}", dest.shown.display(), std::io::Error::last_os_error());
+        }
+        let d = mtime_of(a).duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ts = [
+            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+            libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as _ },
+        ];
+        if unsafe { libc::utimensat(dir, name.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+            log::warn!("{}: set mtime: {}", dest.shown.display(), std::io::Error::last_os_error());
+        }
     }
 }
 
-fn cstr(p: &Path) -> Result<std::ffi::CString> {
-    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::InvalidInput(format!("{}: NUL in path", p.display())))
+fn cstr(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::InvalidInput(format!("{}: NUL in path", p.display())))
 }
 
 #[derive(Serialize)]

@@ -9,6 +9,15 @@
 //! and Interix/ntfs-3g `IntxLNK` files; their target is shown as stored,
 //! with `\` turned into `/`. DOS 8.3 aliases and the `$` metafiles of the
 //! root are hidden. Compressed and encrypted files read as EIO.
+//!
+//! Names are case-sensitive, as ntfs-3g shows them: Windows' POSIX
+//! namespace (and ntfs-3g by default) lets `Foo` and `foo` live in one
+//! directory. The crate's index search ignores case and returns whichever
+//! it meets first, so a lookup takes its answer only when the name is
+//! exactly the one asked for, and else scans the directory
+//! ([`super::pick`]). Names that are not valid UTF-16 are skipped with a
+//! warning, as ntfs-3g does ("unrepresentable"): shown lossily, two of
+//! them would merge.
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -89,16 +98,57 @@ impl Inner {
             let dir = self.ntfs.file(io, rec).map_err(|e| err(path, e))?;
             let index = dir.directory_index(io).map_err(|e| err(path, e))?;
             let mut finder = index.finder();
-            let entry = NtfsFileNameIndex::find(&mut finder, &self.ntfs, io, name)
-                .ok_or_else(|| Error::NotFound(format!("NTFS {}: no such file", show(path))))?
-                .map_err(|e| err(path, e))?;
-            let next = entry.file_reference().file_record_number();
+            let exact = match NtfsFileNameIndex::find(&mut finder, &self.ntfs, io, name) {
+                None => None,
+                Some(entry) => {
+                    let entry = entry.map_err(|e| err(path, e))?;
+                    let key = entry.key().ok_or_else(|| Error::Corrupt(format!("NTFS {}: index entry without a key", show(path))))?.map_err(|e| err(path, e))?;
+                    let same = key.namespace() != NtfsFileNamespace::Dos && key.name().to_string().is_ok_and(|n| n == name);
+                    same.then(|| entry.file_reference().file_record_number())
+                }
+            };
+            let next = match exact {
+                Some(next) => next,
+                // Another spelling, or nothing: a name that differs only
+                // in case may sit next to the one the search met.
+                None => super::pick(self.named(io, path, &dir)?.into_iter().map(|(n, (r, _))| (n, r)), c)
+                    .ok_or_else(|| Error::NotFound(format!("NTFS {}: no such file", show(path))))?,
+            };
             if rec == ROOT && next < FIRST_USER_RECORD {
                 return Err(Error::NotFound(format!("NTFS {}: no such file", show(path))));
             }
             rec = next;
         }
         Ok(rec)
+    }
+
+    /// The entries of directory `dir` (`path`) that a path can name, as
+    /// name → (record number, the index's copy of the entry's flags and
+    /// kind); DOS aliases, the root's metafiles and bad names left out.
+    fn named(&self, io: &mut Cursor, path: &[u8], dir: &NtfsFile) -> Result<Vec<(Vec<u8>, (u64, (NtfsFileAttributeFlags, bool)))>> {
+        let index = dir.directory_index(io).map_err(|e| err(path, e))?;
+        let mut it = index.entries();
+        let mut out = Vec::new();
+        while let Some(e) = it.next(io) {
+            let e = e.map_err(|e| err(path, e))?;
+            let Some(key) = e.key() else { continue };
+            let key = key.map_err(|e| err(path, e))?;
+            if key.namespace() == NtfsFileNamespace::Dos {
+                continue;
+            }
+            let rec = e.file_reference().file_record_number();
+            if path.is_empty() && rec < FIRST_USER_RECORD {
+                continue;
+            }
+            if out.len() >= MAX_ENTRIES {
+                return Err(Error::Corrupt(format!("NTFS {}: more than {MAX_ENTRIES} entries", show(path))));
+            }
+            match key.name().to_string() {
+                Ok(name) => out.push((name.into_bytes(), (rec, (key.file_attributes(), key.is_directory())))),
+                Err(_) => super::skipped("NTFS", path, key.name().to_string_lossy().as_bytes(), "is not valid UTF-16"),
+            }
+        }
+        Ok(super::good_entries("NTFS", path, out))
     }
 
     fn attr(&self, io: &mut Cursor, path: &[u8], f: &NtfsFile) -> Result<GAttr> {
@@ -219,31 +269,14 @@ impl GuestFs for NtfsFs {
 
     fn list(&self, path: &[u8]) -> Result<Vec<GEntry>> {
         self.0.on_file(path, |s, io, dir| {
-            let index = dir.directory_index(io).map_err(|e| err(path, e))?;
-            let mut it = index.entries();
             let mut out = Vec::new();
             let mut links = Vec::new();
-            while let Some(e) = it.next(io) {
-                let e = e.map_err(|e| err(path, e))?;
-                let Some(key) = e.key() else { continue };
-                let key = key.map_err(|e| err(path, e))?;
-                if key.namespace() == NtfsFileNamespace::Dos {
-                    continue;
-                }
-                let rec = e.file_reference().file_record_number();
-                let name = key.name().to_string_lossy();
-                if name == "." || name == ".." || (path.is_empty() && rec < FIRST_USER_RECORD) {
-                    continue;
-                }
-                if out.len() >= MAX_ENTRIES {
-                    return Err(Error::Corrupt(format!("NTFS {}: more than {MAX_ENTRIES} entries", show(path))));
-                }
-                let flags = key.file_attributes();
+            for (name, (rec, (flags, is_dir))) in s.named(io, path, &dir)? {
                 if flags.contains(NtfsFileAttributeFlags::REPARSE_POINT) || flags.contains(NtfsFileAttributeFlags::SYSTEM) {
                     links.push((out.len(), rec));
                 }
-                let kind = if key.is_directory() { GKind::Dir } else { GKind::File };
-                out.push(GEntry { name: name.into_bytes(), kind, attr: None });
+                let kind = if is_dir { GKind::Dir } else { GKind::File };
+                out.push(GEntry { name, kind, attr: None });
             }
             // The index's copy of the flags only hints at a link; ask the record.
             for (i, rec) in links {
@@ -255,7 +288,6 @@ impl GuestFs for NtfsFs {
                 }
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
-            out.dedup_by(|a, b| a.name == b.name);
             Ok(out)
         })
     }

@@ -609,3 +609,126 @@ fn ext_with_a_journal_to_replay_is_read_by_the_crate() {
     assert!(fs.open_mapped(b"late", &a).unwrap().is_none());
     assert_eq!(read_all(&fs, b"late").unwrap(), content);
 }
+
+/// The character slots of a FAT long-name entry (13 UTF-16 units).
+const LFN_SLOTS: [usize; 13] = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
+
+/// Rewrites the one long-name entry spelling `from` (13 characters, as
+/// mcopy wrote it) to spell `to` (as long): the checksum covers the short
+/// name only, so the entry stays valid — what a crafted image holds.
+pub(crate) fn patch_lfn(img: &mut [u8], from: &str, to: &str) {
+    let (from, to): (Vec<u16>, Vec<u16>) = (from.encode_utf16().collect(), to.encode_utf16().collect());
+    assert!(from.len() == 13 && to.len() == 13);
+    let at = (0..img.len() / 32)
+        .map(|i| i * 32)
+        .find(|&e| img[e + 11] == 0x0f && LFN_SLOTS.iter().zip(&from).all(|(o, c)| img[e + o..e + o + 2] == c.to_le_bytes()))
+        .expect("the long-name entry");
+    for (o, c) in LFN_SLOTS.iter().zip(&to) {
+        img[at + o..at + o + 2].copy_from_slice(&c.to_le_bytes());
+    }
+}
+
+fn names(fs: &dyn GuestFs, dir: &[u8]) -> Vec<String> {
+    let mut n: Vec<String> = fs.list(dir).unwrap().into_iter().map(|e| String::from_utf8(e.name).unwrap()).collect();
+    n.sort();
+    n
+}
+
+/// A FAT volume whose long names were rewritten: one to climb out of a
+/// copy's target (`../../escape`), one with `/` inside, one `..`, and
+/// one that differs from another only in case. The bad names are not
+/// listed (the rest of the directory is), nothing reaches them by path,
+/// and each of the two case-differing names reads its own bytes (fatfs's
+/// own lookup ignores case and returned the first).
+#[test]
+fn fat_bad_and_case_differing_long_names() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for d in ["dirAAAAAAAAAA", "ok"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("dirAAAAAAAAAA/inner"), b"inner").unwrap();
+    for (n, data) in [("slashAAAAAAAA", "slash"), ("dotsAAAAAAAAA", "dots"), ("caseAAAAAAAAA", "first"), ("caseBBBBBBBBB", "second"), ("ok/plain.txt", "plain")] {
+        std::fs::write(src.join(n), data).unwrap();
+    }
+    let img = t.path().join("fat");
+    blank(&img, 2 * MIB);
+    let p = img.to_str().unwrap();
+    if tool("fat_names", "mkfs.vfat", &["-F", "12", p]).is_none() {
+        return;
+    }
+    let items: Vec<String> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
+    let mut args = vec!["-s", "-i", p];
+    args.extend(items.iter().map(|s| s.as_str()));
+    args.push("::/");
+    if tool("fat_names", "mcopy", &args).is_none() {
+        return;
+    }
+    let mut bytes = std::fs::read(&img).unwrap();
+    patch_lfn(&mut bytes, "dirAAAAAAAAAA", "../../escape/");
+    patch_lfn(&mut bytes, "slashAAAAAAAA", "a/b\u{0}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}");
+    patch_lfn(&mut bytes, "dotsAAAAAAAAA", "..\u{0}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}");
+    patch_lfn(&mut bytes, "caseBBBBBBBBB", "CASEaaaaaaaaa");
+    let fs = open_fs(FsKind::Fat, Slice::whole(Arc::new(bytes) as Arc<dyn ReadAt>)).unwrap();
+    assert_eq!(names(&*fs, b""), vec!["CASEaaaaaaaaa", "caseAAAAAAAAA", "ok"]);
+    assert_eq!(read_all(&*fs, b"caseAAAAAAAAA").unwrap(), b"first");
+    assert_eq!(read_all(&*fs, b"CASEaaaaaaaaa").unwrap(), b"second");
+    assert_eq!(fs.stat(b"CASEaaaaaaaaa").unwrap().size, 6);
+    // Another spelling matches both: neither is taken.
+    assert!(matches!(fs.stat(b"caseaaaaaaaaa"), Err(Error::NotFound(_))));
+    assert!(matches!(fs.open(b"caseaaaaaaaaa"), Err(Error::NotFound(_))));
+    // A spelling that matches one name alone still finds it.
+    assert_eq!(read_all(&*fs, b"OK/PLAIN.TXT").unwrap(), b"plain");
+    for bad in [&b"../../escape"[..], b"a/b", b"a"] {
+        assert!(fs.stat(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+    }
+}
+
+/// NTFS names that differ only in case, as ntfs-3g (and Windows' POSIX
+/// namespace) write them: both listed, each read with its own bytes, each
+/// directory with its own entries. The crate's index search ignores case.
+#[test]
+fn ntfs_names_differing_in_case() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED ntfs_case: needs root for ntfs-3g");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (img, mnt) = (t.path().join("ntfs"), t.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    blank(&img, 8 * MIB);
+    if tool("ntfs_case", "mkntfs", &["-F", "-Q", "-q", img.to_str().unwrap()]).is_none() {
+        return;
+    }
+    match run("ntfs-3g", &[img.to_str().unwrap(), mnt.to_str().unwrap()]) {
+        Some(true) => {}
+        _ => {
+            eprintln!("SKIPPED ntfs_case: ntfs-3g cannot mount here");
+            return;
+        }
+    }
+    let written = std::panic::catch_unwind(|| {
+        std::fs::write(mnt.join("Foo"), b"upper case").unwrap();
+        std::fs::write(mnt.join("foo"), b"lower").unwrap();
+        std::fs::create_dir(mnt.join("Dir")).unwrap();
+        std::fs::create_dir(mnt.join("dir")).unwrap();
+        std::fs::write(mnt.join("Dir/x"), b"x").unwrap();
+        std::fs::write(mnt.join("dir/y"), b"y").unwrap();
+    });
+    assert_eq!(run("umount", &[mnt.to_str().unwrap()]), Some(true));
+    written.unwrap();
+    let fs = open_fs(FsKind::Ntfs, Slice::whole(Arc::new(std::fs::read(&img).unwrap()) as Arc<dyn ReadAt>)).unwrap();
+    assert_eq!(names(&*fs, b""), vec!["Dir", "Foo", "dir", "foo"]);
+    assert_eq!(read_all(&*fs, b"Foo").unwrap(), b"upper case");
+    assert_eq!(read_all(&*fs, b"foo").unwrap(), b"lower");
+    assert_eq!((fs.stat(b"Foo").unwrap().size, fs.stat(b"foo").unwrap().size), (10, 5));
+    assert_ne!(fs.stat(b"Foo").unwrap().ino, fs.stat(b"foo").unwrap().ino);
+    assert_eq!(names(&*fs, b"Dir"), vec!["x"]);
+    assert_eq!(names(&*fs, b"dir"), vec!["y"]);
+    assert_eq!(read_all(&*fs, b"dir/y").unwrap(), b"y");
+    assert!(matches!(fs.stat(b"Dir/y"), Err(Error::NotFound(_))));
+    // Ambiguous spellings find nothing; a unique one still finds its file.
+    assert!(matches!(fs.stat(b"FOO"), Err(Error::NotFound(_))));
+    assert!(matches!(fs.stat(b"DIR/x"), Err(Error::NotFound(_))));
+    assert_eq!(read_all(&*fs, b"Dir/X").unwrap(), b"x");
+}
