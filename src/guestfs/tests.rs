@@ -732,3 +732,59 @@ fn ntfs_names_differing_in_case() {
     assert!(matches!(fs.stat(b"DIR/x"), Err(Error::NotFound(_))));
     assert_eq!(read_all(&*fs, b"Dir/X").unwrap(), b"x");
 }
+
+/// Replaces the one occurrence of `from` in `img` by `to` (as long).
+fn patch_bytes(img: &mut [u8], from: &[u8], to: &[u8]) {
+    assert_eq!(from.len(), to.len());
+    let at: Vec<usize> = img.windows(from.len()).enumerate().filter(|(_, w)| *w == from).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 1, "{} occurs {} times", String::from_utf8_lossy(from), at.len());
+    img[at[0]..at[0] + to.len()].copy_from_slice(to);
+}
+
+/// An ext4 root directory whose entries, in directory order, are: good
+/// files, one name holding `/`, one holding NUL, one `..`, a second
+/// entry named like an earlier one, more good files. ext4-view stops a
+/// listing at the first bad name; every good entry is still listed (the
+/// later ones from the directory's blocks) and reads its own bytes, the
+/// bad ones are not, and a second entry of a name never hides the first.
+/// A file claiming more than ext allows is damage at open.
+#[test]
+fn ext_bad_names_do_not_fail_the_listing() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("ext");
+    blank(&img, 8 * MIB);
+    let p = img.to_str().unwrap();
+    if tool("ext_names", "mkfs.ext4", &["-q", "-F", "-O", "^metadata_csum", p]).is_none() {
+        return;
+    }
+    let mut cmds = String::new();
+    let order = ["good1", "slashXname", "nulXXname", "dotsXX", "good2", "dupXX", "good3", "good4"];
+    for n in order {
+        let f = t.path().join(n);
+        // Contents: the name reversed, so the name occurs once in the image.
+        std::fs::write(&f, n.bytes().rev().collect::<Vec<_>>()).unwrap();
+        cmds.push_str(&format!("write {} {n}\n", f.display()));
+    }
+    cmds.push_str("sif /good4 size 0x4000000000000000\n");
+    let script = t.path().join("cmds");
+    std::fs::write(&script, cmds).unwrap();
+    if tool("ext_names", "debugfs", &["-w", "-f", script.to_str().unwrap(), p]).is_none() {
+        return;
+    }
+    let mut bytes = std::fs::read(&img).unwrap();
+    patch_bytes(&mut bytes, b"slashXname", b"../../x/yz");
+    patch_bytes(&mut bytes, b"nulXXname", b"nul\0name\0");
+    // The name length byte sits 2 bytes before the name: `..` is 2 long.
+    let at = bytes.windows(6).position(|w| w == b"dotsXX").unwrap();
+    bytes[at - 2] = 2;
+    bytes[at..at + 2].copy_from_slice(b"..");
+    patch_bytes(&mut bytes, b"dupXX", b"good1");
+    let fs = open_fs(FsKind::Ext, Slice::whole(Arc::new(bytes) as Arc<dyn ReadAt>)).unwrap();
+    assert_eq!(names(&*fs, b""), vec!["good1", "good2", "good3", "good4", "lost+found"]);
+    for n in ["good1", "good2", "good3"] {
+        assert_eq!(read_all(&*fs, n.as_bytes()).unwrap(), n.bytes().rev().collect::<Vec<_>>(), "{n}");
+    }
+    assert_eq!(fs.stat(b"good2").unwrap().mode, 0o644);
+    let err = fs.open(b"good4").err().expect("a size past what ext allows is an error");
+    assert!(matches!(err, Error::Corrupt(_)), "{err}");
+}
