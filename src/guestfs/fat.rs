@@ -45,8 +45,8 @@ fn io_err(path: &[u8], e: std::io::Error) -> Error {
     }
 }
 
-/// The entries of `dir` that a path can name (dot entries and bad names
-/// left out), in directory order.
+/// The entries of `dir` but its dot entries, in directory order (bad
+/// names included: see [`super::good_entries`]).
 fn named<'a>(dir: &Dir<'a, Cursor>, path: &[u8]) -> Result<Vec<(Vec<u8>, DirEntry<'a, Cursor>)>> {
     let mut out = Vec::new();
     for e in dir.iter() {
@@ -61,7 +61,7 @@ fn named<'a>(dir: &Dir<'a, Cursor>, path: &[u8]) -> Result<Vec<(Vec<u8>, DirEntr
         }
         out.push((e.file_name().into_bytes(), e));
     }
-    Ok(super::good_entries("FAT", path, out))
+    Ok(out)
 }
 
 /// The entry at `path` (not the root), found one component at a time by
@@ -135,7 +135,8 @@ impl FatFs {
                     _ => return Err(Error::InvalidInput(format!("FAT {}: not a directory", show(path)))),
                 },
             };
-            Ok(named(&dir, path)?.into_iter().map(|(n, e)| (n, entry_attr(&e))).collect())
+            let good = super::good_entries("FAT", path, named(&dir, path)?);
+            Ok(good.into_iter().map(|(n, e)| (n, entry_attr(&e))).collect())
         })?;
         Ok(self.0.dirs.insert(path, Listing::new(list)))
     }

@@ -111,7 +111,7 @@ impl Inner {
                 Some(next) => next,
                 // Another spelling, or nothing: a name that differs only
                 // in case may sit next to the one the search met.
-                None => super::pick(self.named(io, path, &dir)?.into_iter().map(|(n, (r, _))| (n, r)), c)
+                None => super::pick(self.named(io, path, &dir, false)?.into_iter().map(|(n, (r, _))| (n, r)), c)
                     .ok_or_else(|| Error::NotFound(format!("NTFS {}: no such file", show(path))))?,
             };
             if rec == ROOT && next < FIRST_USER_RECORD {
@@ -122,10 +122,12 @@ impl Inner {
         Ok(rec)
     }
 
-    /// The entries of directory `dir` (`path`) that a path can name, as
-    /// name → (record number, the index's copy of the entry's flags and
-    /// kind); DOS aliases, the root's metafiles and bad names left out.
-    fn named(&self, io: &mut Cursor, path: &[u8], dir: &NtfsFile) -> Result<Vec<(Vec<u8>, (u64, (NtfsFileAttributeFlags, bool)))>> {
+    /// The entries of directory `dir` (`path`, for messages) as name →
+    /// (record number, the index's copy of the entry's flags and kind);
+    /// DOS aliases and the root's metafiles left out, bad names not (see
+    /// [`super::good_entries`]). Names that are not UTF-16 are left out,
+    /// with a warning when `listing`.
+    fn named(&self, io: &mut Cursor, path: &[u8], dir: &NtfsFile, listing: bool) -> Result<Vec<(Vec<u8>, (u64, (NtfsFileAttributeFlags, bool)))>> {
         let index = dir.directory_index(io).map_err(|e| err(path, e))?;
         let mut it = index.entries();
         let mut out = Vec::new();
@@ -137,7 +139,7 @@ impl Inner {
                 continue;
             }
             let rec = e.file_reference().file_record_number();
-            if path.is_empty() && rec < FIRST_USER_RECORD {
+            if dir.file_record_number() == ROOT && rec < FIRST_USER_RECORD {
                 continue;
             }
             if out.len() >= MAX_ENTRIES {
@@ -145,10 +147,11 @@ impl Inner {
             }
             match key.name().to_string() {
                 Ok(name) => out.push((name.into_bytes(), (rec, (key.file_attributes(), key.is_directory())))),
+                Err(_) if !listing => {}
                 Err(_) => super::skipped("NTFS", path, key.name().to_string_lossy().as_bytes(), "is not valid UTF-16"),
             }
         }
-        Ok(super::good_entries("NTFS", path, out))
+        Ok(out)
     }
 
     fn attr(&self, io: &mut Cursor, path: &[u8], f: &NtfsFile) -> Result<GAttr> {
@@ -271,7 +274,7 @@ impl GuestFs for NtfsFs {
         self.0.on_file(path, |s, io, dir| {
             let mut out = Vec::new();
             let mut links = Vec::new();
-            for (name, (rec, (flags, is_dir))) in s.named(io, path, &dir)? {
+            for (name, (rec, (flags, is_dir))) in super::good_entries("NTFS", path, s.named(io, path, &dir, true)?) {
                 if flags.contains(NtfsFileAttributeFlags::REPARSE_POINT) || flags.contains(NtfsFileAttributeFlags::SYSTEM) {
                     links.push((out.len(), rec));
                 }
