@@ -227,20 +227,45 @@ fn bare_filesystem_is_p0() {
     }
 }
 
-/// Walks everything reachable, reading every file; errors are fine.
-fn walk(fs: &dyn GuestFs, path: &[u8], depth: u32, budget: &mut u32) {
-    let Ok(list) = fs.list(path) else { return };
-    for e in list {
+/// A file a fuzz case read completely: its path and bytes.
+type ReadFile = (Vec<u8>, Vec<u8>);
+
+/// Walks everything reachable, reading every file; errors are fine, a
+/// name no host path can hold or two entries of one name are not (Err).
+/// Files read whole (as long as their stat says) are collected when their
+/// name is a plain one the reference tools can be asked for, and is the
+/// only one in its directory ignoring case (the tools' lookups ignore it).
+fn walk(fs: &dyn GuestFs, path: &[u8], depth: u32, budget: &mut u32, out: &mut Vec<ReadFile>) -> std::result::Result<(), String> {
+    let Ok(list) = fs.list(path) else { return Ok(()) };
+    let mut seen = std::collections::HashSet::new();
+    for e in &list {
+        if let Some(why) = bad_name(&e.name) {
+            return Err(format!("{}: listed a name that {why}: {:?}", show(path), e.name.escape_ascii().to_string()));
+        }
+        if !seen.insert(&e.name) {
+            return Err(format!("{}: listed {:?} twice", show(path), e.name.escape_ascii().to_string()));
+        }
+    }
+    let folded: Vec<String> = list.iter().map(|e| String::from_utf8_lossy(&e.name).to_lowercase()).collect();
+    for (i, e) in list.iter().enumerate() {
         if *budget == 0 {
-            return;
+            return Ok(());
         }
         *budget -= 1;
-        let child = if path.is_empty() { e.name.clone() } else { [path, b"/", &e.name].concat() };
+        let child = dircache::child(path, &e.name);
         let Ok(a) = fs.stat(&child) else { continue };
         match a.kind {
-            GKind::Dir if depth < 12 => walk(fs, &child, depth + 1, budget),
+            GKind::Dir if depth < 12 => walk(fs, &child, depth + 1, budget, out)?,
             GKind::File => {
-                let _ = read_all(fs, &child);
+                let plain = child.iter().all(|b| b.is_ascii_alphanumeric() || b"._/+-".contains(b));
+                let unique = folded.iter().filter(|f| **f == folded[i]).count() == 1;
+                if let Ok(data) = read_all(fs, &child)
+                    && data.len() as u64 == a.size
+                    && plain
+                    && unique
+                {
+                    out.push((child, data));
+                }
             }
             GKind::Symlink => {
                 let _ = fs.readlink(&child);
@@ -248,55 +273,139 @@ fn walk(fs: &dyn GuestFs, path: &[u8], depth: u32, budget: &mut u32) {
             _ => {}
         }
     }
+    Ok(())
 }
 
-fn fuzz_one(kind: Option<FsKind>, img: Vec<u8>) {
+/// What one fuzz case runs on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Target {
+    Fs(FsKind),
+    Table,
+    Vhd,
+}
+
+/// Runs one mutated image: the filesystem walked, the partition table
+/// read (every partition inside the disk), or the VHD opened and read.
+fn fuzz_one(target: Target, img: Vec<u8>, file: &Path) -> std::result::Result<Vec<ReadFile>, String> {
     let s = Slice::whole(Arc::new(img) as Arc<dyn ReadAt>);
-    let kind = match kind {
-        Some(k) => k,
-        None => {
-            let _ = read_layout(&s);
-            return;
+    match target {
+        Target::Fs(kind) => {
+            let mut out = Vec::new();
+            if let Ok(fs) = open_fs(kind, s) {
+                walk(&*fs, b"", 0, &mut 2000, &mut out)?;
+            }
+            Ok(out)
         }
-    };
-    if let Ok(fs) = open_fs(kind, s) {
-        let mut budget = 2000;
-        walk(&*fs, b"", 0, &mut budget);
+        Target::Table => {
+            if let Ok(l) = read_layout(&s) {
+                for p in &l.partitions {
+                    if p.start.checked_add(p.size).is_none_or(|end| end > s.len()) {
+                        return Err(format!("partition p{} ({} + {}) lies outside the {}-byte disk", p.number, p.start, p.size, s.len()));
+                    }
+                }
+            }
+            Ok(Vec::new())
+        }
+        Target::Vhd => {
+            if let Ok(src) = crate::image::open_source(file)
+                && let Ok(ranges) = src.data_ranges()
+            {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut left = 16u64 << 20;
+                for r in ranges {
+                    let mut at = r.start;
+                    while at < r.end.min(src.size()) && left > 0 {
+                        let n = (r.end.min(src.size()) - at).min(buf.len() as u64);
+                        if src.read_at(&mut buf[..n as usize], at).is_err() {
+                            break;
+                        }
+                        (at, left) = (at + n, left.saturating_sub(n));
+                    }
+                }
+            }
+            Ok(Vec::new())
+        }
     }
 }
 
-/// Mutated copies of real images, each walked within a deadline: an error
-/// is fine, a panic or a hang fails. `KLUIS_FUZZ_SECS` (default 6 per
-/// filesystem) bounds the run; `KLUIS_FUZZ_SEED` replays one.
+/// The reference tool's read of `path` in image `img`, when it reads it
+/// without complaint: debugfs for ext, mtools for FAT, ntfscat for NTFS.
+fn reference_read(kind: FsKind, img: &Path, path: &[u8]) -> Option<Vec<u8>> {
+    let (img, path) = (img.to_str().unwrap(), format!("/{}", String::from_utf8_lossy(path)));
+    let out = match kind {
+        FsKind::Ext => Command::new("debugfs").args(["-R", &format!("cat {path}"), img]).output(),
+        FsKind::Fat => Command::new("mcopy").args(["-n", "-i", img, &format!("::{path}"), "-"]).output(),
+        _ => Command::new("ntfscat").args([img, &path]).output(),
+    }
+    .ok()?;
+    // debugfs names itself on stderr; anything more is a complaint.
+    let complaints = String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.starts_with("debugfs ")).count();
+    (out.status.success() && complaints == 0).then_some(out.stdout)
+}
+
+/// A GPT (sgdisk), an MBR with logical partitions (sfdisk) and a dynamic
+/// VHD (qemu-img) of a small disk, where the tools are installed.
+fn table_images(dir: &Path) -> (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) {
+    let gpt = dir.join("gpt");
+    blank(&gpt, 4 * MIB);
+    let gpt = run("sgdisk", &["-n", "1:2048:+1M", "-t", "1:ef00", "-n", "2:0:+1M", "-n", "3:0:0", gpt.to_str().unwrap()]).filter(|ok| *ok).map(|_| std::fs::read(&gpt).unwrap());
+    let mbr = dir.join("mbr");
+    blank(&mbr, 4 * MIB);
+    let mbr = sfdisk("fuzz", &mbr, "label: dos\n2048,1M,83\n,512K,c\n,,5\n,512K,83\n,512K,7\n,,83\n").map(|_| std::fs::read(&mbr).unwrap());
+    let (raw, vhd) = (dir.join("vhd.raw"), dir.join("disk.vhd"));
+    std::fs::write(&raw, (0..4u32 << 20).map(|i| if (i >> 16) % 3 == 0 { (i % 251) as u8 } else { 0 }).collect::<Vec<_>>()).unwrap();
+    let vhd = run("qemu-img", &["convert", "-O", "vpc", raw.to_str().unwrap(), vhd.to_str().unwrap()]).filter(|ok| *ok).map(|_| std::fs::read(&vhd).unwrap());
+    (gpt, mbr, vhd)
+}
+
+/// Mutated copies of real images (ext4 with files, FAT12, NTFS, GPT, MBR
+/// with logical partitions, a dynamic VHD), a few bytes changed in their
+/// metadata. Each case runs in its own thread under a time bound and must
+/// not panic or hang, nor list a name with `/` or NUL, `.`, `..` or one
+/// name twice; every file it reads whole must equal what the reference
+/// tool (debugfs, mcopy, ntfscat) reads from the same mutated image, when
+/// that tool reads it without complaint. `KLUIS_FUZZ_CASES` (default 60
+/// per image) and `KLUIS_FUZZ_SECS` (default 20 per image) bound the run;
+/// the seed is printed and `KLUIS_TEST_SEED` (or `KLUIS_FUZZ_SEED`)
+/// replays it; a failing image is saved under the temp directory.
 #[test]
 fn fuzz_mutated_images() {
     let im = images("fuzz");
-    let secs: u64 = std::env::var("KLUIS_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
-    let seed: u64 = std::env::var("KLUIS_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
-    eprintln!("fuzz: seed {seed} (replay with KLUIS_FUZZ_SEED={seed})");
+    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
+    let secs = env("KLUIS_FUZZ_SECS").unwrap_or(20);
+    let per_image = env("KLUIS_FUZZ_CASES").unwrap_or(60);
+    let seed = env("KLUIS_TEST_SEED").or_else(|| env("KLUIS_FUZZ_SEED")).unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("fuzz: seed {seed} (replay with KLUIS_TEST_SEED={seed})");
     let mut rng = fastrand::Rng::with_seed(seed);
-    // A partitioned disk too, for the table parsers.
-    let mut table = vec![0u8; 4 << 20];
-    table[510] = 0x55;
-    table[511] = 0xaa;
-    for (slot, (ty, start, n)) in [(0x83u8, 64u32, 100u32), (0x05, 200, 7000)].iter().enumerate() {
-        let e = &mut table[446 + slot * 16..462 + slot * 16];
-        e[4] = *ty;
-        e[8..12].copy_from_slice(&start.to_le_bytes());
-        e[12..16].copy_from_slice(&n.to_le_bytes());
-    }
-    let cases: Vec<(Option<FsKind>, Vec<u8>, usize)> = [(Some(FsKind::Ext), im.ext, 256 << 10), (Some(FsKind::Fat), im.fat, 64 << 10), (Some(FsKind::Ntfs), im.ntfs, 4 << 20), (None, Some(table), 200 * 512 + 1024)]
-        .into_iter()
-        .filter_map(|(k, i, hot)| i.map(|i| (k, i, hot)))
-        .collect();
-    for (kind, base, hot) in cases {
+    let t = tempfile::tempdir().unwrap();
+    let (gpt, mbr, vhd) = table_images(t.path());
+    let vhd_len = vhd.as_ref().map_or(0, |v| v.len());
+    // (target, image, where its metadata is: mutations go there half the time)
+    let cases: Vec<(Target, Vec<u8>, std::ops::Range<usize>)> = [
+        (Target::Fs(FsKind::Ext), im.ext, 0..256 << 10),
+        (Target::Fs(FsKind::Fat), im.fat, 0..64 << 10),
+        (Target::Fs(FsKind::Ntfs), im.ntfs, 0..4 << 20),
+        (Target::Table, gpt, 0..34 * 512),
+        (Target::Table, mbr, 0..4 << 20),
+        (Target::Vhd, vhd, 0..4 << 10),
+    ]
+    .into_iter()
+    .filter_map(|(k, i, hot)| i.map(|i| (k, i, hot)))
+    .collect();
+    let mut compared = 0;
+    for (target, base, hot) in cases {
+        let file = t.path().join("case.img");
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut n = 0;
-        while Instant::now() < deadline {
+        while n < per_image && Instant::now() < deadline {
             let mut img = base.clone();
-            // A few bytes in the metadata-dense start, a few anywhere.
             for _ in 0..rng.usize(1..24) {
-                let at = if rng.bool() { rng.usize(..hot.min(img.len())) } else { rng.usize(..img.len()) };
+                let at = match (target, rng.u8(..3)) {
+                    // A VHD's footer (at its end) is metadata too.
+                    (Target::Vhd, 0) => vhd_len - 1 - rng.usize(..512),
+                    (_, 0 | 1) => rng.usize(hot.start..hot.end.min(img.len())),
+                    _ => rng.usize(..img.len()),
+                };
                 img[at] = match rng.u8(..4) {
                     0 => 0,
                     1 => 0xff,
@@ -304,29 +413,42 @@ fn fuzz_mutated_images() {
                     _ => rng.u8(..),
                 };
             }
+            std::fs::write(&file, &img).unwrap();
             let (tx, rx) = mpsc::channel();
-            let copy = img.clone();
+            let (copy, path) = (img.clone(), file.clone());
             std::thread::spawn(move || {
-                let r = std::panic::catch_unwind(move || fuzz_one(kind, copy));
-                let _ = tx.send(r.is_ok());
+                let r = std::panic::catch_unwind(move || fuzz_one(target, copy, &path));
+                let _ = tx.send(r);
             });
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let p = std::env::temp_dir().join(format!("kluis-fuzz-{seed}-{n}.img"));
-                    std::fs::write(&p, &img).unwrap();
-                    panic!("{kind:?}: panic escaped on case {n}; image saved as {}", p.display());
-                }
-                Err(_) => {
-                    let p = std::env::temp_dir().join(format!("kluis-fuzz-{seed}-{n}.img"));
-                    std::fs::write(&p, &img).unwrap();
-                    panic!("{kind:?}: case {n} hung for 20 s; image saved as {}", p.display());
+            let fail = |why: String| -> ! {
+                let p = std::env::temp_dir().join(format!("kluis-fuzz-{seed}-{target:?}-{n}.img"));
+                std::fs::write(&p, &img).unwrap();
+                panic!("{target:?} case {n} (seed {seed}): {why}; image saved as {}", p.display());
+            };
+            let files = match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(Ok(Ok(files))) => files,
+                Ok(Ok(Err(why))) => fail(why),
+                Ok(Err(_)) => fail("a panic escaped".into()),
+                Err(_) => fail("hung for 20 s".into()),
+            };
+            if let Target::Fs(kind) = target {
+                // ext: the tools do not replay a journal; compare only what
+                // needs no replay (a mutation may set RECOVER).
+                let replayed = kind != FsKind::Ext || ext_raw::Geometry::read(&Slice::whole(Arc::new(img.clone()) as Arc<dyn ReadAt>)).is_ok_and(|g| g.as_replayed());
+                for (path, data) in files.iter().take(6).filter(|_| replayed) {
+                    if let Some(want) = reference_read(kind, &file, path) {
+                        compared += 1;
+                        if want != *data {
+                            fail(format!("{} reads {} bytes, the reference tool {} bytes, different", show(path), data.len(), want.len()));
+                        }
+                    }
                 }
             }
             n += 1;
         }
-        eprintln!("fuzz {kind:?}: {n} mutated images walked");
+        eprintln!("fuzz {target:?}: {n} mutated images");
     }
+    eprintln!("fuzz: {compared} files compared with the reference tools");
 }
 
 /// A tree for the listing cache: a directory big enough for an htree
