@@ -297,11 +297,15 @@ struct CopyReport {
 struct Copier<'a> {
     tree: &'a VaultTree,
     recursive: bool,
-    /// st_ino of guest files with several links → the first copy made.
-    links: HashMap<u64, Dest>,
+    /// st_ino of guest files with several links → the first copy made, as
+    /// its path from the top's directory (not an open directory: a tree of
+    /// many directories with links would run out of descriptors).
+    links: HashMap<u64, Vec<CString>>,
     root: bool,
     rep: CopyReport,
     buf: Vec<u8>,
+    /// The directory the top of the copy is in: where `links` start.
+    origin: Arc<OwnedFd>,
 }
 
 fn cp(vault_dir: &Path, point: &str, spec: &str, dest: &Path, recursive: bool, out: &Out) -> Result<()> {
@@ -317,7 +321,8 @@ fn cp(vault_dir: &Path, point: &str, spec: &str, dest: &Path, recursive: bool, o
     };
     let target = if dest.is_dir() { dest.join(OsStr::from_bytes(&base)) } else { dest.to_owned() };
     let top = Dest::top(&target, dest.is_dir().then_some(&base[..]))?;
-    let mut c = Copier { tree: &tree, recursive, links: HashMap::new(), root: unsafe { libc::geteuid() } == 0, rep: CopyReport::default(), buf: vec![0u8; 1 << 20] };
+    let origin = top.dir.clone();
+    let mut c = Copier { tree: &tree, recursive, links: HashMap::new(), root: unsafe { libc::geteuid() } == 0, rep: CopyReport::default(), buf: vec![0u8; 1 << 20], origin };
     c.copy(&node, &top, true)?;
     let rep = c.rep;
     out.result(&rep, || {
@@ -340,11 +345,12 @@ fn cp(vault_dir: &Path, point: &str, spec: &str, dest: &Path, recursive: bool, o
 
 /// Entry `name` of directory `dir`, which the copy opened itself; `shown`
 /// is its path for messages.
-#[derive(Clone)]
 struct Dest {
     dir: Arc<OwnedFd>,
     name: CString,
     shown: PathBuf,
+    /// The names from the top's directory down to this entry.
+    rel: Vec<CString>,
 }
 
 /// A libc call's result: `errno` when it is negative.
@@ -366,7 +372,8 @@ impl Dest {
             _ => Path::new("."),
         };
         let dir = File::open(parent).map_err(|e| Error::io_path("open directory", parent, e))?;
-        Ok(Dest { dir: Arc::new(dir.into()), name: cstr(Path::new(name))?, shown: target.to_owned() })
+        let name = cstr(Path::new(name))?;
+        Ok(Dest { dir: Arc::new(dir.into()), rel: vec![name.clone()], name, shown: target.to_owned() })
     }
 
     /// Entry `name` of directory `dir` (`self`, opened), for a guest name:
@@ -376,7 +383,9 @@ impl Dest {
         if let Some(why) = guestfs::bad_name(name) {
             return Err(Error::InvalidInput(format!("{}: not created, the guest name {why}", shown.display())));
         }
-        Ok(Dest { dir: dir.clone(), name: cstr(Path::new(OsStr::from_bytes(name)))?, shown })
+        let name = cstr(Path::new(OsStr::from_bytes(name)))?;
+        let rel = self.rel.iter().cloned().chain([name.clone()]).collect();
+        Ok(Dest { dir: dir.clone(), name, shown, rel })
     }
 
     fn io(&self, what: &str, e: std::io::Error) -> Error {
@@ -398,6 +407,13 @@ impl Dest {
     fn at(&self) -> (libc::c_int, &CStr) {
         (self.dir.as_raw_fd(), &self.name)
     }
+}
+
+/// openat(2) of directory `name` in `dir`, never through a symlink.
+fn open_dir_at(dir: libc::c_int, name: &CStr) -> std::io::Result<OwnedFd> {
+    let fd = last_err(unsafe { libc::openat(dir, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) })?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl Copier<'_> {
@@ -431,7 +447,8 @@ impl Copier<'_> {
                 {
                     return Err(dest.io("create directory", e));
                 }
-                let fd = Arc::new(dest.open(libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|e| dest.io("open directory", e))?);
+                let (dir, name) = dest.at();
+                let fd = Arc::new(open_dir_at(dir, name).map_err(|e| dest.io("open directory", e))?);
                 self.rep.dirs += 1;
                 for (name, child, _) in self.tree.entries(node)? {
                     match dest.child(&fd, &name) {
@@ -448,8 +465,17 @@ impl Copier<'_> {
                 let ino = a.guest.and_then(|g| g.ino).filter(|_| a.nlink > 1);
                 if let Some(first) = ino.and_then(|i| self.links.get(&i)) {
                     dest.unlink();
-                    let ((fdir, fname), (dir, name)) = (first.at(), dest.at());
-                    last_err(unsafe { libc::linkat(fdir, fname.as_ptr(), dir, name.as_ptr(), 0) }).map_err(|e| dest.io("link", e))?;
+                    // The first copy's directory, walked down again from
+                    // the top without following symlinks.
+                    let (last, path) = first.split_last().expect("a path has a name");
+                    let mut held = None;
+                    for c in path {
+                        let at = held.as_ref().map_or(self.origin.as_raw_fd(), |d: &OwnedFd| d.as_raw_fd());
+                        held = Some(open_dir_at(at, c).map_err(|e| dest.io("link", e))?);
+                    }
+                    let fdir = held.as_ref().map_or(self.origin.as_raw_fd(), |d| d.as_raw_fd());
+                    let (dir, name) = dest.at();
+                    last_err(unsafe { libc::linkat(fdir, last.as_ptr(), dir, name.as_ptr(), 0) }).map_err(|e| dest.io("link", e))?;
                     self.rep.hardlinks += 1;
                     return Ok(());
                 }
@@ -479,7 +505,7 @@ impl Copier<'_> {
                 self.rep.files += 1;
                 self.rep.bytes += size;
                 if let Some(i) = ino {
-                    self.links.insert(i, dest.clone());
+                    self.links.insert(i, dest.rel.clone());
                 }
                 self.finish(&f, dest, &a)?;
             }
