@@ -38,6 +38,14 @@ const TAG_MOUNT_POINT: u32 = 0xa000_0003;
 /// 100 ns intervals from 1601-01-01 to 1970-01-01.
 const EPOCH_DIFF: u64 = 116_444_736_000_000_000;
 
+/// A directory entry as the directory's index holds it: the file's record
+/// number and the index's copy of its flags and kind.
+struct Indexed {
+    rec: u64,
+    flags: NtfsFileAttributeFlags,
+    dir: bool,
+}
+
 struct Inner {
     ntfs: Ntfs,
     slice: Slice,
@@ -111,7 +119,7 @@ impl Inner {
                 Some(next) => next,
                 // Another spelling, or nothing: a name that differs only
                 // in case may sit next to the one the search met.
-                None => super::pick(self.named(io, path, &dir, false)?.into_iter().map(|(n, (r, _))| (n, r)), c)
+                None => super::pick(self.named(io, path, &dir, false)?.into_iter().map(|(n, e)| (n, e.rec)), c)
                     .ok_or_else(|| Error::NotFound(format!("NTFS {}: no such file", show(path))))?,
             };
             if rec == ROOT && next < FIRST_USER_RECORD {
@@ -122,12 +130,12 @@ impl Inner {
         Ok(rec)
     }
 
-    /// The entries of directory `dir` (`path`, for messages) as name →
-    /// (record number, the index's copy of the entry's flags and kind);
+    /// The entries of directory `dir` (`path`, for messages) with what its
+    /// index says of them;
     /// DOS aliases and the root's metafiles left out, bad names not (see
     /// [`super::good_entries`]). Names that are not UTF-16 are left out,
     /// with a warning when `listing`.
-    fn named(&self, io: &mut Cursor, path: &[u8], dir: &NtfsFile, listing: bool) -> Result<Vec<(Vec<u8>, (u64, (NtfsFileAttributeFlags, bool)))>> {
+    fn named(&self, io: &mut Cursor, path: &[u8], dir: &NtfsFile, listing: bool) -> Result<Vec<(Vec<u8>, Indexed)>> {
         let index = dir.directory_index(io).map_err(|e| err(path, e))?;
         let mut it = index.entries();
         let mut out = Vec::new();
@@ -146,7 +154,7 @@ impl Inner {
                 return Err(Error::Corrupt(format!("NTFS {}: more than {MAX_ENTRIES} entries", show(path))));
             }
             match key.name().to_string() {
-                Ok(name) => out.push((name.into_bytes(), (rec, (key.file_attributes(), key.is_directory())))),
+                Ok(name) => out.push((name.into_bytes(), Indexed { rec, flags: key.file_attributes(), dir: key.is_directory() })),
                 Err(_) if !listing => {}
                 Err(_) => super::skipped("NTFS", path, key.name().to_string_lossy().as_bytes(), "is not valid UTF-16"),
             }
@@ -274,7 +282,7 @@ impl GuestFs for NtfsFs {
         self.0.on_file(path, |s, io, dir| {
             let mut out = Vec::new();
             let mut links = Vec::new();
-            for (name, (rec, (flags, is_dir))) in super::good_entries("NTFS", path, s.named(io, path, &dir, true)?) {
+            for (name, Indexed { rec, flags, dir: is_dir }) in super::good_entries("NTFS", path, s.named(io, path, &dir, true)?) {
                 if flags.contains(NtfsFileAttributeFlags::REPARSE_POINT) || flags.contains(NtfsFileAttributeFlags::SYSTEM) {
                     links.push((out.len(), rec));
                 }

@@ -345,7 +345,7 @@ fn reference_read(kind: FsKind, img: &Path, path: &[u8]) -> Option<Vec<u8>> {
 
 /// A GPT (sgdisk), an MBR with logical partitions (sfdisk) and a dynamic
 /// VHD (qemu-img) of a small disk, where the tools are installed.
-fn table_images(dir: &Path) -> (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) {
+fn table_images(dir: &Path) -> [Option<Vec<u8>>; 3] {
     let gpt = dir.join("gpt");
     blank(&gpt, 4 * MIB);
     let gpt = run("sgdisk", &["-n", "1:2048:+1M", "-t", "1:ef00", "-n", "2:0:+1M", "-n", "3:0:0", gpt.to_str().unwrap()]).filter(|ok| *ok).map(|_| std::fs::read(&gpt).unwrap());
@@ -355,7 +355,7 @@ fn table_images(dir: &Path) -> (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>
     let (raw, vhd) = (dir.join("vhd.raw"), dir.join("disk.vhd"));
     std::fs::write(&raw, (0..4u32 << 20).map(|i| if (i >> 16) % 3 == 0 { (i % 251) as u8 } else { 0 }).collect::<Vec<_>>()).unwrap();
     let vhd = run("qemu-img", &["convert", "-O", "vpc", raw.to_str().unwrap(), vhd.to_str().unwrap()]).filter(|ok| *ok).map(|_| std::fs::read(&vhd).unwrap());
-    (gpt, mbr, vhd)
+    [gpt, mbr, vhd]
 }
 
 /// Mutated copies of real images (ext4 with files, FAT12, NTFS, GPT, MBR
@@ -378,7 +378,7 @@ fn fuzz_mutated_images() {
     eprintln!("fuzz: seed {seed} (replay with KLUIS_TEST_SEED={seed})");
     let mut rng = fastrand::Rng::with_seed(seed);
     let t = tempfile::tempdir().unwrap();
-    let (gpt, mbr, vhd) = table_images(t.path());
+    let [gpt, mbr, vhd] = table_images(t.path());
     let vhd_len = vhd.as_ref().map_or(0, |v| v.len());
     // (target, image, where its metadata is: mutations go there half the time)
     let cases: Vec<(Target, Vec<u8>, std::ops::Range<usize>)> = [
