@@ -22,6 +22,7 @@
 use std::io::SeekFrom;
 use std::sync::Arc;
 
+use ntfs::attribute_value::NtfsAttributeValue;
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsError, NtfsFile, NtfsReadSeek};
@@ -193,6 +194,42 @@ impl Inner {
         })
     }
 
+    /// Where the data of file `f` (`size` bytes) is stored, as sorted,
+    /// disjoint `[start, end)` ranges of the file: everything else is in
+    /// sparse runs and reads as zeros. None where the runs are not in one
+    /// attribute (an attribute list), or the data is resident, compressed
+    /// or encrypted: then the file is all data.
+    fn stretches(&self, io: &mut Cursor, path: &[u8], f: &NtfsFile, size: u64) -> Result<Option<Vec<(u64, u64)>>> {
+        let Some(item) = f.data(io, "") else { return Ok(None) };
+        let a = item.map_err(|e| err(path, e))?;
+        let a = a.to_attribute().map_err(|e| err(path, e))?;
+        if a.flags().intersects(NtfsAttributeFlags::COMPRESSED | NtfsAttributeFlags::ENCRYPTED) {
+            return Ok(None);
+        }
+        let NtfsAttributeValue::NonResident(v) = a.value(io).map_err(|e| err(path, e))? else { return Ok(None) };
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut pos = 0u64;
+        for run in v.data_runs() {
+            if pos >= size || out.len() >= MAX_ENTRIES {
+                break;
+            }
+            let run = run.map_err(|e| err(path, e))?;
+            let end = pos.saturating_add(run.allocated_size()).min(size);
+            if run.data_position().value().is_some() && end > pos {
+                match out.last_mut() {
+                    Some(last) if last.1 == pos => last.1 = end,
+                    _ => out.push((pos, end)),
+                }
+            }
+            pos = end;
+        }
+        // Past the runs there is nothing to read: the crate fails there.
+        if pos < size {
+            out.push((pos, size));
+        }
+        Ok(Some(out))
+    }
+
     fn data_len(&self, io: &mut Cursor, path: &[u8], f: &NtfsFile) -> Result<u64> {
         match f.data(io, "") {
             None => Ok(0),
@@ -312,7 +349,7 @@ impl GuestFs for NtfsFs {
 
     fn open(&self, path: &[u8]) -> Result<Box<dyn GuestFile>> {
         let s = &self.0;
-        let (rec, size) = guard(
+        let (rec, size, stretches) = guard(
             || format!("NTFS {}", show(path)),
             || {
                 let mut io = s.io(META_FUEL);
@@ -322,10 +359,10 @@ impl GuestFs for NtfsFs {
                 if a.kind != GKind::File {
                     return Err(Error::InvalidInput(format!("NTFS {}: not a regular file", show(path))));
                 }
-                Ok((rec, a.size))
+                Ok((rec, a.size, s.stretches(&mut io, path, &f, a.size)?))
             },
         )?;
-        Ok(Box::new(NtfsFileHandle { fs: self.0.clone(), rec, size, path: path.to_vec() }))
+        Ok(Box::new(NtfsFileHandle { fs: self.0.clone(), rec, size, path: path.to_vec(), stretches }))
     }
 }
 
@@ -334,11 +371,28 @@ struct NtfsFileHandle {
     rec: u64,
     size: u64,
     path: Vec<u8>,
+    /// See [`Inner::stretches`].
+    stretches: Option<Vec<(u64, u64)>>,
 }
 
 impl GuestFile for NtfsFileHandle {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    /// From the data runs: a sparse file's holes are skipped by readers
+    /// that ask (`files cp`), so a file that claims 60 GiB over a few
+    /// clusters costs those clusters.
+    fn seek(&self, offset: u64, data: bool) -> Option<u64> {
+        let Some(st) = &self.stretches else { return Some(if data { offset } else { self.size }) };
+        let i = st.partition_point(|&(_, end)| end <= offset);
+        match (st.get(i), data) {
+            (None, true) => None,
+            (Some(&(start, _)), true) => Some(start.max(offset)),
+            // Stretches are merged: a hole starts where this one ends.
+            (Some(&(start, end)), false) if start <= offset => Some(end),
+            (_, false) => Some(offset),
+        }
     }
 
     /// Re-reads the file record (one MFT record) and seeks its data runs.

@@ -261,10 +261,11 @@ fn walk(fs: &dyn GuestFs, path: &[u8], depth: u32, budget: &mut u32, out: &mut V
                 let unique = folded.iter().filter(|f| **f == folded[i]).count() == 1;
                 if let Ok(data) = read_all(fs, &child)
                     && data.len() as u64 == a.size
-                    && plain
-                    && unique
                 {
-                    out.push((child, data));
+                    holes_are_zeros(fs, &child, &data)?;
+                    if plain && unique {
+                        out.push((child, data));
+                    }
                 }
             }
             GKind::Symlink => {
@@ -272,6 +273,25 @@ fn walk(fs: &dyn GuestFs, path: &[u8], depth: u32, budget: &mut u32, out: &mut V
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Every hole the file's SEEK_DATA/SEEK_HOLE answers report (what `files
+/// cp` skips) reads as zeros in `data`, the whole file as read.
+fn holes_are_zeros(fs: &dyn GuestFs, path: &[u8], data: &[u8]) -> std::result::Result<(), String> {
+    let Ok(f) = fs.open(path) else { return Ok(()) };
+    let size = data.len() as u64;
+    let mut off = 0;
+    while off < size {
+        let next = f.seek(off, true).unwrap_or(size).clamp(off, size);
+        if let Some(i) = data[off as usize..next as usize].iter().position(|b| *b != 0) {
+            return Err(format!("{}: byte {} is in a hole SEEK_DATA skipped but is not zero", show(path), off as usize + i));
+        }
+        if next >= size {
+            break;
+        }
+        off = f.seek(next, false).unwrap_or(size).clamp(next + 1, size);
     }
     Ok(())
 }
