@@ -930,3 +930,38 @@ fn ext_bad_names_do_not_fail_the_listing() {
     let err = fs.open(b"good4").err().expect("a size past what ext allows is an error");
     assert!(matches!(err, Error::Corrupt(_)), "{err}");
 }
+
+/// NTFS names that are not valid UTF-16 (unpaired surrogates, which
+/// Windows allows): two that differ only there would show as one lossy
+/// name, which no lookup finds. They are skipped, as ntfs-3g does, and the
+/// rest of the directory is listed and read.
+#[test]
+fn ntfs_names_that_are_not_utf16_are_skipped() {
+    let t = tempfile::tempdir().unwrap();
+    let (img, one) = (t.path().join("ntfs"), t.path().join("one"));
+    blank(&img, 4 * MIB);
+    std::fs::write(&one, b"1").unwrap();
+    let p = img.to_str().unwrap();
+    if tool("ntfs_utf16", "mkntfs", &["-F", "-Q", "-q", p]).is_none() {
+        return;
+    }
+    // Short names: no copy straddles a sector end (where the fixups are).
+    for n in ["zzzz1", "zzzz2", "good"] {
+        tool("ntfs_utf16", "ntfscp", &["-q", p, one.to_str().unwrap(), n]).unwrap();
+    }
+    let mut bytes = std::fs::read(&img).unwrap();
+    // Both copies of each name (its record's $FILE_NAME, the index entry):
+    // `zz\u{d800}zz` and `zz\u{dbff}zz`: one lossy spelling for both.
+    for (name, surrogate) in [("zzzz1", 0xd800u16), ("zzzz2", 0xdbffu16)] {
+        let from: Vec<u8> = name.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+        let to: Vec<u8> = "zz".encode_utf16().chain([surrogate]).chain("zz".encode_utf16()).flat_map(|u| u.to_le_bytes()).collect();
+        let at: Vec<usize> = bytes.windows(from.len()).enumerate().filter(|(_, w)| *w == from).map(|(i, _)| i).collect();
+        assert_eq!(at.len(), 2, "{name}");
+        for i in at {
+            bytes[i..i + to.len()].copy_from_slice(&to);
+        }
+    }
+    let fs = open_fs(FsKind::Ntfs, Slice::whole(Arc::new(bytes) as Arc<dyn ReadAt>)).unwrap();
+    assert_eq!(names(&*fs, b""), vec!["good"]);
+    assert_eq!(read_all(&*fs, b"good").unwrap(), b"1");
+}
