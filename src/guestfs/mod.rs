@@ -22,6 +22,16 @@
 //! so a cyclic structure ends in an error rather than a hang. Directory
 //! listings are capped at [`MAX_ENTRIES`]. The fuzz test below mutates real
 //! images and walks them under a deadline.
+//!
+//! # Names
+//!
+//! A listing never shows a name that is not one plain path component
+//! ([`bad_name`]: `/` or NUL inside, `.`, `..`) nor a second entry of a
+//! name: such entries are skipped with a warning (`good_entries`) and the
+//! rest of the directory is listed, so no guest name can lead a caller's
+//! host path out of its target and no two files share a name. Lookups
+//! match names exactly, and ignoring case only where one name alone
+//! matches (`pick`), so `Foo` and `foo` stay two files.
 
 pub mod readat;
 pub mod part;
