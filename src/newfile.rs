@@ -67,7 +67,7 @@ pub fn create_temp_beside(target: &Path, mode: u32) -> io::Result<(PathBuf, File
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut last = None;
     for _ in 0..16 {
-        let tmp = target.with_file_name(format!(".{name}.kluis-tmp-{}-{:016x}", std::process::id(), random_u64()));
+        let tmp = target.with_file_name(temp_name(&name));
         match create_new(&tmp, mode) {
             Ok(f) => return Ok((tmp, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
@@ -125,6 +125,13 @@ pub fn create_dir_all(path: &Path, mode: u32) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// A fresh temporary name beside a file called `name`:
+/// `.NAME.kluis-tmp-PID-RANDOM`, which nobody can predict, so nobody can
+/// plant anything there in advance (it is still created exclusively).
+pub fn temp_name(name: &str) -> String {
+    format!(".{name}.kluis-tmp-{}-{:016x}", std::process::id(), random_u64())
 }
 
 /// Random bits for names no one can guess (getrandom(2); the time and a

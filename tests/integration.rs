@@ -30,6 +30,8 @@ mod integration {
 
     // files inside guest filesystems (issue 4)
     mod guestfs;
+    // guest names, case and sizes (issue 19)
+    mod guestnames;
 
     // protected items, consistency, retention, jobs (issue 5)
     mod consistency;

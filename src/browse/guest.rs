@@ -231,7 +231,8 @@ impl VaultTree {
                 }
             }
             Node::Guest(id, disk, part, path) => {
-                if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
+                // The listings never show such a name (see guestfs::bad_name).
+                if guestfs::bad_name(name).is_some() {
                     return Err(not_found());
                 }
                 let child = if path.is_empty() { name.to_vec() } else { [&path[..], b"/", name].concat() };

@@ -2,13 +2,21 @@
 //! browse tree the mount shows (`files/NAME/pN/...`), so both agree on
 //! names, metadata and errors. Paths are written `NAME:pN/path/in/guest`;
 //! `NAME` alone means the disk's partitions.
+//!
+//! `cp` writes under the target only: every host entry it makes is created
+//! relative to a directory it opened itself (`openat`, `mkdirat`, ... with
+//! `O_NOFOLLOW`), by a guest name checked to be one plain component
+//! ([`guestfs::bad_name`]). A guest name is never joined into a host path
+//! string, and no symlink in the target, whether the guest's own copy or
+//! one a local user put there meanwhile, is followed.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::fs;
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::{self, File, FileTimes};
 use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +25,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use kluis::browse::{parse_part, Attr, Kind, Node, VaultTree};
+use kluis::guestfs;
 use kluis::vault::Vault;
 use kluis::{Error, RecoveryPointId, Result};
 
@@ -298,11 +307,15 @@ struct CopyReport {
 struct Copier<'a> {
     tree: &'a VaultTree,
     recursive: bool,
-    /// st_ino of guest files with several links → the first copy made.
-    links: HashMap<u64, PathBuf>,
+    /// st_ino of guest files with several links → the first copy made, as
+    /// its path from the top's directory (not an open directory: a tree of
+    /// many directories with links would run out of descriptors).
+    links: HashMap<u64, Vec<CString>>,
     root: bool,
     rep: CopyReport,
     buf: Vec<u8>,
+    /// The directory the top of the copy is in: where `links` start.
+    origin: Arc<OwnedFd>,
 }
 
 fn cp(vault_dir: &Path, point: &str, spec: &str, dest: &Path, recursive: bool, out: &Out) -> Result<()> {
@@ -317,8 +330,10 @@ fn cp(vault_dir: &Path, point: &str, spec: &str, dest: &Path, recursive: bool, o
         _ => format!("p{n}").into_bytes(),
     };
     let target = if dest.is_dir() { dest.join(OsStr::from_bytes(&base)) } else { dest.to_owned() };
-    let mut c = Copier { tree: &tree, recursive, links: HashMap::new(), root: unsafe { libc::geteuid() } == 0, rep: CopyReport::default(), buf: vec![0u8; 1 << 20] };
-    c.copy(&node, &target, true)?;
+    let top = Dest::top(&target, dest.is_dir().then_some(&base[..]))?;
+    let origin = top.dir.clone();
+    let mut c = Copier { tree: &tree, recursive, links: HashMap::new(), root: unsafe { libc::geteuid() } == 0, rep: CopyReport::default(), buf: vec![0u8; 1 << 20], origin };
+    c.copy(&node, &top, true)?;
     let rep = c.rep;
     out.result(&rep, || {
         format!(
@@ -338,146 +353,119 @@ fn cp(vault_dir: &Path, point: &str, spec: &str, dest: &Path, recursive: bool, o
     Ok(())
 }
 
-impl Copier<'_> {
-    /// Copies `node` to `dest`. Errors below the top are reported and
-    /// counted so one damaged file does not stop a tree copy.
-    fn copy(&mut self, node: &Node, dest: &Path, top: bool) -> Result<()> {
-        match self.copy_one(node, dest) {
-            Ok(()) => Ok(()),
-            // A signal stops the whole copy, not only this file.
-            Err(e) if !top && !matches!(e, Error::Interrupted) => {
-                log::error!("{}: {e}", dest.display());
-                eprintln!("kluis: error: {}: {e}", dest.display());
-                self.rep.errors += 1;
-                Ok(())
-            }
-            Err(e) => Err(e),
+/// Entry `name` of directory `dir`, which the copy opened itself; `shown`
+/// is its path for messages.
+struct Dest {
+    dir: Arc<OwnedFd>,
+    name: CString,
+    shown: PathBuf,
+    /// The names from the top's directory down to this entry.
+    rel: Vec<CString>,
+}
+
+/// A libc call's result: `errno` when it is negative.
+fn last_err(r: libc::c_int) -> std::io::Result<libc::c_int> {
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
+}
+
+impl Dest {
+    /// The top of a copy: `target` as the user named it (symlinks on the
+    /// way are the user's to follow), `guest_name` the guest's name of it
+    /// when it was taken from the guest.
+    fn top(target: &Path, guest_name: Option<&[u8]>) -> Result<Dest> {
+        if let Some(why) = guest_name.and_then(guestfs::bad_name) {
+            return Err(Error::InvalidInput(format!("{}: the guest name {why}", target.display())));
         }
+        let name = target.file_name().filter(|n| *n != ".." && *n != ".").ok_or_else(|| Error::InvalidInput(format!("{}: name the file or directory to create", target.display())))?;
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = File::open(parent).map_err(|e| Error::io_path("open directory", parent, e))?;
+        let name = cstr(Path::new(name))?;
+        Ok(Dest { dir: Arc::new(dir.into()), rel: vec![name.clone()], name, shown: target.to_owned() })
     }
 
-    fn copy_one(&mut self, node: &Node, dest: &Path) -> Result<()> {
-        stop_requested()?;
-        let a = self.tree.attr(node)?;
-        let io = |what: &str, e| Error::io_path(what, dest, e);
-        match a.kind {
-            Kind::Dir => {
-                if !self.recursive {
-                    return Err(Error::InvalidInput(format!("{} is a directory (use -r)", dest.display())));
-                }
-                match fs::create_dir(dest) {
-                    Ok(()) => {}
-                    // Not through a symlink: the copy stays where it was asked to go.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) => {}
-                    Err(e) => return Err(io("create directory", e)),
-                }
-                self.rep.dirs += 1;
-                for (name, child, _) in self.tree.entries(node)? {
-                    self.copy(&child, &dest.join(OsStr::from_bytes(&name)), false)?;
-                }
-                self.finish(dest, &a, false)?;
+    /// Entry `name` of directory `dir` (`self`, opened), for a guest name:
+    /// refused unless it is one plain component.
+    fn child(&self, dir: &Arc<OwnedFd>, name: &[u8]) -> Result<Dest> {
+        let shown = self.shown.join(OsStr::from_bytes(name));
+        if let Some(why) = guestfs::bad_name(name) {
+            return Err(Error::InvalidInput(format!("{}: not created, the guest name {why}", shown.display())));
+        }
+        let name = cstr(Path::new(OsStr::from_bytes(name)))?;
+        let rel = self.rel.iter().cloned().chain([name.clone()]).collect();
+        Ok(Dest { dir: dir.clone(), name, shown, rel })
+    }
+
+    fn io(&self, what: &str, e: std::io::Error) -> Error {
+        Error::io_path(what, &self.shown, e)
+    }
+
+    /// openat(2) of the entry, never through a symlink.
+    fn open(&self, flags: libc::c_int, mode: libc::mode_t) -> std::io::Result<OwnedFd> {
+        let fd = last_err(unsafe { libc::openat(self.dir.as_raw_fd(), self.name.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC, mode as libc::c_uint) })?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// A new file beside the entry, under a name nobody can predict, made
+    /// exclusively (O_EXCL, never through a symlink); removed unless
+    /// [`Partial::install`] renames it over the entry.
+    fn create_temp(&self) -> std::io::Result<Partial> {
+        let base = String::from_utf8_lossy(self.name.as_bytes()).into_owned();
+        let mut last = None;
+        for _ in 0..16 {
+            let tmp = CString::new(kluis::newfile::temp_name(&base)).map_err(std::io::Error::other)?;
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            match last_err(unsafe { libc::openat(self.dir.as_raw_fd(), tmp.as_ptr(), flags, 0o600 as libc::c_uint) }) {
+                // SAFETY: openat returned a new descriptor that nothing else owns.
+                Ok(fd) => return Ok(Partial { dir: self.dir.clone(), name: Some(tmp), file: File::from(unsafe { OwnedFd::from_raw_fd(fd) }) }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
             }
-            Kind::File => {
-                let ino = a.guest.and_then(|g| g.ino).filter(|_| a.nlink > 1);
-                if let Some(first) = ino.and_then(|i| self.links.get(&i)) {
-                    let _ = fs::remove_file(dest);
-                    fs::hard_link(first, dest).map_err(|e| io("link", e))?;
-                    self.rep.hardlinks += 1;
-                    return Ok(());
-                }
-                let h = self.tree.open(node)?;
-                // Written under a fresh name made exclusively beside `dest`
-                // and renamed over it when complete: never through a symlink
-                // at `dest`, and no partial file left by an interruption.
-                let (tmp, f) = kluis::newfile::create_temp_beside(dest, 0o600).map_err(|e| io("create", e))?;
-                let mut partial = Partial(Some(tmp.clone()));
-                let size = h.size();
-                let mut off = 0u64;
-                while off < size {
-                    stop_requested()?;
-                    let d = h.read(off, self.buf.len())?;
-                    if d.is_empty() {
-                        return Err(Error::Corrupt(format!("{}: file ends at {off} of {size} bytes", dest.display())));
-                    }
-                    // All-zero runs become holes, as a sparse guest file had them.
-                    if d.iter().any(|b| *b != 0) {
-                        f.write_all_at(&d, off).map_err(|e| io("write", e))?;
-                    }
-                    off += d.len() as u64;
-                }
-                f.set_len(size).map_err(|e| io("write", e))?;
-                drop(f);
-                self.finish(&tmp, &a, false)?;
-                fs::rename(&tmp, dest).map_err(|e| io("rename into", e))?;
-                partial.0 = None;
-                self.rep.files += 1;
-                self.rep.bytes += size;
-                if let Some(i) = ino {
-                    self.links.insert(i, dest.to_owned());
-                }
-            }
-            Kind::Symlink => {
-                let t = self.tree.readlink_bytes(node)?;
-                let _ = fs::remove_file(dest);
-                std::os::unix::fs::symlink(OsStr::from_bytes(&t), dest).map_err(|e| io("create symlink", e))?;
-                self.rep.symlinks += 1;
-                self.finish(dest, &a, true)?;
-            }
-            Kind::Fifo => {
-                let c = cstr(dest)?;
-                if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-                    return Err(io("create fifo", std::io::Error::last_os_error()));
-                }
-                self.rep.other += 1;
-                self.finish(dest, &a, false)?;
-            }
-            Kind::CharDev | Kind::BlockDev | Kind::Socket => {
-                log::warn!("{}: device or socket not copied", dest.display());
-                self.rep.other += 1;
-            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AlreadyExists)))
+    }
+
+    /// Removes a non-directory at the entry, if any.
+    fn unlink(&self) {
+        unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) };
+    }
+
+    fn at(&self) -> (libc::c_int, &CStr) {
+        (self.dir.as_raw_fd(), &self.name)
+    }
+}
+
+/// A file being written under a temporary name in a directory the copy
+/// opened; removed unless installed.
+struct Partial {
+    dir: Arc<OwnedFd>,
+    name: Option<CString>,
+    file: File,
+}
+
+impl Partial {
+    /// Renames the finished file over `dest` (replacing what is there; a
+    /// symlink there is replaced, never followed).
+    fn install(mut self, dest: &Dest) -> Result<()> {
+        let tmp = self.name.take().expect("installed once");
+        let (dir, name) = dest.at();
+        let r = last_err(unsafe { libc::renameat(self.dir.as_raw_fd(), tmp.as_ptr(), dir, name.as_ptr()) });
+        if let Err(e) = r {
+            self.name = Some(tmp);
+            return Err(dest.io("rename into", e));
         }
         Ok(())
     }
+}
 
-    /// Owner (when root), mode and mtime, in that order: chown clears
-    /// setuid. All by path and never following a symlink, as tar and rsync
-    /// do: opening a FIFO to set its time would wait for a writer forever.
-    fn finish(&self, dest: &Path, a: &Attr, symlink: bool) -> Result<()> {
-        let c = cstr(dest)?;
-        if let (true, Some(g)) = (self.root, a.guest)
-            && unsafe { libc::lchown(c.as_ptr(), g.uid, g.gid) } != 0
-        {
-            log::warn!("{}: chown: {}", dest.display(), std::io::Error::last_os_error());
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(n) = &self.name {
+            unsafe { libc::unlinkat(self.dir.as_raw_fd(), n.as_ptr(), 0) };
         }
-        if !symlink {
-            let mode = a.mode as libc::mode_t & 0o7777;
-            if unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-                let e = std::io::Error::last_os_error();
-                // Without fchmodat2(2), glibc emulates the flag through
-                // /proc; where that is missing, a plain chmod of what is
-                // known not to be a symlink.
-                let emulation_missing = matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::ENOENT));
-                if !(emulation_missing && fs::symlink_metadata(dest).is_ok_and(|m| !m.file_type().is_symlink())) {
-                    return Err(Error::io_path("chmod", dest, e));
-                }
-                if unsafe { libc::chmod(c.as_ptr(), mode) } != 0 {
-                    return Err(Error::io_path("chmod", dest, std::io::Error::last_os_error()));
-                }
-            }
-        }
-        let d = mtime_of(a).duration_since(UNIX_EPOCH).unwrap_or_default();
-        let ts = [
-            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-            libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as _ },
-        ];
-        if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if symlink {
-                log::warn!("{}: set mtime: {e}", dest.display());
-            } else {
-                return Err(Error::io_path("set mtime of", dest, e));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -487,19 +475,175 @@ fn stop_requested() -> Result<()> {
     if super::CANCEL.load(std::sync::atomic::Ordering::Relaxed) { Err(Error::Interrupted) } else { Ok(()) }
 }
 
-/// A file being written, removed unless the copy completes.
-struct Partial(Option<PathBuf>);
+/// openat(2) of directory `name` in `dir`, never through a symlink.
+fn open_dir_at(dir: libc::c_int, name: &CStr) -> std::io::Result<OwnedFd> {
+    let fd = last_err(unsafe { libc::openat(dir, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) })?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = fs::remove_file(p);
+impl Copier<'_> {
+    /// Copies `node` to `dest`. Errors below the top are reported and
+    /// counted so one damaged file does not stop a tree copy.
+    fn copy(&mut self, node: &Node, dest: &Dest, top: bool) -> Result<()> {
+        match self.copy_one(node, dest) {
+            Ok(()) => Ok(()),
+            // A signal stops the whole copy, not only this file.
+            Err(e) if !top && !matches!(e, Error::Interrupted) => {
+                log::error!("{}: {e}", dest.shown.display());
+                eprintln!("kluis: error: {}: {e}", dest.shown.display());
+                self.rep.errors += 1;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn copy_one(&mut self, node: &Node, dest: &Dest) -> Result<()> {
+        stop_requested()?;
+        let a = self.tree.attr(node)?;
+        match a.kind {
+            Kind::Dir => {
+                if !self.recursive {
+                    return Err(Error::InvalidInput(format!("{} is a directory (use -r)", dest.shown.display())));
+                }
+                let (dir, name) = dest.at();
+                // Private until finished; an existing directory is reused,
+                // an existing symlink is not followed (ELOOP below).
+                if let Err(e) = last_err(unsafe { libc::mkdirat(dir, name.as_ptr(), 0o700) })
+                    && e.kind() != std::io::ErrorKind::AlreadyExists
+                {
+                    return Err(dest.io("create directory", e));
+                }
+                let (dir, name) = dest.at();
+                let fd = Arc::new(open_dir_at(dir, name).map_err(|e| dest.io("open directory", e))?);
+                self.rep.dirs += 1;
+                for (name, child, _) in self.tree.entries(node)? {
+                    match dest.child(&fd, &name) {
+                        Ok(d) => self.copy(&child, &d, false)?,
+                        Err(e) => {
+                            eprintln!("kluis: error: {e}");
+                            self.rep.errors += 1;
+                        }
+                    }
+                }
+                self.finish(&File::from(fd.try_clone().map_err(|e| dest.io("open directory", e))?), dest, &a)?;
+            }
+            Kind::File => {
+                let ino = a.guest.and_then(|g| g.ino).filter(|_| a.nlink > 1);
+                if let Some(first) = ino.and_then(|i| self.links.get(&i)) {
+                    dest.unlink();
+                    // The first copy's directory, walked down again from
+                    // the top without following symlinks.
+                    let (last, path) = first.split_last().expect("a path has a name");
+                    let mut held = None;
+                    for c in path {
+                        let at = held.as_ref().map_or(self.origin.as_raw_fd(), |d: &OwnedFd| d.as_raw_fd());
+                        held = Some(open_dir_at(at, c).map_err(|e| dest.io("link", e))?);
+                    }
+                    let fdir = held.as_ref().map_or(self.origin.as_raw_fd(), |d| d.as_raw_fd());
+                    let (dir, name) = dest.at();
+                    last_err(unsafe { libc::linkat(fdir, last.as_ptr(), dir, name.as_ptr(), 0) }).map_err(|e| dest.io("link", e))?;
+                    self.rep.hardlinks += 1;
+                    return Ok(());
+                }
+                let h = self.tree.open(node)?;
+                // Written under a fresh name made exclusively beside the
+                // entry and renamed over it when complete: never through a
+                // symlink there, and no partial file left by an interruption.
+                let partial = dest.create_temp().map_err(|e| dest.io("create", e))?;
+                let f = partial.file.try_clone().map_err(|e| dest.io("create", e))?;
+                let size = h.size();
+                let mut off = 0u64;
+                while off < size {
+                    stop_requested()?;
+                    // Only the data the guest stored is read: a file that
+                    // claims 60 GiB over a few blocks costs those blocks.
+                    let Some(data) = h.seek(off, true).map(|d| d.max(off)).filter(|d| *d < size) else { break };
+                    let end = h.seek(data, false).unwrap_or(size).clamp(data + 1, size);
+                    off = data;
+                    while off < end {
+                        stop_requested()?;
+                        let d = h.read(off, self.buf.len().min((end - off) as usize))?;
+                        if d.is_empty() {
+                            return Err(Error::Corrupt(format!("{}: file ends at {off} of {size} bytes", dest.shown.display())));
+                        }
+                        // All-zero runs become holes, as a sparse guest file had them.
+                        if d.iter().any(|b| *b != 0) {
+                            f.write_all_at(&d, off).map_err(|e| dest.io("write", e))?;
+                        }
+                        off += d.len() as u64;
+                    }
+                }
+                f.set_len(size).map_err(|e| dest.io("write", e))?;
+                self.finish(&f, dest, &a)?;
+                partial.install(dest)?;
+                self.rep.files += 1;
+                self.rep.bytes += size;
+                if let Some(i) = ino {
+                    self.links.insert(i, dest.rel.clone());
+                }
+            }
+            Kind::Symlink => {
+                let t = self.tree.readlink_bytes(node)?;
+                dest.unlink();
+                let target = CString::new(t).map_err(|_| Error::Corrupt(format!("{}: NUL in the symlink's target", dest.shown.display())))?;
+                let (dir, name) = dest.at();
+                last_err(unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) }).map_err(|e| dest.io("create symlink", e))?;
+                self.rep.symlinks += 1;
+                self.finish_symlink(dest, &a);
+            }
+            Kind::Fifo => {
+                let (dir, name) = dest.at();
+                last_err(unsafe { libc::mkfifoat(dir, name.as_ptr(), 0o600) }).map_err(|e| dest.io("create fifo", e))?;
+                // Opened to read without waiting for a writer, only to set
+                // its metadata through the descriptor.
+                let f = File::from(dest.open(libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(|e| dest.io("open fifo", e))?);
+                self.rep.other += 1;
+                self.finish(&f, dest, &a)?;
+            }
+            Kind::CharDev | Kind::BlockDev | Kind::Socket => {
+                log::warn!("{}: device or socket not copied", dest.shown.display());
+                self.rep.other += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Owner (when root), mode and mtime of the entry open as `f`, in that
+    /// order: chown clears setuid.
+    fn finish(&self, f: &File, dest: &Dest, a: &Attr) -> Result<()> {
+        if let (true, Some(g)) = (self.root, a.guest)
+            && let Err(e) = std::os::unix::fs::fchown(f, Some(g.uid), Some(g.gid))
+        {
+            log::warn!("{}: chown: {e}", dest.shown.display());
+        }
+        f.set_permissions(fs::Permissions::from_mode(a.mode as u32 & 0o7777)).map_err(|e| dest.io("chmod", e))?;
+        f.set_times(FileTimes::new().set_modified(mtime_of(a))).map_err(|e| dest.io("set mtime of", e))?;
+        Ok(())
+    }
+
+    /// Owner (when root) and mtime of a symlink, not followed.
+    fn finish_symlink(&self, dest: &Dest, a: &Attr) {
+        let (dir, name) = dest.at();
+        if let (true, Some(g)) = (self.root, a.guest)
+            && unsafe { libc::fchownat(dir, name.as_ptr(), g.uid, g.gid, libc::AT_SYMLINK_NOFOLLOW) } != 0
+        {
+            log::warn!("{}: chown: {}", dest.shown.display(), std::io::Error::last_os_error());
+        }
+        let d = mtime_of(a).duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ts = [
+            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+            libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as _ },
+        ];
+        if unsafe { libc::utimensat(dir, name.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+            log::warn!("{}: set mtime: {}", dest.shown.display(), std::io::Error::last_os_error());
         }
     }
 }
 
-fn cstr(p: &Path) -> Result<std::ffi::CString> {
-    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::InvalidInput(format!("{}: NUL in path", p.display())))
+fn cstr(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::InvalidInput(format!("{}: NUL in path", p.display())))
 }
 
 #[derive(Serialize)]

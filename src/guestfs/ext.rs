@@ -181,8 +181,18 @@ impl ExtFs {
             // (unknown directory, inline data, damage) files stay unresolved.
             let numbers = dir_ino.and_then(|d| inner.geo.slot(raw, d).and_then(|s| inner.geo.dir_entries(raw, d, &s)).ok()).unwrap_or_default();
             let mut found = Vec::new();
+            // The crate ends a listing at a name no path can hold (`/` or
+            // NUL inside); the entries after it come from our own read.
+            let mut cut = false;
             for e in st.fs.read_dir(&p).map_err(|e| err(dir, e))? {
-                let e = e.map_err(|e| err(dir, e))?;
+                let e = match e {
+                    Ok(e) => e,
+                    Err(e) if e.to_string().contains("has invalid name") => {
+                        cut = true;
+                        break;
+                    }
+                    Err(e) => return Err(err(dir, e)),
+                };
                 let name = e.file_name().as_ref().to_vec();
                 if name == b"." || name == b".." {
                     continue;
@@ -214,8 +224,13 @@ impl ExtFs {
                 }
                 attrs[i] = Some(attr_of(&m, inode));
             }
-            Ok(found.into_iter().zip(attrs).map(|((name, ..), a)| (name, a.expect("every entry was read"))).collect())
+            let mut entries: Vec<_> = found.into_iter().zip(attrs).map(|((name, ..), a)| (name, a.expect("every entry was read"))).collect();
+            if cut {
+                inner.rest_of(dir, &numbers, &mut entries);
+            }
+            Ok(entries)
         })?;
+        let entries = super::good_entries("ext", dir, entries);
         let mut inos = self.0.dir_inos.lock().unwrap();
         if inos.len() + subdirs.len() > DIR_INOS {
             inos.clear();
@@ -260,6 +275,9 @@ impl ExtFs {
         let slot = inner.geo.slot(&raw, ino)?;
         if !slot.is_regular() || slot.size() != a.size {
             return Err(Error::Corrupt(format!("ext {}: inode {ino} is not the listed file", show(path))));
+        }
+        if a.size > inner.geo.max_size(&slot) {
+            return Err(Error::Corrupt(format!("ext {}: inode {ino} claims {} bytes, more than ext allows", show(path), a.size)));
         }
         match inner.geo.block_map(&raw, ino, &slot) {
             Ok(runs) => Ok(Some(MappedFile {
@@ -325,6 +343,28 @@ impl GuestFs for ExtFs {
 }
 
 impl Inner {
+    /// Adds to `entries` (what ext4-view listed of directory `dir` before
+    /// a name it refuses) the other entries of `numbers` (the directory's
+    /// own blocks), with attributes from their inodes, where the blocks as
+    /// written are the filesystem (nothing to replay); the bad names
+    /// themselves are then skipped like any other.
+    fn rest_of(&self, dir: &[u8], numbers: &HashMap<Vec<u8>, u64>, entries: &mut Vec<(Vec<u8>, GAttr)>) {
+        if !self.geo.as_replayed() || numbers.is_empty() {
+            log::warn!("ext {}: listed up to an entry with a bad name; the entries after it are not shown", show(dir));
+            return;
+        }
+        let listed: std::collections::HashSet<Vec<u8>> = entries.iter().map(|(n, _)| n.clone()).collect();
+        let mut rest: Vec<_> = numbers.iter().filter(|(n, _)| *n != b"." && *n != b".." && !listed.contains(*n)).collect();
+        rest.sort();
+        for (name, &ino) in rest {
+            self.fuel.add(ENTRY_FUEL);
+            match self.geo.slot(&self.raw, ino) {
+                Ok(s) => entries.push((name.clone(), s.attr(&self.geo, ino))),
+                Err(e) => log::warn!("ext {}: entry {:?}: {e}", show(dir), name.escape_ascii().to_string()),
+            }
+        }
+    }
+
     /// Runs `f` on the locked state with a budget of `fuel` bytes. The
     /// guard runs inside the lock, so a panic never poisons it.
     fn with<T>(&self, path: &[u8], fuel: i64, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {

@@ -185,8 +185,10 @@ impl Geometry {
                     return Err(Error::Corrupt("ext: bad directory entry".into()));
                 }
                 // Inode 0: free space, an htree node, the checksum tail.
+                // A second entry of a name (damage) must not lend the
+                // first its inode: the first is the one a listing shows.
                 if ino != 0 && len > 0 {
-                    out.insert(buf[off + 8..off + 8 + len].to_vec(), ino as u64);
+                    out.entry(buf[off + 8..off + 8 + len].to_vec()).or_insert(ino as u64);
                 }
                 off += rec;
             }
@@ -222,6 +224,20 @@ impl Geometry {
             }
         }
         Ok(map.runs)
+    }
+
+    /// The largest size a file mapped like `slot` can have: 2^32 blocks
+    /// through extents (32-bit logical block numbers), 12 direct blocks
+    /// and three levels of indirect ones in ext2/3. A bigger size is no
+    /// sparse file but damage.
+    pub fn max_size(&self, slot: &Slot) -> u64 {
+        let blocks = if u32le(&slot.0, 0x20) & EXTENTS_FL != 0 {
+            1 << 32
+        } else {
+            let p = self.per_block();
+            12 + p + p * p + p * p * p
+        };
+        blocks * self.block_size
     }
 
     fn per_block(&self) -> u64 {
@@ -351,6 +367,36 @@ impl Slot {
     #[cfg(test)]
     pub fn bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    /// The attributes this slot alone gives (mtime to the second), for an
+    /// entry ext4-view cannot reach: kind, mode, owner, size, links and,
+    /// for a regular file, inode number and allocation.
+    pub fn attr(&self, geo: &Geometry, ino: u64) -> super::GAttr {
+        use super::GKind;
+        let b = &self.0;
+        let kind = match u16le(b, 0) & 0o170000 {
+            0o040000 => GKind::Dir,
+            0o120000 => GKind::Symlink,
+            0o020000 => GKind::CharDev,
+            0o060000 => GKind::BlockDev,
+            0o010000 => GKind::Fifo,
+            0o140000 => GKind::Socket,
+            _ => GKind::File,
+        };
+        let file = kind == GKind::File;
+        super::GAttr {
+            kind,
+            size: if kind == GKind::Dir { 0 } else { self.size() },
+            mode: u16le(b, 0) & 0o7777,
+            uid: u16le(b, 2) as u32 | (u16le(b, 0x78) as u32) << 16,
+            gid: u16le(b, 0x18) as u32 | (u16le(b, 0x7a) as u32) << 16,
+            mtime_s: u32le(b, 0x10) as i32 as i64,
+            mtime_ns: 0,
+            ino: file.then_some(ino),
+            nlink: if kind == GKind::Dir { 2 } else if file { self.nlink().max(1) } else { 1 },
+            allocated: file.then(|| geo.allocated(self)),
+        }
     }
 
     pub fn is_regular(&self) -> bool {

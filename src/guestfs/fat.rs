@@ -5,12 +5,15 @@
 //!
 //! `fatfs` finds an entry by scanning its directory, so listings are kept
 //! with their attributes in a [`DirCache`], making `ls -l` of a directory
-//! one scan instead of one per entry.
+//! one scan instead of one per entry. Its lookup by path ignores case and
+//! takes the first match (and matches 8.3 aliases), so `foo` could open
+//! `Foo`; paths are walked here instead, by exact name ([`find`]), and
+//! names no host path can hold are not listed ([`super::good_entries`]).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex};
 
-use fatfs::{DirEntry, FileSystem, FsOptions};
+use fatfs::{Dir, DirEntry, FileSystem, FsOptions};
 
 use super::dircache::{DirCache, Listing};
 use super::readat::{Cursor, Fuel, Slice, META_FUEL};
@@ -42,9 +45,43 @@ fn io_err(path: &[u8], e: std::io::Error) -> Error {
     }
 }
 
-fn utf8(path: &[u8]) -> Result<&str> {
-    super::components(path)?;
-    std::str::from_utf8(path).map_err(|_| Error::NotFound(format!("FAT {}: no such file", show(path))))
+/// The entries of `dir` but its dot entries, in directory order (bad
+/// names included: see [`super::good_entries`]).
+fn named<'a>(dir: &Dir<'a, Cursor>, path: &[u8]) -> Result<Vec<(Vec<u8>, DirEntry<'a, Cursor>)>> {
+    let mut out = Vec::new();
+    for e in dir.iter() {
+        let e = e.map_err(|e| io_err(path, e))?;
+        // The dot entries, by their short names (a long name `..` on
+        // another entry is a bad name, warned about below).
+        if matches!(e.short_file_name().as_str(), "." | "..") {
+            continue;
+        }
+        if out.len() >= MAX_ENTRIES.min(1 << 20) {
+            return Err(Error::Corrupt(format!("FAT {}: too many entries (a loop?)", show(path))));
+        }
+        out.push((e.file_name().into_bytes(), e));
+    }
+    Ok(out)
+}
+
+/// The entry at `path` (not the root), found one component at a time by
+/// exact name, else by the one name that matches ignoring case
+/// ([`super::pick`]).
+fn find<'a>(fs: &'a FileSystem<Cursor>, path: &[u8]) -> Result<DirEntry<'a, Cursor>> {
+    let not_found = || Error::NotFound(format!("FAT {}: no such file", show(path)));
+    let mut dir = fs.root_dir();
+    let comps = super::components(path)?;
+    for (i, c) in comps.iter().enumerate() {
+        let e = super::pick(named(&dir, path)?, c).ok_or_else(not_found)?;
+        if i + 1 == comps.len() {
+            return Ok(e);
+        }
+        if !e.is_dir() {
+            return Err(Error::InvalidInput(format!("FAT {}: not a directory", show(path))));
+        }
+        dir = e.to_dir();
+    }
+    Err(not_found())
 }
 
 fn root_attr() -> GAttr {
@@ -90,23 +127,16 @@ impl FatFs {
         if let Some(e) = self.0.dirs.get(path) {
             return Ok(e.clone());
         }
-        let p = utf8(path)?.to_owned();
         let list = self.0.with(path, META_FUEL, |fs| {
-            let root = fs.root_dir();
-            let dir = if p.is_empty() { root } else { root.open_dir(&p).map_err(|e| io_err(path, e))? };
-            let mut out = Vec::new();
-            for e in dir.iter() {
-                let e = e.map_err(|e| io_err(path, e))?;
-                let name = e.file_name();
-                if name == "." || name == ".." {
-                    continue;
-                }
-                if out.len() >= MAX_ENTRIES.min(1 << 20) {
-                    return Err(Error::Corrupt(format!("FAT {}: too many entries (a loop?)", show(path))));
-                }
-                out.push((name.into_bytes(), entry_attr(&e)));
-            }
-            Ok(out)
+            let dir = match path {
+                b"" => fs.root_dir(),
+                _ => match find(fs, path)? {
+                    e if e.is_dir() => e.to_dir(),
+                    _ => return Err(Error::InvalidInput(format!("FAT {}: not a directory", show(path)))),
+                },
+            };
+            let good = super::good_entries("FAT", path, named(&dir, path)?);
+            Ok(good.into_iter().map(|(n, e)| (n, entry_attr(&e))).collect())
         })?;
         Ok(self.0.dirs.insert(path, Listing::new(list)))
     }
@@ -130,10 +160,10 @@ impl GuestFs for FatFs {
         let Some((name, parent)) = comps.split_last() else { return Ok(root_attr()) };
         let parent = parent.join(&b'/');
         let list = self.entries(&parent)?;
-        // FAT names are case-insensitive; prefer the exact spelling.
+        // FAT names are case-insensitive; the exact spelling first.
         list.get(name)
-            .or_else(|| list.entries().iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, a)| a))
             .copied()
+            .or_else(|| super::pick(list.entries().iter().map(|(n, a)| (n.clone(), *a)), name))
             .ok_or_else(|| Error::NotFound(format!("FAT {}: no such file", show(path))))
     }
 
@@ -153,13 +183,13 @@ impl GuestFs for FatFs {
         if a.kind != GKind::File {
             return Err(Error::InvalidInput(format!("FAT {}: not a regular file", show(path))));
         }
-        Ok(Box::new(FatFile { fs: self.0.clone(), path: utf8(path)?.to_owned(), size: a.size }))
+        Ok(Box::new(FatFile { fs: self.0.clone(), path: path.to_vec(), size: a.size }))
     }
 }
 
 struct FatFile {
     fs: Arc<Inner>,
-    path: String,
+    path: Vec<u8>,
     size: u64,
 }
 
@@ -176,9 +206,13 @@ impl GuestFile for FatFile {
         if want == 0 {
             return Ok(0);
         }
-        let path = self.path.as_bytes();
+        let path = &self.path[..];
         self.fs.with(path, META_FUEL + 4 * want as i64, |fs| {
-            let mut f = fs.root_dir().open_file(&self.path).map_err(|e| io_err(path, e))?;
+            let e = find(fs, path)?;
+            if e.is_dir() {
+                return Err(Error::InvalidInput(format!("FAT {}: not a regular file", show(path))));
+            }
+            let mut f = e.to_file();
             f.seek(SeekFrom::Start(offset)).map_err(|e| io_err(path, e))?;
             super::read_full(&mut buf[..want], |b| f.read(b).map_err(|e| io_err(path, e)))
         })

@@ -22,6 +22,16 @@
 //! so a cyclic structure ends in an error rather than a hang. Directory
 //! listings are capped at [`MAX_ENTRIES`]. The fuzz test below mutates real
 //! images and walks them under a deadline.
+//!
+//! # Names
+//!
+//! A listing never shows a name that is not one plain path component
+//! ([`bad_name`]: `/` or NUL inside, `.`, `..`) nor a second entry of a
+//! name: such entries are skipped with a warning (`good_entries`) and the
+//! rest of the directory is listed, so no guest name can lead a caller's
+//! host path out of its target and no two files share a name. Lookups
+//! match names exactly, and ignoring case only where one name alone
+//! matches (`pick`), so `Foo` and `foo` stay two files.
 
 pub mod readat;
 pub mod part;
@@ -201,6 +211,62 @@ pub fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
         }
     }
     Ok(out)
+}
+
+/// Why `name`, as a guest directory holds it, cannot be one path component
+/// on the host; None for a good name. Guest filesystems never store such
+/// names themselves (the kernels and Windows refuse `/` and NUL, and `.`
+/// and `..` are only the dot entries), so they come from damage or from
+/// an attacker: a name like `../../etc/x` must never reach a host path.
+pub fn bad_name(name: &[u8]) -> Option<&'static str> {
+    match name {
+        b"" => Some("is empty"),
+        b"." | b".." => Some("is a dot entry"),
+        n if n.contains(&b'/') => Some("contains `/`"),
+        n if n.contains(&0) => Some("contains NUL"),
+        _ => None,
+    }
+}
+
+/// The entries of directory `dir` that can be shown: a bad name
+/// ([`bad_name`]) or a second entry of the same name (which no lookup
+/// could tell from the first) is skipped with a warning, so one bad entry
+/// never fails the whole listing nor merges two files into one name.
+pub(crate) fn good_entries<T>(fs: &str, dir: &[u8], entries: Vec<(Vec<u8>, T)>) -> Vec<(Vec<u8>, T)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, e) in entries {
+        let why = bad_name(&name).or_else(|| (!seen.insert(name.clone())).then_some("is a second entry of that name"));
+        match why {
+            Some(why) => skipped(fs, dir, &name, why),
+            None => out.push((name, e)),
+        }
+    }
+    out
+}
+
+/// The warning for an entry of `dir` that is not shown.
+pub(crate) fn skipped(fs: &str, dir: &[u8], name: &[u8], why: &str) {
+    log::warn!("{fs} {}: skipped an entry whose name {why}: {:?} (damaged or crafted filesystem)", show(dir), name.escape_ascii().to_string());
+}
+
+/// Which of `names` a lookup of `want` finds: the entry of exactly that
+/// name, else the one entry whose name matches ignoring case (a Windows
+/// user's spelling of an NTFS or FAT name); never one of several that
+/// differ only in case.
+pub(crate) fn pick<T>(names: impl IntoIterator<Item = (Vec<u8>, T)>, want: &[u8]) -> Option<T> {
+    let fold = |n: &[u8]| String::from_utf8_lossy(n).to_lowercase();
+    let want_folded = fold(want);
+    let mut folded = Vec::new();
+    for (n, t) in names {
+        if n == want {
+            return Some(t);
+        }
+        if fold(&n) == want_folded {
+            folded.push(t);
+        }
+    }
+    if folded.len() == 1 { folded.pop() } else { None }
 }
 
 /// How many bytes a read of `len` at `offset` may return from a file of

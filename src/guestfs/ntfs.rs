@@ -9,10 +9,20 @@
 //! and Interix/ntfs-3g `IntxLNK` files; their target is shown as stored,
 //! with `\` turned into `/`. DOS 8.3 aliases and the `$` metafiles of the
 //! root are hidden. Compressed and encrypted files read as EIO.
+//!
+//! Names are case-sensitive, as ntfs-3g shows them: Windows' POSIX
+//! namespace (and ntfs-3g by default) lets `Foo` and `foo` live in one
+//! directory. The crate's index search ignores case and returns whichever
+//! it meets first, so a lookup takes its answer only when the name is
+//! exactly the one asked for, and else scans the directory
+//! ([`super::pick`]). Names that are not valid UTF-16 are skipped with a
+//! warning, as ntfs-3g does ("unrepresentable"): shown lossily, two of
+//! them would merge.
 
 use std::io::SeekFrom;
 use std::sync::Arc;
 
+use ntfs::attribute_value::NtfsAttributeValue;
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsError, NtfsFile, NtfsReadSeek};
@@ -28,6 +38,14 @@ const TAG_SYMLINK: u32 = 0xa000_000c;
 const TAG_MOUNT_POINT: u32 = 0xa000_0003;
 /// 100 ns intervals from 1601-01-01 to 1970-01-01.
 const EPOCH_DIFF: u64 = 116_444_736_000_000_000;
+
+/// A directory entry as the directory's index holds it: the file's record
+/// number and the index's copy of its flags and kind.
+struct Indexed {
+    rec: u64,
+    flags: NtfsFileAttributeFlags,
+    dir: bool,
+}
 
 struct Inner {
     ntfs: Ntfs,
@@ -89,16 +107,60 @@ impl Inner {
             let dir = self.ntfs.file(io, rec).map_err(|e| err(path, e))?;
             let index = dir.directory_index(io).map_err(|e| err(path, e))?;
             let mut finder = index.finder();
-            let entry = NtfsFileNameIndex::find(&mut finder, &self.ntfs, io, name)
-                .ok_or_else(|| Error::NotFound(format!("NTFS {}: no such file", show(path))))?
-                .map_err(|e| err(path, e))?;
-            let next = entry.file_reference().file_record_number();
+            let exact = match NtfsFileNameIndex::find(&mut finder, &self.ntfs, io, name) {
+                None => None,
+                Some(entry) => {
+                    let entry = entry.map_err(|e| err(path, e))?;
+                    let key = entry.key().ok_or_else(|| Error::Corrupt(format!("NTFS {}: index entry without a key", show(path))))?.map_err(|e| err(path, e))?;
+                    let same = key.namespace() != NtfsFileNamespace::Dos && key.name().to_string().is_ok_and(|n| n == name);
+                    same.then(|| entry.file_reference().file_record_number())
+                }
+            };
+            let next = match exact {
+                Some(next) => next,
+                // Another spelling, or nothing: a name that differs only
+                // in case may sit next to the one the search met.
+                None => super::pick(self.named(io, path, &dir, false)?.into_iter().map(|(n, e)| (n, e.rec)), c)
+                    .ok_or_else(|| Error::NotFound(format!("NTFS {}: no such file", show(path))))?,
+            };
             if rec == ROOT && next < FIRST_USER_RECORD {
                 return Err(Error::NotFound(format!("NTFS {}: no such file", show(path))));
             }
             rec = next;
         }
         Ok(rec)
+    }
+
+    /// The entries of directory `dir` (`path`, for messages) with what its
+    /// index says of them;
+    /// DOS aliases and the root's metafiles left out, bad names not (see
+    /// [`super::good_entries`]). Names that are not UTF-16 are left out,
+    /// with a warning when `listing`.
+    fn named(&self, io: &mut Cursor, path: &[u8], dir: &NtfsFile, listing: bool) -> Result<Vec<(Vec<u8>, Indexed)>> {
+        let index = dir.directory_index(io).map_err(|e| err(path, e))?;
+        let mut it = index.entries();
+        let mut out = Vec::new();
+        while let Some(e) = it.next(io) {
+            let e = e.map_err(|e| err(path, e))?;
+            let Some(key) = e.key() else { continue };
+            let key = key.map_err(|e| err(path, e))?;
+            if key.namespace() == NtfsFileNamespace::Dos {
+                continue;
+            }
+            let rec = e.file_reference().file_record_number();
+            if dir.file_record_number() == ROOT && rec < FIRST_USER_RECORD {
+                continue;
+            }
+            if out.len() >= MAX_ENTRIES {
+                return Err(Error::Corrupt(format!("NTFS {}: more than {MAX_ENTRIES} entries", show(path))));
+            }
+            match key.name().to_string() {
+                Ok(name) => out.push((name.into_bytes(), Indexed { rec, flags: key.file_attributes(), dir: key.is_directory() })),
+                Err(_) if !listing => {}
+                Err(_) => super::skipped("NTFS", path, key.name().to_string_lossy().as_bytes(), "is not valid UTF-16"),
+            }
+        }
+        Ok(out)
     }
 
     fn attr(&self, io: &mut Cursor, path: &[u8], f: &NtfsFile) -> Result<GAttr> {
@@ -130,6 +192,42 @@ impl Inner {
             nlink: if dir { 2 } else { f.hard_link_count().max(1) as u32 },
             allocated: None,
         })
+    }
+
+    /// Where the data of file `f` (`size` bytes) is stored, as sorted,
+    /// disjoint `[start, end)` ranges of the file: everything else is in
+    /// sparse runs and reads as zeros. None where the runs are not in one
+    /// attribute (an attribute list), or the data is resident, compressed
+    /// or encrypted: then the file is all data.
+    fn stretches(&self, io: &mut Cursor, path: &[u8], f: &NtfsFile, size: u64) -> Result<Option<Vec<(u64, u64)>>> {
+        let Some(item) = f.data(io, "") else { return Ok(None) };
+        let a = item.map_err(|e| err(path, e))?;
+        let a = a.to_attribute().map_err(|e| err(path, e))?;
+        if a.flags().intersects(NtfsAttributeFlags::COMPRESSED | NtfsAttributeFlags::ENCRYPTED) {
+            return Ok(None);
+        }
+        let NtfsAttributeValue::NonResident(v) = a.value(io).map_err(|e| err(path, e))? else { return Ok(None) };
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut pos = 0u64;
+        for run in v.data_runs() {
+            if pos >= size || out.len() >= MAX_ENTRIES {
+                break;
+            }
+            let run = run.map_err(|e| err(path, e))?;
+            let end = pos.saturating_add(run.allocated_size()).min(size);
+            if run.data_position().value().is_some() && end > pos {
+                match out.last_mut() {
+                    Some(last) if last.1 == pos => last.1 = end,
+                    _ => out.push((pos, end)),
+                }
+            }
+            pos = end;
+        }
+        // Past the runs there is nothing to read: the crate fails there.
+        if pos < size {
+            out.push((pos, size));
+        }
+        Ok(Some(out))
     }
 
     fn data_len(&self, io: &mut Cursor, path: &[u8], f: &NtfsFile) -> Result<u64> {
@@ -219,31 +317,14 @@ impl GuestFs for NtfsFs {
 
     fn list(&self, path: &[u8]) -> Result<Vec<GEntry>> {
         self.0.on_file(path, |s, io, dir| {
-            let index = dir.directory_index(io).map_err(|e| err(path, e))?;
-            let mut it = index.entries();
             let mut out = Vec::new();
             let mut links = Vec::new();
-            while let Some(e) = it.next(io) {
-                let e = e.map_err(|e| err(path, e))?;
-                let Some(key) = e.key() else { continue };
-                let key = key.map_err(|e| err(path, e))?;
-                if key.namespace() == NtfsFileNamespace::Dos {
-                    continue;
-                }
-                let rec = e.file_reference().file_record_number();
-                let name = key.name().to_string_lossy();
-                if name == "." || name == ".." || (path.is_empty() && rec < FIRST_USER_RECORD) {
-                    continue;
-                }
-                if out.len() >= MAX_ENTRIES {
-                    return Err(Error::Corrupt(format!("NTFS {}: more than {MAX_ENTRIES} entries", show(path))));
-                }
-                let flags = key.file_attributes();
+            for (name, Indexed { rec, flags, dir: is_dir }) in super::good_entries("NTFS", path, s.named(io, path, &dir, true)?) {
                 if flags.contains(NtfsFileAttributeFlags::REPARSE_POINT) || flags.contains(NtfsFileAttributeFlags::SYSTEM) {
                     links.push((out.len(), rec));
                 }
-                let kind = if key.is_directory() { GKind::Dir } else { GKind::File };
-                out.push(GEntry { name: name.into_bytes(), kind, attr: None });
+                let kind = if is_dir { GKind::Dir } else { GKind::File };
+                out.push(GEntry { name, kind, attr: None });
             }
             // The index's copy of the flags only hints at a link; ask the record.
             for (i, rec) in links {
@@ -255,7 +336,6 @@ impl GuestFs for NtfsFs {
                 }
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
-            out.dedup_by(|a, b| a.name == b.name);
             Ok(out)
         })
     }
@@ -269,7 +349,7 @@ impl GuestFs for NtfsFs {
 
     fn open(&self, path: &[u8]) -> Result<Box<dyn GuestFile>> {
         let s = &self.0;
-        let (rec, size) = guard(
+        let (rec, size, stretches) = guard(
             || format!("NTFS {}", show(path)),
             || {
                 let mut io = s.io(META_FUEL);
@@ -279,10 +359,10 @@ impl GuestFs for NtfsFs {
                 if a.kind != GKind::File {
                     return Err(Error::InvalidInput(format!("NTFS {}: not a regular file", show(path))));
                 }
-                Ok((rec, a.size))
+                Ok((rec, a.size, s.stretches(&mut io, path, &f, a.size)?))
             },
         )?;
-        Ok(Box::new(NtfsFileHandle { fs: self.0.clone(), rec, size, path: path.to_vec() }))
+        Ok(Box::new(NtfsFileHandle { fs: self.0.clone(), rec, size, path: path.to_vec(), stretches }))
     }
 }
 
@@ -291,11 +371,28 @@ struct NtfsFileHandle {
     rec: u64,
     size: u64,
     path: Vec<u8>,
+    /// See [`Inner::stretches`].
+    stretches: Option<Vec<(u64, u64)>>,
 }
 
 impl GuestFile for NtfsFileHandle {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    /// From the data runs: a sparse file's holes are skipped by readers
+    /// that ask (`files cp`), so a file that claims 60 GiB over a few
+    /// clusters costs those clusters.
+    fn seek(&self, offset: u64, data: bool) -> Option<u64> {
+        let Some(st) = &self.stretches else { return Some(if data { offset } else { self.size }) };
+        let i = st.partition_point(|&(_, end)| end <= offset);
+        match (st.get(i), data) {
+            (None, true) => None,
+            (Some(&(start, _)), true) => Some(start.max(offset)),
+            // Stretches are merged: a hole starts where this one ends.
+            (Some(&(start, end)), false) if start <= offset => Some(end),
+            (_, false) => Some(offset),
+        }
     }
 
     /// Re-reads the file record (one MFT record) and seeks its data runs.

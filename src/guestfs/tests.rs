@@ -236,20 +236,46 @@ fn bare_filesystem_is_p0() {
     }
 }
 
-/// Walks everything reachable, reading every file; errors are fine.
-fn walk(fs: &dyn GuestFs, path: &[u8], depth: u32, budget: &mut u32) {
-    let Ok(list) = fs.list(path) else { return };
-    for e in list {
+/// A file a fuzz case read completely: its path and bytes.
+type ReadFile = (Vec<u8>, Vec<u8>);
+
+/// Walks everything reachable, reading every file; errors are fine, a
+/// name no host path can hold or two entries of one name are not (Err).
+/// Files read whole (as long as their stat says) are collected when their
+/// name is a plain one the reference tools can be asked for, and is the
+/// only one in its directory ignoring case (the tools' lookups ignore it).
+fn walk(fs: &dyn GuestFs, path: &[u8], depth: u32, budget: &mut u32, out: &mut Vec<ReadFile>) -> std::result::Result<(), String> {
+    let Ok(list) = fs.list(path) else { return Ok(()) };
+    let mut seen = std::collections::HashSet::new();
+    for e in &list {
+        if let Some(why) = bad_name(&e.name) {
+            return Err(format!("{}: listed a name that {why}: {:?}", show(path), e.name.escape_ascii().to_string()));
+        }
+        if !seen.insert(&e.name) {
+            return Err(format!("{}: listed {:?} twice", show(path), e.name.escape_ascii().to_string()));
+        }
+    }
+    let folded: Vec<String> = list.iter().map(|e| String::from_utf8_lossy(&e.name).to_lowercase()).collect();
+    for (i, e) in list.iter().enumerate() {
         if *budget == 0 {
-            return;
+            return Ok(());
         }
         *budget -= 1;
-        let child = if path.is_empty() { e.name.clone() } else { [path, b"/", &e.name].concat() };
+        let child = dircache::child(path, &e.name);
         let Ok(a) = fs.stat(&child) else { continue };
         match a.kind {
-            GKind::Dir if depth < 12 => walk(fs, &child, depth + 1, budget),
+            GKind::Dir if depth < 12 => walk(fs, &child, depth + 1, budget, out)?,
             GKind::File => {
-                let _ = read_all(fs, &child);
+                let plain = child.iter().all(|b| b.is_ascii_alphanumeric() || b"._/+-".contains(b));
+                let unique = folded.iter().filter(|f| **f == folded[i]).count() == 1;
+                if let Ok(data) = read_all(fs, &child)
+                    && data.len() as u64 == a.size
+                {
+                    holes_are_zeros(fs, &child, &data)?;
+                    if plain && unique {
+                        out.push((child, data));
+                    }
+                }
             }
             GKind::Symlink => {
                 let _ = fs.readlink(&child);
@@ -257,55 +283,158 @@ fn walk(fs: &dyn GuestFs, path: &[u8], depth: u32, budget: &mut u32) {
             _ => {}
         }
     }
+    Ok(())
 }
 
-fn fuzz_one(kind: Option<FsKind>, img: Vec<u8>) {
-    let s = Slice::whole(Arc::new(img) as Arc<dyn ReadAt>);
-    let kind = match kind {
-        Some(k) => k,
-        None => {
-            let _ = read_layout(&s);
-            return;
+/// Every hole the file's SEEK_DATA/SEEK_HOLE answers report (what `files
+/// cp` skips) reads as zeros in `data`, the whole file as read.
+fn holes_are_zeros(fs: &dyn GuestFs, path: &[u8], data: &[u8]) -> std::result::Result<(), String> {
+    let Ok(f) = fs.open(path) else { return Ok(()) };
+    let size = data.len() as u64;
+    let mut off = 0;
+    while off < size {
+        let next = f.seek(off, true).unwrap_or(size).clamp(off, size);
+        if let Some(i) = data[off as usize..next as usize].iter().position(|b| *b != 0) {
+            return Err(format!("{}: byte {} is in a hole SEEK_DATA skipped but is not zero", show(path), off as usize + i));
         }
-    };
-    if let Ok(fs) = open_fs(kind, s) {
-        let mut budget = 2000;
-        walk(&*fs, b"", 0, &mut budget);
+        if next >= size {
+            break;
+        }
+        off = f.seek(next, false).unwrap_or(size).clamp(next + 1, size);
+    }
+    Ok(())
+}
+
+/// What one fuzz case runs on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Target {
+    Fs(FsKind),
+    Table,
+    Vhd,
+}
+
+/// Runs one mutated image: the filesystem walked, the partition table
+/// read (every partition inside the disk), or the VHD opened and read.
+fn fuzz_one(target: Target, img: Vec<u8>, file: &Path) -> std::result::Result<Vec<ReadFile>, String> {
+    let s = Slice::whole(Arc::new(img) as Arc<dyn ReadAt>);
+    match target {
+        Target::Fs(kind) => {
+            let mut out = Vec::new();
+            if let Ok(fs) = open_fs(kind, s) {
+                walk(&*fs, b"", 0, &mut 2000, &mut out)?;
+            }
+            Ok(out)
+        }
+        Target::Table => {
+            if let Ok(l) = read_layout(&s) {
+                for p in &l.partitions {
+                    if p.start.checked_add(p.size).is_none_or(|end| end > s.len()) {
+                        return Err(format!("partition p{} ({} + {}) lies outside the {}-byte disk", p.number, p.start, p.size, s.len()));
+                    }
+                }
+            }
+            Ok(Vec::new())
+        }
+        Target::Vhd => {
+            if let Ok(src) = crate::image::open_source(file)
+                && let Ok(ranges) = src.data_ranges()
+            {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut left = 16u64 << 20;
+                for r in ranges {
+                    let mut at = r.start;
+                    while at < r.end.min(src.size()) && left > 0 {
+                        let n = (r.end.min(src.size()) - at).min(buf.len() as u64);
+                        if src.read_at(&mut buf[..n as usize], at).is_err() {
+                            break;
+                        }
+                        (at, left) = (at + n, left.saturating_sub(n));
+                    }
+                }
+            }
+            Ok(Vec::new())
+        }
     }
 }
 
-/// Mutated copies of real images, each walked within a deadline: an error
-/// is fine, a panic or a hang fails. `KLUIS_FUZZ_SECS` (default 6 per
-/// filesystem) bounds the run; `KLUIS_FUZZ_SEED` replays one.
+/// The reference tool's read of `path` in image `img`, when it reads it
+/// without complaint: debugfs for ext, mtools for FAT, ntfscat for NTFS.
+fn reference_read(kind: FsKind, img: &Path, path: &[u8]) -> Option<Vec<u8>> {
+    let (img, path) = (img.to_str().unwrap(), format!("/{}", String::from_utf8_lossy(path)));
+    let out = match kind {
+        FsKind::Ext => Command::new("debugfs").args(["-R", &format!("cat {path}"), img]).output(),
+        FsKind::Fat => Command::new("mcopy").args(["-n", "-i", img, &format!("::{path}"), "-"]).output(),
+        _ => Command::new("ntfscat").args([img, &path]).output(),
+    }
+    .ok()?;
+    // debugfs names itself on stderr; anything more is a complaint.
+    let complaints = String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.starts_with("debugfs ")).count();
+    (out.status.success() && complaints == 0).then_some(out.stdout)
+}
+
+/// A GPT (sgdisk), an MBR with logical partitions (sfdisk) and a dynamic
+/// VHD (qemu-img) of a small disk, where the tools are installed.
+fn table_images(dir: &Path) -> [Option<Vec<u8>>; 3] {
+    let gpt = dir.join("gpt");
+    blank(&gpt, 4 * MIB);
+    let gpt = run("sgdisk", &["-n", "1:2048:+1M", "-t", "1:ef00", "-n", "2:0:+1M", "-n", "3:0:0", gpt.to_str().unwrap()]).filter(|ok| *ok).map(|_| std::fs::read(&gpt).unwrap());
+    let mbr = dir.join("mbr");
+    blank(&mbr, 4 * MIB);
+    let mbr = sfdisk("fuzz", &mbr, "label: dos\n2048,1M,83\n,512K,c\n,,5\n,512K,83\n,512K,7\n,,83\n").map(|_| std::fs::read(&mbr).unwrap());
+    let (raw, vhd) = (dir.join("vhd.raw"), dir.join("disk.vhd"));
+    std::fs::write(&raw, (0..4u32 << 20).map(|i| if (i >> 16) % 3 == 0 { (i % 251) as u8 } else { 0 }).collect::<Vec<_>>()).unwrap();
+    let vhd = run("qemu-img", &["convert", "-O", "vpc", raw.to_str().unwrap(), vhd.to_str().unwrap()]).filter(|ok| *ok).map(|_| std::fs::read(&vhd).unwrap());
+    [gpt, mbr, vhd]
+}
+
+/// Mutated copies of real images (ext4 with files, FAT12, NTFS, GPT, MBR
+/// with logical partitions, a dynamic VHD), a few bytes changed in their
+/// metadata. Each case runs in its own thread under a time bound and must
+/// not panic or hang, nor list a name with `/` or NUL, `.`, `..` or one
+/// name twice; every file it reads whole must equal what the reference
+/// tool (debugfs, mcopy, ntfscat) reads from the same mutated image, when
+/// that tool reads it without complaint. `KLUIS_FUZZ_CASES` (default 60
+/// per image) and `KLUIS_FUZZ_SECS` (default 20 per image) bound the run;
+/// the seed is printed and `KLUIS_TEST_SEED` (or `KLUIS_FUZZ_SEED`)
+/// replays it; a failing image is saved under the temp directory.
 #[test]
 fn fuzz_mutated_images() {
     let im = images("fuzz");
-    let secs: u64 = std::env::var("KLUIS_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
-    let seed: u64 = std::env::var("KLUIS_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
-    eprintln!("fuzz: seed {seed} (replay with KLUIS_FUZZ_SEED={seed})");
+    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
+    let secs = env("KLUIS_FUZZ_SECS").unwrap_or(20);
+    let per_image = env("KLUIS_FUZZ_CASES").unwrap_or(60);
+    let seed = env("KLUIS_TEST_SEED").or_else(|| env("KLUIS_FUZZ_SEED")).unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("fuzz: seed {seed} (replay with KLUIS_TEST_SEED={seed})");
     let mut rng = fastrand::Rng::with_seed(seed);
-    // A partitioned disk too, for the table parsers.
-    let mut table = vec![0u8; 4 << 20];
-    table[510] = 0x55;
-    table[511] = 0xaa;
-    for (slot, (ty, start, n)) in [(0x83u8, 64u32, 100u32), (0x05, 200, 7000)].iter().enumerate() {
-        let e = &mut table[446 + slot * 16..462 + slot * 16];
-        e[4] = *ty;
-        e[8..12].copy_from_slice(&start.to_le_bytes());
-        e[12..16].copy_from_slice(&n.to_le_bytes());
-    }
-    let cases: Vec<(Option<FsKind>, Vec<u8>, usize)> = [(Some(FsKind::Ext), im.ext, 256 << 10), (Some(FsKind::Fat), im.fat, 64 << 10), (Some(FsKind::Ntfs), im.ntfs, 4 << 20), (None, Some(table), 200 * 512 + 1024)]
-        .into_iter()
-        .filter_map(|(k, i, hot)| i.map(|i| (k, i, hot)))
-        .collect();
-    for (kind, base, hot) in cases {
+    let t = tempfile::tempdir().unwrap();
+    let [gpt, mbr, vhd] = table_images(t.path());
+    let vhd_len = vhd.as_ref().map_or(0, |v| v.len());
+    // (target, image, where its metadata is: mutations go there half the time)
+    let cases: Vec<(Target, Vec<u8>, std::ops::Range<usize>)> = [
+        (Target::Fs(FsKind::Ext), im.ext, 0..256 << 10),
+        (Target::Fs(FsKind::Fat), im.fat, 0..64 << 10),
+        (Target::Fs(FsKind::Ntfs), im.ntfs, 0..4 << 20),
+        (Target::Table, gpt, 0..34 * 512),
+        (Target::Table, mbr, 0..4 << 20),
+        (Target::Vhd, vhd, 0..4 << 10),
+    ]
+    .into_iter()
+    .filter_map(|(k, i, hot)| i.map(|i| (k, i, hot)))
+    .collect();
+    let mut compared = 0;
+    for (target, base, hot) in cases {
+        let file = t.path().join("case.img");
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut n = 0;
-        while Instant::now() < deadline {
+        while n < per_image && Instant::now() < deadline {
             let mut img = base.clone();
-            // A few bytes in the metadata-dense start, a few anywhere.
             for _ in 0..rng.usize(1..24) {
-                let at = if rng.bool() { rng.usize(..hot.min(img.len())) } else { rng.usize(..img.len()) };
+                let at = match (target, rng.u8(..3)) {
+                    // A VHD's footer (at its end) is metadata too.
+                    (Target::Vhd, 0) => vhd_len - 1 - rng.usize(..512),
+                    (_, 0 | 1) => rng.usize(hot.start..hot.end.min(img.len())),
+                    _ => rng.usize(..img.len()),
+                };
                 img[at] = match rng.u8(..4) {
                     0 => 0,
                     1 => 0xff,
@@ -313,29 +442,42 @@ fn fuzz_mutated_images() {
                     _ => rng.u8(..),
                 };
             }
+            std::fs::write(&file, &img).unwrap();
             let (tx, rx) = mpsc::channel();
-            let copy = img.clone();
+            let (copy, path) = (img.clone(), file.clone());
             std::thread::spawn(move || {
-                let r = std::panic::catch_unwind(move || fuzz_one(kind, copy));
-                let _ = tx.send(r.is_ok());
+                let r = std::panic::catch_unwind(move || fuzz_one(target, copy, &path));
+                let _ = tx.send(r);
             });
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let p = std::env::temp_dir().join(format!("kluis-fuzz-{seed}-{n}.img"));
-                    std::fs::write(&p, &img).unwrap();
-                    panic!("{kind:?}: panic escaped on case {n}; image saved as {}", p.display());
-                }
-                Err(_) => {
-                    let p = std::env::temp_dir().join(format!("kluis-fuzz-{seed}-{n}.img"));
-                    std::fs::write(&p, &img).unwrap();
-                    panic!("{kind:?}: case {n} hung for 20 s; image saved as {}", p.display());
+            let fail = |why: String| -> ! {
+                let p = std::env::temp_dir().join(format!("kluis-fuzz-{seed}-{target:?}-{n}.img"));
+                std::fs::write(&p, &img).unwrap();
+                panic!("{target:?} case {n} (seed {seed}): {why}; image saved as {}", p.display());
+            };
+            let files = match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(Ok(Ok(files))) => files,
+                Ok(Ok(Err(why))) => fail(why),
+                Ok(Err(_)) => fail("a panic escaped".into()),
+                Err(_) => fail("hung for 20 s".into()),
+            };
+            if let Target::Fs(kind) = target {
+                // ext: the tools do not replay a journal; compare only what
+                // needs no replay (a mutation may set RECOVER).
+                let replayed = kind != FsKind::Ext || ext_raw::Geometry::read(&Slice::whole(Arc::new(img.clone()) as Arc<dyn ReadAt>)).is_ok_and(|g| g.as_replayed());
+                for (path, data) in files.iter().take(6).filter(|_| replayed) {
+                    if let Some(want) = reference_read(kind, &file, path) {
+                        compared += 1;
+                        if want != *data {
+                            fail(format!("{} reads {} bytes, the reference tool {} bytes, different", show(path), data.len(), want.len()));
+                        }
+                    }
                 }
             }
             n += 1;
         }
-        eprintln!("fuzz {kind:?}: {n} mutated images walked");
+        eprintln!("fuzz {target:?}: {n} mutated images");
     }
+    eprintln!("fuzz: {compared} files compared with the reference tools");
 }
 
 /// A tree for the listing cache: a directory big enough for an htree
@@ -643,4 +785,218 @@ fn guarded_panics_are_quiet() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("panicked") && !err.contains("backtrace"), "a caught panic was printed:\n{err}");
+}
+
+/// The character slots of a FAT long-name entry (13 UTF-16 units).
+const LFN_SLOTS: [usize; 13] = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
+
+/// Rewrites the one long-name entry spelling `from` (13 characters, as
+/// mcopy wrote it) to spell `to` (as long): the checksum covers the short
+/// name only, so the entry stays valid — what a crafted image holds.
+pub(crate) fn patch_lfn(img: &mut [u8], from: &str, to: &str) {
+    let (from, to): (Vec<u16>, Vec<u16>) = (from.encode_utf16().collect(), to.encode_utf16().collect());
+    assert!(from.len() == 13 && to.len() == 13);
+    let at = (0..img.len() / 32)
+        .map(|i| i * 32)
+        .find(|&e| img[e + 11] == 0x0f && LFN_SLOTS.iter().zip(&from).all(|(o, c)| img[e + o..e + o + 2] == c.to_le_bytes()))
+        .expect("the long-name entry");
+    for (o, c) in LFN_SLOTS.iter().zip(&to) {
+        img[at + o..at + o + 2].copy_from_slice(&c.to_le_bytes());
+    }
+}
+
+fn names(fs: &dyn GuestFs, dir: &[u8]) -> Vec<String> {
+    let mut n: Vec<String> = fs.list(dir).unwrap().into_iter().map(|e| String::from_utf8(e.name).unwrap()).collect();
+    n.sort();
+    n
+}
+
+/// A FAT volume whose long names were rewritten: one to climb out of a
+/// copy's target (`../../escape`), one with `/` inside, one `..`, and
+/// one that differs from another only in case. The bad names are not
+/// listed (the rest of the directory is), nothing reaches them by path,
+/// and each of the two case-differing names reads its own bytes (fatfs's
+/// own lookup ignores case and returned the first).
+#[test]
+fn fat_bad_and_case_differing_long_names() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for d in ["dirAAAAAAAAAA", "ok"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("dirAAAAAAAAAA/inner"), b"inner").unwrap();
+    for (n, data) in [("slashAAAAAAAA", "slash"), ("dotsAAAAAAAAA", "dots"), ("caseAAAAAAAAA", "first"), ("caseBBBBBBBBB", "second"), ("ok/plain.txt", "plain")] {
+        std::fs::write(src.join(n), data).unwrap();
+    }
+    let img = t.path().join("fat");
+    blank(&img, 2 * MIB);
+    let p = img.to_str().unwrap();
+    if tool("fat_names", "mkfs.vfat", &["-F", "12", p]).is_none() {
+        return;
+    }
+    let items: Vec<String> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
+    let mut args = vec!["-s", "-i", p];
+    args.extend(items.iter().map(|s| s.as_str()));
+    args.push("::/");
+    if tool("fat_names", "mcopy", &args).is_none() {
+        return;
+    }
+    let mut bytes = std::fs::read(&img).unwrap();
+    patch_lfn(&mut bytes, "dirAAAAAAAAAA", "../../escape/");
+    patch_lfn(&mut bytes, "slashAAAAAAAA", "a/b\u{0}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}");
+    patch_lfn(&mut bytes, "dotsAAAAAAAAA", "..\u{0}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}\u{ffff}");
+    patch_lfn(&mut bytes, "caseBBBBBBBBB", "CASEaaaaaaaaa");
+    let fs = open_fs(FsKind::Fat, Slice::whole(Arc::new(bytes) as Arc<dyn ReadAt>)).unwrap();
+    assert_eq!(names(&*fs, b""), vec!["CASEaaaaaaaaa", "caseAAAAAAAAA", "ok"]);
+    assert_eq!(read_all(&*fs, b"caseAAAAAAAAA").unwrap(), b"first");
+    assert_eq!(read_all(&*fs, b"CASEaaaaaaaaa").unwrap(), b"second");
+    assert_eq!(fs.stat(b"CASEaaaaaaaaa").unwrap().size, 6);
+    // Another spelling matches both: neither is taken.
+    assert!(matches!(fs.stat(b"caseaaaaaaaaa"), Err(Error::NotFound(_))));
+    assert!(matches!(fs.open(b"caseaaaaaaaaa"), Err(Error::NotFound(_))));
+    // A spelling that matches one name alone still finds it.
+    assert_eq!(read_all(&*fs, b"OK/PLAIN.TXT").unwrap(), b"plain");
+    for bad in [&b"../../escape"[..], b"a/b", b"a"] {
+        assert!(fs.stat(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+    }
+}
+
+/// NTFS names that differ only in case, as ntfs-3g (and Windows' POSIX
+/// namespace) write them: both listed, each read with its own bytes, each
+/// directory with its own entries. The crate's index search ignores case.
+#[test]
+fn ntfs_names_differing_in_case() {
+    if unsafe { libc::geteuid() } != 0 {
+        skip("ntfs_case", "needs root for ntfs-3g");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (img, mnt) = (t.path().join("ntfs"), t.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    blank(&img, 8 * MIB);
+    if tool("ntfs_case", "mkntfs", &["-F", "-Q", "-q", img.to_str().unwrap()]).is_none() {
+        return;
+    }
+    match run("ntfs-3g", &[img.to_str().unwrap(), mnt.to_str().unwrap()]) {
+        Some(true) => {}
+        _ => {
+            skip("ntfs_case", "ntfs-3g cannot mount here");
+            return;
+        }
+    }
+    let written = std::panic::catch_unwind(|| {
+        std::fs::write(mnt.join("Foo"), b"upper case").unwrap();
+        std::fs::write(mnt.join("foo"), b"lower").unwrap();
+        std::fs::create_dir(mnt.join("Dir")).unwrap();
+        std::fs::create_dir(mnt.join("dir")).unwrap();
+        std::fs::write(mnt.join("Dir/x"), b"x").unwrap();
+        std::fs::write(mnt.join("dir/y"), b"y").unwrap();
+    });
+    assert_eq!(run("umount", &[mnt.to_str().unwrap()]), Some(true));
+    written.unwrap();
+    let fs = open_fs(FsKind::Ntfs, Slice::whole(Arc::new(std::fs::read(&img).unwrap()) as Arc<dyn ReadAt>)).unwrap();
+    assert_eq!(names(&*fs, b""), vec!["Dir", "Foo", "dir", "foo"]);
+    assert_eq!(read_all(&*fs, b"Foo").unwrap(), b"upper case");
+    assert_eq!(read_all(&*fs, b"foo").unwrap(), b"lower");
+    assert_eq!((fs.stat(b"Foo").unwrap().size, fs.stat(b"foo").unwrap().size), (10, 5));
+    assert_ne!(fs.stat(b"Foo").unwrap().ino, fs.stat(b"foo").unwrap().ino);
+    assert_eq!(names(&*fs, b"Dir"), vec!["x"]);
+    assert_eq!(names(&*fs, b"dir"), vec!["y"]);
+    assert_eq!(read_all(&*fs, b"dir/y").unwrap(), b"y");
+    assert!(matches!(fs.stat(b"Dir/y"), Err(Error::NotFound(_))));
+    // Ambiguous spellings find nothing; a unique one still finds its file.
+    assert!(matches!(fs.stat(b"FOO"), Err(Error::NotFound(_))));
+    assert!(matches!(fs.stat(b"DIR/x"), Err(Error::NotFound(_))));
+    assert_eq!(read_all(&*fs, b"Dir/X").unwrap(), b"x");
+}
+
+/// Replaces the one occurrence of `from` in `img` by `to` (as long).
+fn patch_bytes(img: &mut [u8], from: &[u8], to: &[u8]) {
+    assert_eq!(from.len(), to.len());
+    let at: Vec<usize> = img.windows(from.len()).enumerate().filter(|(_, w)| *w == from).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 1, "{} occurs {} times", String::from_utf8_lossy(from), at.len());
+    img[at[0]..at[0] + to.len()].copy_from_slice(to);
+}
+
+/// An ext4 root directory whose entries, in directory order, are: good
+/// files, one name holding `/`, one holding NUL, one `..`, a second
+/// entry named like an earlier one, more good files. ext4-view stops a
+/// listing at the first bad name; every good entry is still listed (the
+/// later ones from the directory's blocks) and reads its own bytes, the
+/// bad ones are not, and a second entry of a name never hides the first.
+/// A file claiming more than ext allows is damage at open.
+#[test]
+fn ext_bad_names_do_not_fail_the_listing() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("ext");
+    blank(&img, 8 * MIB);
+    let p = img.to_str().unwrap();
+    if tool("ext_names", "mkfs.ext4", &["-q", "-F", "-O", "^metadata_csum", p]).is_none() {
+        return;
+    }
+    let mut cmds = String::new();
+    let order = ["good1", "slashXname", "nulXXname", "dotsXX", "good2", "dupXX", "good3", "good4"];
+    for n in order {
+        let f = t.path().join(n);
+        // Contents: the name reversed, so the name occurs once in the image.
+        std::fs::write(&f, n.bytes().rev().collect::<Vec<_>>()).unwrap();
+        cmds.push_str(&format!("write {} {n}\n", f.display()));
+    }
+    cmds.push_str("sif /good4 size 0x4000000000000000\n");
+    let script = t.path().join("cmds");
+    std::fs::write(&script, cmds).unwrap();
+    if tool("ext_names", "debugfs", &["-w", "-f", script.to_str().unwrap(), p]).is_none() {
+        return;
+    }
+    let mut bytes = std::fs::read(&img).unwrap();
+    patch_bytes(&mut bytes, b"slashXname", b"../../x/yz");
+    patch_bytes(&mut bytes, b"nulXXname", b"nul\0name\0");
+    // The name length byte sits 2 bytes before the name: `..` is 2 long.
+    let at = bytes.windows(6).position(|w| w == b"dotsXX").unwrap();
+    bytes[at - 2] = 2;
+    bytes[at..at + 2].copy_from_slice(b"..");
+    patch_bytes(&mut bytes, b"dupXX", b"good1");
+    let fs = open_fs(FsKind::Ext, Slice::whole(Arc::new(bytes) as Arc<dyn ReadAt>)).unwrap();
+    assert_eq!(names(&*fs, b""), vec!["good1", "good2", "good3", "good4", "lost+found"]);
+    for n in ["good1", "good2", "good3"] {
+        assert_eq!(read_all(&*fs, n.as_bytes()).unwrap(), n.bytes().rev().collect::<Vec<_>>(), "{n}");
+    }
+    assert_eq!(fs.stat(b"good2").unwrap().mode, 0o644);
+    let err = fs.open(b"good4").err().expect("a size past what ext allows is an error");
+    assert!(matches!(err, Error::Corrupt(_)), "{err}");
+}
+
+/// NTFS names that are not valid UTF-16 (unpaired surrogates, which
+/// Windows allows): two that differ only there would show as one lossy
+/// name, which no lookup finds. They are skipped, as ntfs-3g does, and the
+/// rest of the directory is listed and read.
+#[test]
+fn ntfs_names_that_are_not_utf16_are_skipped() {
+    let t = tempfile::tempdir().unwrap();
+    let (img, one) = (t.path().join("ntfs"), t.path().join("one"));
+    blank(&img, 4 * MIB);
+    std::fs::write(&one, b"1").unwrap();
+    let p = img.to_str().unwrap();
+    if tool("ntfs_utf16", "mkntfs", &["-F", "-Q", "-q", p]).is_none() {
+        return;
+    }
+    // Short names: no copy straddles a sector end (where the fixups are).
+    for n in ["zzzz1", "zzzz2", "good"] {
+        tool("ntfs_utf16", "ntfscp", &["-q", p, one.to_str().unwrap(), n]).unwrap();
+    }
+    let mut bytes = std::fs::read(&img).unwrap();
+    // Both copies of each name (its record's $FILE_NAME, the index entry):
+    // `zz\u{d800}zz` and `zz\u{dbff}zz`: one lossy spelling for both.
+    for (name, surrogate) in [("zzzz1", 0xd800u16), ("zzzz2", 0xdbffu16)] {
+        let from: Vec<u8> = name.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+        let to: Vec<u8> = "zz".encode_utf16().chain([surrogate]).chain("zz".encode_utf16()).flat_map(|u| u.to_le_bytes()).collect();
+        let at: Vec<usize> = bytes.windows(from.len()).enumerate().filter(|(_, w)| *w == from).map(|(i, _)| i).collect();
+        assert_eq!(at.len(), 2, "{name}");
+        for i in at {
+            bytes[i..i + to.len()].copy_from_slice(&to);
+        }
+    }
+    let fs = open_fs(FsKind::Ntfs, Slice::whole(Arc::new(bytes) as Arc<dyn ReadAt>)).unwrap();
+    assert_eq!(names(&*fs, b""), vec!["good"]);
+    assert_eq!(read_all(&*fs, b"good").unwrap(), b"1");
 }

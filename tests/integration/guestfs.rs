@@ -118,8 +118,8 @@ fn compare(want: &Path, got: &Path, c: Check) {
 
 /// `kluis mount` as a child; Drop unmounts (`fusermount3 -u`, else lazily)
 /// and reaps it, also when the test panics.
-struct Mount {
-    mp: PathBuf,
+pub(super) struct Mount {
+    pub(super) mp: PathBuf,
     child: Child,
     log: PathBuf,
 }
@@ -129,7 +129,7 @@ fn mounted(mp: &Path) -> bool {
 }
 
 impl Mount {
-    fn start(env: &Env, mp: &Path) -> (Mount, Instant) {
+    pub(super) fn start(env: &Env, mp: &Path) -> (Mount, Instant) {
         fs::create_dir_all(mp).unwrap();
         let mp = fs::canonicalize(mp).unwrap();
         let t0 = Instant::now();
@@ -166,7 +166,7 @@ impl Drop for Mount {
     }
 }
 
-fn can_fuse(test: &str) -> bool {
+pub(super) fn can_fuse(test: &str) -> bool {
     if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/fuse") {
         skip(test, &format!("cannot open /dev/fuse: {e}"));
         return false;
@@ -174,7 +174,7 @@ fn can_fuse(test: &str) -> bool {
     true
 }
 
-fn need(test: &str, tools: &[&str]) -> bool {
+pub(super) fn need(test: &str, tools: &[&str]) -> bool {
     for t in tools {
         if Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().map(|o| !o.status.success()).unwrap_or(true) {
             skip(test, &format!("{t} is not installed"));
