@@ -278,6 +278,12 @@ impl Vault {
         Ok(())
     }
 
+    /// True when this process may change the index (opened for writing,
+    /// and that open did not fall back to reading only).
+    pub fn index_writable(&self) -> bool {
+        self.access == IndexAccess::Write && self.write_error.is_none()
+    }
+
     /// How the index was opened.
     pub fn index_access(&self) -> IndexAccess {
         self.access
@@ -317,15 +323,30 @@ impl Vault {
     }
 
     /// Makes sure the reserve exists; best effort (a full disk is exactly
-    /// when it can't be made, and that must not fail the caller).
+    /// when it can't be made, and that must not fail the caller). Where the
+    /// whole reserve no longer fits (a small change that borrowed it wrote
+    /// its records into that room), as much as fits is kept, in sixteenths;
+    /// the next gc, which frees room, makes it whole again.
     pub fn ensure_reserve(&self) {
         let path = self.root.join(RESERVE_FILE);
-        if fs::metadata(&path).map(|m| m.len() as usize == RESERVE_BYTES).unwrap_or(false) {
+        let existing = fs::metadata(&path).map(|m| m.len() as usize).unwrap_or(0);
+        if existing == RESERVE_BYTES {
             return;
         }
         // Real zeros, not a hole: the blocks must be allocated to be worth anything.
         let tmp = self.root.join(format!("{RESERVE_FILE}.tmp"));
-        if let Err(e) = crate::newfile::replace_with(&path, &tmp, &vec![0u8; RESERVE_BYTES], Modes::of_vault(&self.root).file) {
+        let mut last = None;
+        for size in (1..=16).rev().map(|k| k * RESERVE_BYTES / 16).filter(|s| *s > existing) {
+            match crate::newfile::replace_with(&path, &tmp, &vec![0u8; size], Modes::of_vault(&self.root).file) {
+                Ok(()) => return,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => last = Some(e),
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = last {
             log::warn!("cannot set aside {} KiB of reserve space in {}: {e}", RESERVE_BYTES >> 10, self.root.display());
         }
     }

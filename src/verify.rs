@@ -224,6 +224,15 @@ fn record(
     sound: &HashSet<ChunkId>,
     complete: bool,
 ) -> Result<()> {
+    // A vault read without write access (a read-only mount, another
+    // user's vault) is verified all the same; what was found is reported,
+    // only not remembered for later backups and restores.
+    if !vault.index_writable() {
+        if !report.damaged.is_empty() {
+            log::warn!("{}: the index cannot be written here, so this damage is reported but not recorded", vault.root().display());
+        }
+        return Ok(());
+    }
     let chunks: Vec<(ChunkId, String)> = report
         .damaged
         .iter()

@@ -84,8 +84,11 @@ fn gc_runs_on_a_filesystem_full_to_the_last_byte() {
     env.ok(&["vault", "set", "soft-delete-days", "0"]);
     env.ok(&["delete", &p2.sel()]);
     assert_eq!(ids(&env), vec![p1.id.clone()]);
-    assert_eq!(reserve_len(&env.vault), Some(MIB), "the reserve after delete");
-    assert_eq!(free_bytes(&mnt), 0);
+    // The deletion's record took some of the borrowed room: as much of the
+    // reserve as fits is back (gc makes it whole below).
+    let r = reserve_len(&env.vault).expect("the reserve after delete");
+    assert!(r >= MIB / 2, "the reserve after delete: {r} bytes");
+    assert!(free_bytes(&mnt) < MIB / 16, "{} bytes left free", free_bytes(&mnt));
 
     // gc releases the reserve before it opens the index, frees the deleted
     // point's pack and takes the reserve back.
