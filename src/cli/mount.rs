@@ -38,7 +38,10 @@ pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, out: &Out) -> Res
     config.mount_options = options;
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    let fs = KluisFs::new(tree);
+    let mut fs = KluisFs::new(tree);
+    if std::env::var_os("KLUIS_NO_READDIRPLUS").is_some() {
+        fs = fs.plain_readdir();
+    }
     let notifier = fs.notifier_slot();
     let session = fuser::spawn_mount(fs, mountpoint, &config)
         .map_err(|e| Error::io(format!("cannot mount at {}", mountpoint.display()), e))?;
