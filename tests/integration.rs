@@ -26,6 +26,8 @@ mod integration {
 
     // files inside guest filesystems (issue 4)
     mod guestfs;
+    // every directory of the mount lists what it holds (issue 18)
+    mod mount_walk;
 
     // protected items, consistency, retention, jobs (issue 5)
     mod consistency;
