@@ -16,6 +16,17 @@
 //! follows), and the xattr calls answer ENOSYS once, which the kernel
 //! remembers for the mount (`ls -l` asks two per entry otherwise).
 //!
+//! Every listed entry, `.` and `..` included, carries its real inode
+//! number: fuser takes both the entry's node id and its d_ino from the
+//! attributes, and readdir(3) drops an entry whose d_ino is 0. So a
+//! READDIRPLUS entry always carries real attributes too (the kernel applies
+//! them to an inode it already holds); those the listing lacks (a partition
+//! before its filesystem is opened, NTFS entries) are read for it, and an
+//! entry whose stat fails is still listed, with a TTL of 0 so that the
+//! stat that follows reports the error. `KLUIS_NO_READDIRPLUS` mounts with
+//! plain READDIR instead (names, kinds and inode numbers; then one lookup
+//! per entry), the kernel's other listing path.
+//!
 //! OPEN answers ENOSYS too, where the kernel supports that (it says so at
 //! INIT): it then opens files without asking and sends no RELEASE, which
 //! halves the round trips of reading a small file. A file's handle is made
