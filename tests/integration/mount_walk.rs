@@ -25,7 +25,7 @@ struct LoopMount {
 
 impl LoopMount {
     fn new(image: &Path, dir: PathBuf, ntfs: bool) -> Result<LoopMount, String> {
-        LoopMount::with(image, dir, if ntfs { "ntfs-3g" } else { "mount" }, "loop,ro")
+        if ntfs { LoopMount::with(image, dir, "ntfs-3g", "ro") } else { LoopMount::with(image, dir, "mount", "loop,ro") }
     }
 
     fn writable(image: &Path, dir: PathBuf) -> Result<LoopMount, String> {
@@ -35,7 +35,6 @@ impl LoopMount {
     fn with(image: &Path, dir: PathBuf, prog: &str, options: &str) -> Result<LoopMount, String> {
         fs::create_dir_all(&dir).unwrap();
         let (img, d) = (image.to_str().unwrap(), dir.to_str().unwrap());
-        let options = if prog == "ntfs-3g" { "ro" } else { options };
         let out = tool(prog, &["-o", options, img, d]);
         match out {
             Some(o) if o.status.success() => Ok(LoopMount { dir }),
@@ -208,6 +207,7 @@ fn mount_walk_finds_every_entry() {
     let json = env.json(&["files", "ls", &point.sel(), "os"]);
     let names: Vec<&str> = json.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["os:p1", "os:p2", "os:p3"], "files ls os");
+    assert_eq!(env.json(&["files", "ls", &point.sel(), "os:"]), json, "files ls os:");
     let json = env.json(&["files", "ls", &point.sel(), "bare"]);
     assert_eq!(json.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect::<Vec<_>>(), ["bare:p0"]);
     for p in &parts {
