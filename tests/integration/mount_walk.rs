@@ -5,7 +5,8 @@
 //! filesystem (ext4, FAT, NTFS in a GPT disk; ext4 on a disk without a
 //! partition table). Each walk runs twice: with READDIRPLUS (the default)
 //! and with plain READDIR (`KLUIS_NO_READDIRPLUS`). `kluis files ls` must
-//! list the same entries without FUSE.
+//! list the same entries without FUSE. A partition whose filesystem cannot
+//! be opened is listed too, and a 100,000-entry directory lists whole.
 //!
 //! Needs root (loop mounts), /dev/fuse and the mkfs tools; skips, saying
 //! why, when one is missing. Every mount is released by a guard.
@@ -366,6 +367,45 @@ fn mount_lists_a_100k_entry_directory() {
         let ls = tool_ok("ls", &["-f", dir.to_str().unwrap()]);
         assert_eq!(ls.lines().count(), N + 2, "{how}: ls -f (with . and ..)");
         assert!(ls.lines().any(|l| l == "..") && ls.lines().any(|l| l == "f099999"), "{how}: ls -f");
+        drop(m);
+    }
+}
+
+/// A partition whose filesystem cannot be opened (damaged group
+/// descriptors) is still listed beside a good one; only its stat fails,
+/// with EIO.
+#[test]
+fn mount_lists_a_damaged_partition() {
+    let t = "mount_lists_a_damaged_partition";
+    if !need(t, &["sfdisk", "mkfs.ext4", "python3"]) || !fuse_ok(t) {
+        return;
+    }
+    let mut env = Env::new();
+    let disk = env.path("d.img");
+    tool_ok("truncate", &["-s", "40M", disk.to_str().unwrap()]);
+    sfdisk(&disk, "label: gpt\n2048,16M,L\n34816,16M,L\n");
+    let empty = env.path("empty");
+    fs::create_dir_all(&empty).unwrap();
+    place(&disk, &ext4(&env, "good.ext4", &empty, "16M"), 2048);
+    let bad = ext4(&env, "bad.ext4", &empty, "16M");
+    // The group descriptors (block 2 on a 1 KiB-block filesystem) garbled.
+    write_at(&bad, 2048, &random_bytes(&mut rng(t), 8192));
+    place(&disk, &bad, 34816);
+    env.backup("vm", &[("d", &disk)], &[]);
+    for plain in [false, true] {
+        let how = if plain { "READDIR" } else { "READDIRPLUS" };
+        if plain {
+            env.set_env("KLUIS_NO_READDIRPLUS", "1");
+        }
+        let m = MountGuard::start(&env, &env.path(&format!("mnt-{how}")));
+        let dir = m.mp.join("vm/latest/files/d");
+        let ls = tool_ok("ls", &["-f", dir.to_str().unwrap()]);
+        assert_eq!(ls.lines().collect::<BTreeSet<_>>(), BTreeSet::from([".", "..", "p1", "p2"]), "{how}: ls -f");
+        let names = tool_ok("python3", &["-c", "import os, sys; print(sorted(e.name for e in os.scandir(sys.argv[1])))", dir.to_str().unwrap()]);
+        assert_eq!(names.trim(), "['p1', 'p2']", "{how}: os.scandir");
+        assert!(fs::metadata(dir.join("p1")).unwrap().is_dir());
+        let e = fs::metadata(dir.join("p2")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{how}: stat p2: {e}");
         drop(m);
     }
 }
