@@ -32,6 +32,8 @@ mod integration {
     mod guestfs;
     // guest names, case and sizes (issue 19)
     mod guestnames;
+    // every directory of the mount lists what it holds (issue 18)
+    mod mount_walk;
 
     // protected items, consistency, retention, jobs (issue 5)
     mod consistency;

@@ -65,11 +65,15 @@ fn parse_spec(s: &str) -> Result<(String, Option<u32>, Vec<u8>)> {
     let Some((disk, rest)) = s.split_once(':') else {
         return if s.is_empty() { Err(bad()) } else { Ok((s.to_owned(), None, Vec::new())) };
     };
-    let (part, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let n = parse_part(part).ok_or_else(bad)?;
     if disk.is_empty() {
         return Err(bad());
     }
+    // `os:` (or `os:/`) names the disk itself, as `os` does: its partitions.
+    if rest.trim_matches('/').is_empty() {
+        return Ok((disk.to_owned(), None, Vec::new()));
+    }
+    let (part, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let n = parse_part(part).ok_or_else(bad)?;
     Ok((disk.to_owned(), Some(n), path.trim_matches('/').as_bytes().to_vec()))
 }
 
@@ -774,6 +778,9 @@ mod tests {
     #[test]
     fn specs() {
         assert_eq!(parse_spec("os").unwrap(), ("os".into(), None, vec![]));
+        assert_eq!(parse_spec("os:").unwrap(), ("os".into(), None, vec![]));
+        assert_eq!(parse_spec("os:/").unwrap(), ("os".into(), None, vec![]));
+        assert!(parse_spec(":").is_err());
         assert_eq!(parse_spec("os:p1").unwrap(), ("os".into(), Some(1), vec![]));
         assert_eq!(parse_spec("os:p12/etc/fstab").unwrap(), ("os".into(), Some(12), b"etc/fstab".to_vec()));
         assert_eq!(parse_spec("os:p0/").unwrap(), ("os".into(), Some(0), vec![]));

@@ -42,6 +42,9 @@ pub fn run(vault: &Path, mountpoint: &Path, allow_other: bool, allow_group: Opti
     if allow_other {
         fs = fs.whole_disks_private(group);
     }
+    if std::env::var_os("KLUIS_NO_READDIRPLUS").is_some() {
+        fs = fs.plain_readdir();
+    }
     let notifier = fs.notifier_slot();
     let session = fuser::spawn_mount(fs, mountpoint, &config)
         .map_err(|e| Error::io(format!("cannot mount at {}", mountpoint.display()), e))?;

@@ -18,6 +18,17 @@
 //! follows), and the xattr calls answer ENOSYS once, which the kernel
 //! remembers for the mount (`ls -l` asks two per entry otherwise).
 //!
+//! Every listed entry, `.` and `..` included, carries its real inode
+//! number: fuser takes both the entry's node id and its d_ino from the
+//! attributes, and readdir(3) drops an entry whose d_ino is 0. So a
+//! READDIRPLUS entry always carries real attributes too (the kernel applies
+//! them to an inode it already holds); those the listing lacks (a partition
+//! before its filesystem is opened, NTFS entries) are read for it, and an
+//! entry whose stat fails is still listed, with a TTL of 0 so that the
+//! stat that follows reports the error. `KLUIS_NO_READDIRPLUS` mounts with
+//! plain READDIR instead (names, kinds and inode numbers; then one lookup
+//! per entry), the kernel's other listing path.
+//!
 //! OPEN answers ENOSYS too, where the kernel supports that (it says so at
 //! INIT): it then opens files without asking and sends no RELEASE, which
 //! halves the round trips of reading a small file. A file's handle is made
@@ -64,6 +75,8 @@ pub struct KluisFs {
     by_ino: Mutex<HashMap<u64, Arc<Handle>>>,
     /// The kernel opens files without OPEN when told ENOSYS.
     no_open: bool,
+    /// Ask for READDIRPLUS at INIT (the default; see [`KluisFs::plain_readdir`]).
+    readdirplus: bool,
     /// Open directories: their entries as listed at opendir.
     dirs: Mutex<HashMap<u64, DirSnapshot>>,
     next_fh: AtomicU64,
@@ -83,6 +96,7 @@ impl KluisFs {
             handles: Mutex::new(HashMap::new()),
             by_ino: Mutex::new(HashMap::new()),
             no_open: false,
+            readdirplus: true,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             prefill: Prefill::start(tree.clone()),
@@ -102,6 +116,15 @@ impl KluisFs {
             Some(g) => (0o440, g),
             None => (0o400, self.gid),
         });
+        self
+    }
+
+    /// Lists directories with plain READDIR (names and kinds; a lookup per
+    /// entry then follows), not READDIRPLUS: the kernel's other listing
+    /// path, for tests and for kernels whose READDIRPLUS misbehaves
+    /// (`KLUIS_NO_READDIRPLUS`, docs/cli.md).
+    pub fn plain_readdir(mut self) -> KluisFs {
+        self.readdirplus = false;
         self
     }
 
@@ -214,8 +237,14 @@ impl KluisFs {
     fn readdir_(&self, fh: FileHandle, offset: u64, reply: &mut ReplyDirectory) -> Result<(), Errno> {
         let entries = self.dirs.lock().unwrap().get(&fh.0).cloned().ok_or(Errno::EBADF)?;
         for (i, (name, child, kind)) in entries.iter().enumerate().skip(offset as usize) {
+            // d_ino is the st_ino stat shows (hard links share it) where
+            // the listing told; never 0, which readdir(3) skips.
+            let ino = match self.tree.cached_attr(child) {
+                Some(a) if i >= 2 => self.tree.ino_of(child, &a),
+                _ => self.tree.ino(child),
+            };
             // The offset handed back is that of the next entry.
-            if reply.add(INodeNo(self.tree.ino(child)), (i + 1) as u64, file_type(*kind), OsStr::from_bytes(name)) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, file_type(*kind), OsStr::from_bytes(name)) {
                 break;
             }
         }
@@ -225,20 +254,40 @@ impl KluisFs {
     fn readdirplus_(&self, fh: FileHandle, offset: u64, reply: &mut ReplyDirectoryPlus) -> Result<(), Errno> {
         let entries = self.dirs.lock().unwrap().get(&fh.0).cloned().ok_or(Errno::EBADF)?;
         for (i, (name, child, kind)) in entries.iter().enumerate().skip(offset as usize) {
-            // An entry whose attributes would cost a guest read (and `.`
-            // and `..`, which the kernel does not take) goes out plain,
-            // node id 0: the kernel looks it up when it needs it.
-            let known = if i < 2 { None } else { self.tree.cached_attr(child) };
-            let (attr, ttl) = match known {
-                Some(a) => (self.file_attr(child, &a), Self::ttl(child)),
-                None => (plain_attr(*kind), Duration::ZERO),
-            };
-            let ino = if attr.ino.0 == 0 { self.tree.ino(child) } else { attr.ino.0 };
-            if reply.add(INodeNo(ino), (i + 1) as u64, OsStr::from_bytes(name), &ttl, &attr, Generation(0)) {
+            let (attr, ttl) = self.plus_attr(i < 2, child, *kind);
+            if reply.add(attr.ino, (i + 1) as u64, OsStr::from_bytes(name), &ttl, &attr, Generation(0)) {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// What a READDIRPLUS entry for `child` carries. fuser takes both the
+    /// entry's node id and its d_ino from `attr.ino` (not from the `ino`
+    /// argument of `add`), so there is no "name only" entry: node id 0
+    /// would make d_ino 0 too, and readdir(3) drops such entries. So every
+    /// entry carries its real inode, and with it its real attributes: the
+    /// kernel applies them to an inode it already has (a made-up size 0
+    /// would truncate a cached file's pages). Where the listing did not
+    /// give them (a partition before its filesystem is opened, an NTFS
+    /// entry) they are read here, as the lookup that would follow would.
+    fn plus_attr(&self, dot: bool, child: &Node, kind: Kind) -> (FileAttr, Duration) {
+        // The kernel takes only the name and d_ino of `.` and `..`
+        // (fuse_direntplus_link skips their entry_out).
+        if dot {
+            return (placeholder_attr(kind, self.tree.ino(child)), Duration::ZERO);
+        }
+        match self.tree.cached_attr(child).map_or_else(|| self.tree.attr(child), Ok) {
+            Ok(a) => (self.file_attr(child, &a), Self::ttl(child)),
+            // Still listed; the stat or lookup that follows (not cached:
+            // TTL 0) gets the error. The kernel cannot hold good
+            // attributes of it unless an earlier stat worked and this one
+            // failed for a passing reason; a getattr then corrects them.
+            Err(e) => {
+                let _ = errno(e);
+                (placeholder_attr(kind, self.tree.ino(child)), Duration::ZERO)
+            }
+        }
     }
 
     fn lseek_(&self, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32) -> Result<i64, Errno> {
@@ -255,10 +304,11 @@ impl KluisFs {
     }
 }
 
-/// Attributes with node id 0: "no attributes" in a READDIRPLUS entry.
-fn plain_attr(k: Kind) -> FileAttr {
+/// Attributes that say nothing but the kind, for inode `ino`: for entries
+/// whose attributes the kernel ignores or must not keep (TTL 0).
+fn placeholder_attr(k: Kind, ino: u64) -> FileAttr {
     FileAttr {
-        ino: INodeNo(0),
+        ino: INodeNo(ino),
         size: 0,
         blocks: 0,
         atime: UNIX_EPOCH,
@@ -267,7 +317,7 @@ fn plain_attr(k: Kind) -> FileAttr {
         crtime: UNIX_EPOCH,
         kind: file_type(k),
         perm: 0,
-        nlink: 0,
+        nlink: 1,
         uid: 0,
         gid: 0,
         rdev: 0,
@@ -316,7 +366,9 @@ impl Filesystem for KluisFs {
         // Always plus, not the kernel's adaptive mode: `ls -l` reads the
         // whole directory before its first stat, and adaptive mode gives
         // attributes with the first batch only.
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+        if !self.readdirplus {
+            log::info!("plain READDIR: one lookup per listed entry");
+        } else if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
             log::info!("kernel without {missing:?}: one lookup per listed entry");
         }
         // Symlink targets never change for a given node (see Node::Latest),

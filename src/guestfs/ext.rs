@@ -137,7 +137,8 @@ fn attr_of(m: &Metadata, inode: Option<Inode>) -> GAttr {
     };
     GAttr {
         kind: k,
-        size: if k == GKind::Dir { 0 } else { m.len() },
+        // A directory's too (4096 for a small one), as the guest's stat says.
+        size: m.len(),
         mode: m.mode() & 0o7777,
         uid: m.uid(),
         gid: m.gid(),

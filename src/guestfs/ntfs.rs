@@ -171,7 +171,7 @@ impl Inner {
         let link = if dir && !flags.contains(NtfsFileAttributeFlags::REPARSE_POINT) { None } else { self.link_target(io, path, f, flags)? };
         let (kind, size) = match (&link, dir) {
             (Some(t), _) => (GKind::Symlink, t.len() as u64),
-            (None, true) => (GKind::Dir, 0),
+            (None, true) => (GKind::Dir, self.index_len(io, path, f)?),
             (None, false) => (GKind::File, self.data_len(io, path, f)?),
         };
         let ro = flags.contains(NtfsFileAttributeFlags::READ_ONLY);
@@ -228,6 +228,20 @@ impl Inner {
             out.push((pos, size));
         }
         Ok(Some(out))
+    }
+
+    /// A directory's size as ntfs-3g states it: that of its index
+    /// allocation (`$I30`); 0 while the index fits in the record's root.
+    fn index_len(&self, io: &mut Cursor, path: &[u8], f: &NtfsFile) -> Result<u64> {
+        let mut attrs = f.attributes();
+        while let Some(item) = attrs.next(io) {
+            let item = item.map_err(|e| err(path, e))?;
+            let a = item.to_attribute().map_err(|e| err(path, e))?;
+            if a.ty().ok() == Some(NtfsAttributeType::IndexAllocation) && a.name().is_ok_and(|n| n == "$I30") {
+                return Ok(a.value_length());
+            }
+        }
+        Ok(0)
     }
 
     fn data_len(&self, io: &mut Cursor, path: &[u8], f: &NtfsFile) -> Result<u64> {

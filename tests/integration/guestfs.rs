@@ -20,7 +20,7 @@ use super::common::*;
 /// The data of `etc/sparse` (3 MiB): the rest is holes.
 const SPARSE: [(u64, u64); 3] = [(0, 5000), (MIB + 100, 100), (3 * MIB - 10, 10)];
 
-fn make_tree(dir: &Path, rng: &mut fastrand::Rng) {
+pub(super) fn make_tree(dir: &Path, rng: &mut fastrand::Rng) {
     fs::create_dir_all(dir.join("etc/deep/er/est")).unwrap();
     fs::create_dir_all(dir.join("home/user")).unwrap();
     for (name, size) in [("empty", 0u64), ("one", 1), ("page-1", 4095), ("etc/big", MIB + 1), ("etc/deep/er/est/x", 70_000), ("home/user/notes.txt", 12)] {
@@ -33,7 +33,7 @@ fn make_tree(dir: &Path, rng: &mut fastrand::Rng) {
 }
 
 /// Links and owners, which FAT cannot hold.
-fn add_links(dir: &Path) {
+pub(super) fn add_links(dir: &Path) {
     symlink("../one", dir.join("etc/rel-link")).unwrap();
     symlink("/etc/big", dir.join("abs-link")).unwrap();
     symlink("nowhere/at/all", dir.join("home/dangling")).unwrap();
@@ -42,7 +42,7 @@ fn add_links(dir: &Path) {
     std::os::unix::fs::chown(dir.join("home/user/notes.txt"), Some(1000), Some(100)).unwrap();
 }
 
-fn set_times(dir: &Path) {
+pub(super) fn set_times(dir: &Path) {
     // Fixed, distinct mtimes with sub-second parts (leaves first, then dirs).
     let mut all = Vec::new();
     collect(dir, &mut all);
@@ -64,17 +64,17 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 #[derive(Clone, Copy)]
-struct Check {
-    owner: bool,
-    mode: bool,
+pub(super) struct Check {
+    pub owner: bool,
+    pub mode: bool,
     /// mtime must match to this many nanoseconds (ext4 via mkfs -d keeps
     /// whole seconds, NTFS 100 ns, FAT 2 s and local time).
-    mtime_ns: Option<i128>,
-    links: bool,
+    pub mtime_ns: Option<i128>,
+    pub links: bool,
 }
 
 /// Compares `got` (a copy or the mount) with `want`, recursively.
-fn compare(want: &Path, got: &Path, c: Check) {
+pub(super) fn compare(want: &Path, got: &Path, c: Check) {
     let mut inos: HashMap<u64, u64> = HashMap::new();
     let mut all = Vec::new();
     collect(want, &mut all);
@@ -184,7 +184,7 @@ pub(super) fn need(test: &str, tools: &[&str]) -> bool {
     true
 }
 
-fn sfdisk(img: &Path, script: &str) {
+pub(super) fn sfdisk(img: &Path, script: &str) {
     use std::io::Write;
     let mut c = Command::new("sfdisk").arg("-q").arg(img).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     c.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
@@ -192,11 +192,11 @@ fn sfdisk(img: &Path, script: &str) {
 }
 
 /// Writes `fs_img` into `disk` at sector `start`.
-fn place(disk: &Path, fs_img: &Path, start: u64) {
+pub(super) fn place(disk: &Path, fs_img: &Path, start: u64) {
     tool_ok("dd", &[&format!("if={}", fs_img.display()), &format!("of={}", disk.display()), "bs=1M", &format!("seek={}", start * 512), "oflag=seek_bytes", "conv=notrunc,sparse", "status=none"]);
 }
 
-fn ext4(env: &Env, name: &str, src: &Path, size: &str) -> PathBuf {
+pub(super) fn ext4(env: &Env, name: &str, src: &Path, size: &str) -> PathBuf {
     let p = env.path(name);
     tool_ok("truncate", &["-s", size, p.to_str().unwrap()]);
     tool_ok("mkfs.ext4", &["-q", "-F", "-d", src.to_str().unwrap(), p.to_str().unwrap()]);
@@ -205,7 +205,7 @@ fn ext4(env: &Env, name: &str, src: &Path, size: &str) -> PathBuf {
 
 /// An NTFS image holding `src` (copied with cp -a through ntfs-3g), or None
 /// when ntfs-3g cannot mount here.
-fn ntfs(env: &Env, name: &str, src: &Path) -> Option<PathBuf> {
+pub(super) fn ntfs(env: &Env, name: &str, src: &Path) -> Option<PathBuf> {
     let p = env.path(name);
     tool_ok("truncate", &["-s", "24M", p.to_str().unwrap()]);
     tool_ok("mkntfs", &["-F", "-Q", "-q", p.to_str().unwrap()]);
