@@ -94,7 +94,9 @@ fn gc_runs_on_a_filesystem_full_to_the_last_byte() {
     // point's pack and takes the reserve back.
     let g = env.json(&["gc"]);
     assert!(g["bytes_freed"].as_u64().unwrap() >= 3 * MIB, "{g}");
-    assert!(free_bytes(&mnt) >= 3 * MIB, "gc freed only {} bytes", free_bytes(&mnt));
+    // Less the part of the reserve that the deletion's record had taken,
+    // which gc made whole again out of the room it freed.
+    assert!(free_bytes(&mnt) >= 3 * MIB - MIB / 16, "gc freed only {} bytes", free_bytes(&mnt));
     assert_eq!(reserve_len(&env.vault), Some(MIB), "the reserve after gc");
 
     // Once more with nothing to free: gc still runs and keeps its reserve
