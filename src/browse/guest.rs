@@ -355,7 +355,7 @@ impl VaultTree {
             return Ok(da.block_size() == db.block_size());
         }
         let bs = da.block_size();
-        Ok((pa.start / bs..(pa.start + pa.size).div_ceil(bs)).all(|i| da.block_id(i) == db.block_id(i)))
+        da.same_blocks(&db, pa.start / bs, (pa.start + pa.size).div_ceil(bs))
     }
 
     fn note(&self, node: &Node) -> Result<String> {

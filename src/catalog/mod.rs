@@ -129,6 +129,21 @@ impl Catalog {
         Ok(Catalog { conn })
     }
 
+    /// A read-only connection that sees the index as it is now for as long
+    /// as it lives (one read transaction, held): what a disk opened for
+    /// reading looks its chunks up in, so that every lookup agrees with the
+    /// map it walks even while gc or a replication changes the index. It
+    /// holds the WAL back from being checkpointed past this instant until
+    /// dropped, and keeps a small page cache (lookups are few per map page).
+    pub fn open_snapshot(path: &Path) -> Result<Catalog> {
+        let c = Catalog::open_reader(path)?;
+        c.conn.pragma_update(None, "cache_size", -1024)?;
+        c.conn.execute_batch("BEGIN DEFERRED")?;
+        // A deferred transaction takes its snapshot at its first read.
+        c.conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        Ok(c)
+    }
+
     pub fn conn(&self) -> &Connection {
         &self.conn
     }
@@ -156,6 +171,12 @@ impl Catalog {
             })
             .optional()?;
         Ok(r)
+    }
+
+    /// The locations of `ids`, in order (None for an id not indexed, and
+    /// for ZERO): a map page's worth of lookups, for the mount.
+    pub fn chunk_locations(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkLocation>>> {
+        ids.iter().map(|id| if id.is_zero() { Ok(None) } else { self.chunk_location(id) }).collect()
     }
 
     /// Records a durable pack and the chunks of its frames in one

@@ -228,7 +228,7 @@ impl KluisFs {
         if offset < 0 {
             return Err(Errno::EINVAL);
         }
-        h.seek(offset as u64, data).map(|o| o as i64).ok_or(Errno::ENXIO)
+        h.seek(offset as u64, data).map_err(errno)?.map(|o| o as i64).ok_or(Errno::ENXIO)
     }
 }
 
