@@ -15,6 +15,7 @@ mod integration {
 
     mod backup_restore;
     mod bad_input;
+    mod bigdisk;
     mod corruption;
     mod crash;
     mod enospc;

@@ -328,7 +328,21 @@ impl VaultTree {
     /// kernel (which takes the inode number as the node id) sees one file.
     pub fn ino_of(&self, node: &Node, a: &Attr) -> u64 {
         match a.guest.and_then(|g| g.ino) {
-            Some(key) if a.nlink > 1 && a.kind != Kind::Dir => *self.guests.links.lock().unwrap().entry(key).or_insert_with(|| self.ino(node)),
+            Some(key) if a.nlink > 1 && a.kind != Kind::Dir => {
+                let mut links = self.guests.links.lock().unwrap();
+                match links.get(&key) {
+                    // Still a live number: the kernel knows the file by it.
+                    Some(ino) if self.node(*ino).is_some() => *ino,
+                    _ => {
+                        if links.len() >= CACHED_ATTRS {
+                            links.clear();
+                        }
+                        let ino = self.ino(node);
+                        links.insert(key, ino);
+                        ino
+                    }
+                }
+            }
             _ => self.ino(node),
         }
     }

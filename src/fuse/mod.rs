@@ -214,6 +214,10 @@ impl KluisFs {
             if reply.add(INodeNo(ino), (i + 1) as u64, OsStr::from_bytes(name), &ttl, &attr, Generation(0)) {
                 break;
             }
+            if attr.ino.0 != 0 {
+                // The kernel counts a lookup for an entry with attributes.
+                self.tree.looked_up(ino, child);
+            }
         }
         Ok(())
     }
@@ -305,14 +309,21 @@ impl Filesystem for KluisFs {
         Ok(())
     }
 
-    // The kernel has dropped the inode: no file of it is open any more.
-    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
-        self.by_ino.lock().unwrap().remove(&ino.0);
+    // The kernel has dropped `nlookup` references to the inode; at none
+    // left, no file of it is open any more and its number goes.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.tree.forget(ino.0, nlookup);
+        if self.tree.node(ino.0).is_none() {
+            self.by_ino.lock().unwrap().remove(&ino.0);
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match guarded("lookup", || self.lookup_(parent, name)) {
-            Ok((node, attr)) => reply.entry(&Self::ttl(&node), &attr, Generation(0)),
+            Ok((node, attr)) => {
+                self.tree.looked_up(attr.ino.0, &node);
+                reply.entry(&Self::ttl(&node), &attr, Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
