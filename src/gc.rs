@@ -128,7 +128,6 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
             if alive.is_empty() {
                 tx.execute("DELETE FROM packs WHERE id = ?1", [pack.id])?;
                 dead_packs.push(pack.name.clone());
-                report.bytes_freed += pack.size;
             } else if (live_bytes as f64) < REWRITE_BELOW * (pack.size - PACK_HEADER_SIZE) as f64 {
                 rewrite.push((pack.id, pack.name.clone(), alive));
             }
@@ -136,7 +135,8 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
         tx.commit()?;
     }
     report.packs_deleted += dead_packs.len() as u64;
-    report.packs_kept_for_readers += sweep_packs(vault.root(), dead_packs.iter().map(|n| n.as_str()))?.kept;
+    let swept = sweep_packs(vault.root(), dead_packs.iter().map(|n| n.as_str()))?;
+    (report.bytes_freed, report.packs_kept_for_readers) = (report.bytes_freed + swept.bytes, report.packs_kept_for_readers + swept.kept);
 
     // 4. Rewrite mostly-dead packs.
     let total: u64 = rewrite.iter().map(|(_, _, rows)| rows.len() as u64).sum();

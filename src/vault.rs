@@ -13,7 +13,7 @@
 //! |------------------------------------|--------------------|
 //! | backup, restore, verify            | shared             |
 //! | gc                                 | exclusive          |
-//! | mount, points, delete, prune, protect | none (SQLite WAL isolates readers; the mount holds its packs open) |
+//! | mount, points, delete, prune, protect | none (SQLite WAL isolates readers; an open disk holds a reader's lease, store/lease.rs) |
 //!
 //! gc needs exclusivity because a running backup reuses chunks that no
 //! committed point references yet (its own freshly committed packs, and old

@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::guestfs::{self, DiskReadAt, GAttr, GKind, GuestFile, GuestFs, Layout, ReadAt, Scheme, Slice};
 use crate::id::RecoveryPointId;
 
-/// Filesystems kept open (each keeps its disk's block map in memory).
+/// Filesystems kept open (each keeps its disk open: an index snapshot and
+/// a reader's lease; its map pages share the mount's bounded cache).
 const OPEN_FS: usize = 8;
 /// Guest attributes remembered (a lookup is followed by a getattr).
 const CACHED_ATTRS: usize = 200_000;

@@ -21,7 +21,9 @@
 //! halves the round trips of reading a small file. A file's handle is made
 //! at its first read and kept per inode until the kernel forgets the inode,
 //! which it never does while the file is open; so an open disk keeps its
-//! packs open through a gc, as with handles per open. And a reader going
+//! index snapshot and its lease on the packs (store/lease.rs) through a gc,
+//! as with handles per open. Inode numbers go too when the kernel forgets
+//! them, so a long-running mount keeps only what the kernel keeps. And a reader going
 //! through a guest directory's small files finds the next ones already in
 //! the kernel's page cache (prefill.rs), with no round trip at all.
 
