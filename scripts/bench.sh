@@ -856,6 +856,8 @@ else
     if [[ -n ${ROUND_RATIOS[restore]:-} ]]; then round_figure restore "$F5" '<=' 0.5; fi
 fi
 
+fi # BENCH_ONLY (the mount helpers below serve the big-disk figures too)
+
 # ---------------------------------------------------------------- mount
 
 # start_fuse NAME MOUNTPOINT WAITFILE CMD...: start a foreground FUSE daemon in
@@ -925,6 +927,7 @@ other_mount() {
 }
 jget() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
+if [[ $ONLY != bigdisk ]]; then
 section "mount"
 F7="7 mount seq read speed / cold dd of raw"
 F7R="7 mount seq read speedup vs restic mount"

@@ -515,16 +515,27 @@ impl OpenDisk {
         let bs = self.block_size();
         let (first, end) = (offset / bs, (offset + len).div_ceil(bs).min(self.block_count()));
         let mut last = None;
-        for b in first..end {
-            let Ok(frame) = self.frame_of(b) else { break };
-            let Some(frame) = frame else { continue };
-            if last == Some(frame) || self.is_cached(&frame) {
-                continue;
+        let mut b = first;
+        // A leaf at a time: one map lookup per 256 blocks, not per block.
+        while b < end {
+            let Ok(leaf) = self.map.leaf(b / FANOUT as u64) else { break };
+            let leaf_end = ((b / FANOUT as u64 + 1) * FANOUT as u64).min(end);
+            for i in b..leaf_end {
+                let j = (i % FANOUT as u64) as usize;
+                let loc = &leaf.locs[j];
+                if leaf.ids[j].is_zero() || loc.pack == NOT_INDEXED.pack {
+                    continue;
+                }
+                let frame = self.caches.packs.frame_key(loc);
+                if last == Some(frame) || self.is_cached(&frame) {
+                    continue;
+                }
+                last = Some(frame);
+                if tx.try_send((self.clone(), i)).is_err() {
+                    return;
+                }
             }
-            last = Some(frame);
-            if tx.try_send((self.clone(), b)).is_err() {
-                break;
-            }
+            b = leaf_end;
         }
     }
 

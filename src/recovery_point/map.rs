@@ -267,14 +267,19 @@ pub struct LazyMap<S: PageSource> {
     blocks: u64,
     source: S,
     cache: Arc<PageCache<S::Page>>,
-    /// The last leaf used (leaf number, page): a sequential reader's next
-    /// block is almost always in it, and finding it there costs no hashing.
-    last: Mutex<Option<(u64, Arc<S::Page>)>>,
+    /// The last leaves used (leaf number, page), newest first: a
+    /// sequential reader's next block is almost always in one of them (its
+    /// own leaf, or the next one its readahead is in), and finding it there
+    /// costs no hashing.
+    last: Mutex<[Option<(u64, Arc<S::Page>)>; RECENT_LEAVES]>,
 }
+
+/// See [`LazyMap::last`].
+const RECENT_LEAVES: usize = 4;
 
 impl<S: PageSource> LazyMap<S> {
     pub fn new(depth: u8, root: ChunkId, blocks: u64, source: S, cache: Arc<PageCache<S::Page>>) -> LazyMap<S> {
-        LazyMap { depth, root, blocks, source, cache, last: Mutex::new(None) }
+        LazyMap { depth, root, blocks, source, cache, last: Mutex::new(Default::default()) }
     }
 
     pub fn blocks(&self) -> u64 {
@@ -303,9 +308,7 @@ impl<S: PageSource> LazyMap<S> {
 
     /// Leaf page `leaf` (blocks `leaf * FANOUT ..`): all zero ids for holes.
     pub fn leaf(&self, leaf: u64) -> Result<Arc<S::Page>> {
-        if let Some((n, p)) = &*self.last.lock().unwrap()
-            && *n == leaf
-        {
+        if let Some((_, p)) = self.last.lock().unwrap().iter().flatten().find(|(n, _)| *n == leaf) {
             return Ok(p.clone());
         }
         if self.depth == 0 || leaf >= self.blocks.div_ceil(FANOUT as u64) {
@@ -318,7 +321,9 @@ impl<S: PageSource> LazyMap<S> {
             id = parent.ids()[((leaf / (FANOUT as u64).pow(level as u32 - 1)) % FANOUT as u64) as usize];
         }
         let p = self.page(&id, 0)?;
-        *self.last.lock().unwrap() = Some((leaf, p.clone()));
+        let mut last = self.last.lock().unwrap();
+        last.rotate_right(1);
+        last[0] = Some((leaf, p.clone()));
         Ok(p)
     }
 
