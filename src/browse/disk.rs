@@ -146,14 +146,16 @@ impl OpenPack {
     }
 }
 
+/// Name → number, and per number (name, frame-cache key).
+type PackNames = (HashMap<Arc<str>, u32>, Vec<(Arc<str>, u64)>);
+
 /// The packs a mount has met, by number (so a location is 24 bytes), and a
 /// bounded set of them held open. A pack is opened by name when needed:
 /// the reader's lease keeps every pack its snapshot points into in place
 /// (store/lease.rs).
 struct PackTable {
     vault: PathBuf,
-    /// Name → number, and per number (name, frame-cache key).
-    names: RwLock<(HashMap<Arc<str>, u32>, Vec<(Arc<str>, u64)>)>,
+    names: RwLock<PackNames>,
     open: quick_cache::sync::Cache<u32, Arc<OpenPack>>,
 }
 

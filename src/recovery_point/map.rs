@@ -271,8 +271,11 @@ pub struct LazyMap<S: PageSource> {
     /// sequential reader's next block is almost always in one of them (its
     /// own leaf, or the next one its readahead is in), and finding it there
     /// costs no hashing.
-    last: Mutex<[Option<(u64, Arc<S::Page>)>; RECENT_LEAVES]>,
+    last: Mutex<RecentLeaves<S::Page>>,
 }
+
+/// (leaf number, page), newest first.
+type RecentLeaves<P> = [Option<(u64, Arc<P>)>; RECENT_LEAVES];
 
 /// See [`LazyMap::last`].
 const RECENT_LEAVES: usize = 4;

@@ -56,6 +56,18 @@ impl ReadLease {
     /// Takes a lease in `vault`. Take it before beginning the snapshot it
     /// protects.
     pub fn take(vault: &Path) -> Result<ReadLease> {
+        // A sweep may remove our temporary file between its creation and
+        // its lock (it looks like one left by a dead reader): try again.
+        let mut tries = 0;
+        loop {
+            match Self::try_take(vault) {
+                Err(Error::Io { .. }) if tries < 3 => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn try_take(vault: &Path) -> Result<ReadLease> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let dir = vault.join(LEASES_DIR);
@@ -93,10 +105,9 @@ fn live_leases(vault: &Path) -> Vec<u64> {
             let _ = fs::remove_file(e.path());
             continue;
         }
-        match name.strip_prefix("read-").and_then(|r| r.split('-').next()).and_then(|t| t.parse().ok()) {
-            Some(start) => live.push(start),
-            // Being taken right now: its snapshot is not begun yet.
-            None => {}
+        // A `.new-` file is a lease being taken: its snapshot is not begun yet.
+        if let Some(start) = name.strip_prefix("read-").and_then(|r| r.split('-').next()).and_then(|t| t.parse().ok()) {
+            live.push(start);
         }
     }
     live

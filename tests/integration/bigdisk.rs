@@ -34,7 +34,10 @@ fn rss(pid: i32) -> u64 {
 /// A 256 GiB GPT disk: an ext4 partition of 32 MiB at 1 MiB holding
 /// `hello.txt` and `data.bin`, and data islands scattered to the last byte.
 /// Returns the disk, the islands (offset, bytes) and data.bin's bytes.
-fn big_disk(env: &Env, rng: &mut fastrand::Rng) -> (std::path::PathBuf, Vec<(u64, Vec<u8>)>, Vec<u8>) {
+/// Bytes written at an offset.
+type Islands = Vec<(u64, Vec<u8>)>;
+
+fn big_disk(env: &Env, rng: &mut fastrand::Rng) -> (std::path::PathBuf, Islands, Vec<u8>) {
     let size = 256 * GIB;
     let src = env.path("guest");
     fs::create_dir_all(&src).unwrap();
@@ -50,7 +53,7 @@ fn big_disk(env: &Env, rng: &mut fastrand::Rng) -> (std::path::PathBuf, Vec<(u64
     c.stdin.take().unwrap().write_all(b"label: gpt\nstart=2048, size=65536, type=linux\n").unwrap();
     assert!(c.wait().unwrap().success(), "sfdisk");
     write_at(&img, MIB, &fs::read(&part).unwrap());
-    let islands: Vec<(u64, Vec<u8>)> = [(GIB + 5, 70_000), (17 * GIB + 4096, 3 * MIB), (100 * GIB, BLOCK), (255 * GIB + 12_345, 1000), (size - 777, 777)]
+    let islands: Islands = [(GIB + 5, 70_000), (17 * GIB + 4096, 3 * MIB), (100 * GIB, BLOCK), (255 * GIB + 12_345, 1000), (size - 777, 777)]
         .into_iter()
         .map(|(off, len)| (off, random_bytes(rng, len as usize)))
         .collect();
