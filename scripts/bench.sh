@@ -1095,8 +1095,11 @@ else
     truncate -s $(( BIG_GIB / 16 + 16 ))G "$BSRC"
     run big-mkfs mkfs.btrfs -q -f "$BSRC" || die "mkfs.btrfs failed"
     mkdir -p "$BIGW/src"
+    # Our own loop device (not mount -o loop), so the EXIT trap detaches it.
+    BDEV=$(losetup --find --show "$BSRC")
+    LOOPS+=("$BDEV")
     MOUNTS+=("$BIGW/src")
-    mount -o loop,compress-force=zstd:1 "$BSRC" "$BIGW/src" || die "cannot mount the btrfs image"
+    mount -o compress-force=zstd:1 "$BDEV" "$BIGW/src" || die "cannot mount the btrfs image"
     # The guest filesystem: one small text file and 32 files of 1 MiB.
     echo "kluis big-disk bench" >"$BIGW/guest/hello.txt"
     for i in $(seq -w 1 32); do "${HELPER[@]}" fill "$BIGW/guest/data/file-$i.bin" 1 --seed "$i"; done
@@ -1118,10 +1121,8 @@ else
             die "kluis backup of the $gib GiB disk failed"
         say "  backup of the $gib GiB disk: $t s, $(mib "$(du -sb "$BIG_VAULT" | cut -f1)") vault so far"
     done
-    umount "$BIGW/src"
-    keep=()
-    for m in "${MOUNTS[@]}"; do [[ $m != "$BIGW/src" ]] && keep+=("$m"); done
-    MOUNTS=("${keep[@]}")
+    umount_dev "$BDEV" "$BIGW/src"
+    rm -f "$BSRC"
     BM=$MNT/bigdisk
     # big_mount GIB NAME: a fresh mount daemon, caches dropped.
     big_mount() {
