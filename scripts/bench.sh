@@ -39,6 +39,12 @@
 #     the files it had to bring (the new packs and the index)
 #   block-size sweep (BENCH_BLOCK_SIZES): backup times and churn growth per
 #     block size (info), to justify the default.
+#   B a big sparse disk (1 TiB, 64 GiB of distinct compressible blocks, an
+#     ext4 partition at its start) against a small one of the same kind
+#     (4 GiB): first byte of the mounted disk and of one guest file (fresh
+#     mount, cold), and the mount's RSS after reading 1 GiB scattered over
+#     the disk. Big / small [<= 1.5] each; the big disk's first bytes / 0.3 s
+#     and its RSS / 256 MB [<= 1.0]. Runs alone with BENCH_ONLY=bigdisk.
 # Lines indented under a figure are extra context ("info"), not targets.
 #
 # Environment (defaults in brackets; QUICK defaults second):
@@ -66,6 +72,9 @@
 #   BENCH_SKIP_BUILD=1   don't run `cargo build --release`
 #   BENCH_KLUIS          kluis binary [target/release/kluis]
 #   BENCH_JSON=FILE      also write the summary as JSON to FILE
+#   BENCH_ONLY=bigdisk   only the big-disk figures B (skips the workload)
+#   BENCH_BIGDISK=0      skip the big-disk figures B
+#   BENCH_BIG_GIB / BENCH_BIG_SMALL_GIB   the two disks of B [1024/4 | 64/4]
 
 # trun/ctrun assign their first argument with printf -v, which shellcheck
 # cannot follow.
@@ -502,6 +511,11 @@ churn_disks() {
     sync
 }
 
+ONLY=${BENCH_ONLY:-}
+[[ -z $ONLY || $ONLY == bigdisk ]] || die "BENCH_ONLY must be bigdisk, not '$ONLY'"
+# The main figures (1-7, R, the sweep), not indented: skipped as a whole
+# with BENCH_ONLY=bigdisk.
+if [[ $ONLY != bigdisk ]]; then
 section "building the workload"
 OS_IMG=$IMG/os.img DATA_IMG=$IMG/data.img
 build_os_disk "$OS_IMG"
@@ -842,6 +856,8 @@ else
     if [[ -n ${ROUND_RATIOS[restore]:-} ]]; then round_figure restore "$F5" '<=' 0.5; fi
 fi
 
+fi # BENCH_ONLY (the mount helpers below serve the big-disk figures too)
+
 # ---------------------------------------------------------------- mount
 
 # start_fuse NAME MOUNTPOINT WAITFILE CMD...: start a foreground FUSE daemon in
@@ -911,6 +927,7 @@ other_mount() {
 }
 jget() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
+if [[ $ONLY != bigdisk ]]; then
 section "mount"
 F7="7 mount seq read speed / cold dd of raw"
 F7R="7 mount seq read speedup vs restic mount"
@@ -1045,6 +1062,94 @@ else
     else
         figure_skip "$F6F" "<= 1.25" "an RSS run failed"
     fi
+fi
+
+fi # BENCH_ONLY
+
+# ---------------------------------------------------------------- big sparse disk
+
+# B: what opening a disk costs against its size (issue #18). Two disks of
+# the same kind: GPT, an ext4 partition of 256 MiB (a few files) at 1 MiB,
+# then a 1 MiB run of distinct, compressible blocks every 16 MiB to the end
+# (1/16 of the disk: 64 GiB of a 1 TiB disk). Their bytes live in a
+# loop-mounted btrfs with compress-force=zstd, so 64 GiB cost about 2 GiB.
+section "big sparse disk"
+BIG_GIB=${BENCH_BIG_GIB:-$(q 1024 64)}
+SMALL_GIB=${BENCH_BIG_SMALL_GIB:-4}
+FB="B first byte of the mounted disk"
+FG="B first byte of a guest file"
+FR="B mount RSS after 1 GiB scattered reads"
+BIG_WHY=
+if [[ ${BENCH_BIGDISK:-1} != 1 ]]; then BIG_WHY="BENCH_BIGDISK=0"
+elif [[ -n $KLUIS_WHY ]]; then BIG_WHY=$KLUIS_WHY
+elif [[ ! -e /dev/fuse ]] || ! command -v fusermount3 >/dev/null; then BIG_WHY="no /dev/fuse or fusermount3"
+elif ! grep -qw btrfs /proc/filesystems && ! modprobe btrfs 2>/dev/null; then BIG_WHY="the kernel has no btrfs"
+elif ! ensure_tool mkfs.btrfs btrfs-progs; then BIG_WHY="mkfs.btrfs not installed and apt-get install failed"
+fi
+if [[ -n $BIG_WHY ]]; then
+    for f in "$FB" "$FG" "$FR"; do figure_skip "$f" "<= 1.5" "$BIG_WHY"; done
+else
+    BIGW=$W/bigdisk
+    mkdir -p "$BIGW/src" "$BIGW/guest/data"
+    BSRC=$BIGW/src.btrfs
+    truncate -s $(( BIG_GIB / 16 + 16 ))G "$BSRC"
+    run big-mkfs mkfs.btrfs -q -f "$BSRC" || die "mkfs.btrfs failed"
+    mkdir -p "$BIGW/src"
+    # Our own loop device (not mount -o loop), so the EXIT trap detaches it.
+    BDEV=$(losetup --find --show "$BSRC")
+    LOOPS+=("$BDEV")
+    MOUNTS+=("$BIGW/src")
+    mount -o compress-force=zstd:1 "$BDEV" "$BIGW/src" || die "cannot mount the btrfs image"
+    # The guest filesystem: one small text file and 32 files of 1 MiB.
+    echo "kluis big-disk bench" >"$BIGW/guest/hello.txt"
+    for i in $(seq -w 1 32); do "${HELPER[@]}" fill "$BIGW/guest/data/file-$i.bin" 1 --seed "$i"; done
+    GUEST_FILE=data/file-17.bin
+    truncate -s 256M "$BIGW/part.img"
+    run big-mkfs-ext4 mkfs.ext4 -q -F -d "$BIGW/guest" "$BIGW/part.img" || die "mkfs.ext4 -d failed"
+    DATA_FROM=$((512 << 20)) EVERY=$((16 << 20)) RUNLEN=$((1 << 20))
+    BIG_VAULT=$VAULTS/bigdisk
+    run big-init "$KLUIS" --vault "$BIG_VAULT" init || die "kluis init failed"
+    declare -A BIG_FB BIG_FG BIG_RSS
+    for gib in "$SMALL_GIB" "$BIG_GIB"; do
+        img=$BIGW/src/disk-$gib.img
+        truncate -s "${gib}G" "$img"
+        printf 'label: gpt\nstart=2048, size=524288, type=linux\n' | run "big-sfdisk-$gib" sfdisk -q "$img" || die "sfdisk failed"
+        dd if="$BIGW/part.img" of="$img" bs=1M seek=1 conv=notrunc,sparse status=none
+        say "writing the data runs of the $gib GiB disk ($(( (gib * 1024 - 512) / 16 )) MiB)"
+        "${HELPER[@]}" sparse-runs "$img" "$DATA_FROM" "$EVERY" "$RUNLEN"
+        trun t "big-backup-$gib" "$KLUIS" --vault "$BIG_VAULT" backup "big$gib" --disk "os=$img" ||
+            die "kluis backup of the $gib GiB disk failed"
+        say "  backup of the $gib GiB disk: $t s, $(mib "$(du -sb "$BIG_VAULT" | cut -f1)") vault so far"
+    done
+    umount_dev "$BDEV" "$BIGW/src"
+    rm -f "$BSRC"
+    BM=$MNT/bigdisk
+    # big_mount GIB NAME: a fresh mount daemon, caches dropped.
+    big_mount() {
+        drop_caches
+        start_fuse "big-mount-$2-$1" "$BM" "$BM/big$1/latest" "$KLUIS" --vault "$BIG_VAULT" mount "$BM"
+    }
+    for gib in "$SMALL_GIB" "$BIG_GIB"; do
+        disk=$BM/big$gib/latest/disks/os.raw
+        big_mount "$gib" disk || die "kluis mount failed"
+        BIG_FB[$gib]=$("${HELPER[@]}" first-byte "$disk") || die "reading $disk failed"
+        stop_fuse "$BM" "$KLUIS" umount "$BM"
+        big_mount "$gib" guest || die "kluis mount failed"
+        BIG_FG[$gib]=$("${HELPER[@]}" first-byte "$BM/big$gib/latest/files/os/p1/$GUEST_FILE") || die "reading a guest file failed"
+        stop_fuse "$BM" "$KLUIS" umount "$BM"
+        big_mount "$gib" rss || die "kluis mount failed"
+        n=$("${HELPER[@]}" scatter "$disk" 1024 "$RUNLEN" "$DATA_FROM" "$EVERY") || die "scattered reads of $disk failed"
+        BIG_RSS[$gib]=$(awk '/VmRSS/ { print $2 * 1024 }' "/proc/$FUSE_PID/status")
+        say "  $gib GiB disk: first byte $(printf %s "${BIG_FB[$gib]}") s, guest file $(printf %s "${BIG_FG[$gib]}") s, RSS $(mib "${BIG_RSS[$gib]}") after $(mib "$n") scattered"
+        stop_fuse "$BM" "$KLUIS" umount "$BM"
+    done
+    b=$BIG_GIB s=$SMALL_GIB
+    figure "$FB, $b / $s GiB" "$(ratio "${BIG_FB[$b]}" "${BIG_FB[$s]}")" '<=' 1.5 "$b GiB ${BIG_FB[$b]} s / $s GiB ${BIG_FB[$s]} s"
+    figure "$FB, $b GiB / 0.3 s" "$(ratio "${BIG_FB[$b]}" 0.3)" '<=' 1.0 "${BIG_FB[$b]} s"
+    figure "$FG, $b / $s GiB" "$(ratio "${BIG_FG[$b]}" "${BIG_FG[$s]}")" '<=' 1.5 "$b GiB ${BIG_FG[$b]} s / $s GiB ${BIG_FG[$s]} s"
+    figure "$FG, $b GiB / 0.3 s" "$(ratio "${BIG_FG[$b]}" 0.3)" '<=' 1.0 "${BIG_FG[$b]} s"
+    figure "$FR, $b / $s GiB" "$(ratio "${BIG_RSS[$b]}" "${BIG_RSS[$s]}")" '<=' 1.5 "$b GiB $(mib "${BIG_RSS[$b]}") / $s GiB $(mib "${BIG_RSS[$s]}")"
+    figure "$FR, $b GiB / 256 MB" "$(ratio "${BIG_RSS[$b]}" 256000000)" '<=' 1.0 "$(mib "${BIG_RSS[$b]}")"
 fi
 
 # ---------------------------------------------------------------- summary

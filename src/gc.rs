@@ -24,13 +24,13 @@
 //! 2. mark: walk every remaining point's manifest, configs and map pages;
 //! 3. one transaction deletes dead chunk rows and dead pack rows; then the
 //!    dead pack files are unlinked (a crash in between leaves orphan files,
-//!    which step 1 of the next run removes);
+//!    which step 1 of the next run removes), except those a reader's lease
+//!    may still need (store/lease.rs), which a later run removes;
 //! 4. rewrite: the live chunks of a mostly-dead pack are copied, hash-checked,
 //!    to a new pack (a frame whose chunks are all live verbatim, the live
 //!    chunks of a partly dead frame compressed again as a smaller frame),
 //!    which is made durable; one transaction moves the rows and drops the old
-//!    pack's row; then the old file is unlinked. Readers that opened the old
-//!    pack keep reading it through their open descriptor.
+//!    pack's row; then the old file is unlinked as in 3.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -45,7 +45,7 @@ use crate::progress::Progress;
 use crate::recovery_point::{ChunkFetcher, Manifest, MapReader, PAGE_BYTES};
 use crate::catalog::PackChunk;
 use crate::error::Error;
-use crate::store::{check_frame, pack_path, remove_packs_except, remove_temp_packs, Frame, FrameHeader, PackWriter, PACK_HEADER_SIZE};
+use crate::store::{check_frame, pack_path, remove_packs_except, remove_temp_packs, sweep_packs, Frame, FrameHeader, PackWriter, PACK_HEADER_SIZE};
 use crate::vault::{check_primary, lock_vault, read_header, Vault, VaultLock, RESERVE_FILE};
 
 /// A pack whose live bytes are below this fraction of its size is rewritten.
@@ -60,6 +60,9 @@ pub struct GcReport {
     pub packs_deleted: u64,
     pub packs_rewritten: u64,
     pub orphan_files_removed: u64,
+    /// Packs dropped from the index but left in place for readers that
+    /// may still need them (store/lease.rs); a later gc removes them.
+    pub packs_kept_for_readers: u64,
     pub bytes_freed: u64,
     pub seconds: f64,
 }
@@ -158,10 +161,11 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
     // 1. Leftovers of interrupted runs.
     let packs = vault.catalog().packs()?;
     let known: HashSet<&str> = packs.iter().map(|p| p.name.as_str()).collect();
-    for (files, bytes) in [remove_temp_packs(vault.root())?, remove_packs_except(vault.root(), &known)?] {
-        report.orphan_files_removed += files;
-        report.bytes_freed += bytes;
-    }
+    let (files, bytes) = remove_temp_packs(vault.root())?;
+    let swept = remove_packs_except(vault.root(), &known)?;
+    report.orphan_files_removed += files + swept.removed;
+    report.bytes_freed += bytes + swept.bytes;
+    report.packs_kept_for_readers += swept.kept;
 
     // 2. Mark.
     let live = live_chunks(vault)?;
@@ -191,18 +195,15 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
             if alive.is_empty() {
                 tx.execute("DELETE FROM packs WHERE id = ?1", [pack.id])?;
                 dead_packs.push(pack.name.clone());
-                report.bytes_freed += pack.size;
             } else if !holds_damage && (live_bytes as f64) < REWRITE_BELOW * (pack.size - PACK_HEADER_SIZE) as f64 {
                 rewrite.push((pack.id, pack.name.clone(), alive));
             }
         }
         tx.commit()?;
     }
-    for name in &dead_packs {
-        let path = pack_path(vault.root(), name);
-        fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
-        report.packs_deleted += 1;
-    }
+    report.packs_deleted += dead_packs.len() as u64;
+    let swept = sweep_packs(vault.root(), dead_packs.iter().map(|n| n.as_str()))?;
+    (report.bytes_freed, report.packs_kept_for_readers) = (report.bytes_freed + swept.bytes, report.packs_kept_for_readers + swept.kept);
 
     // 4. Rewrite mostly-dead packs.
     let total: u64 = rewrite.iter().map(|(_, _, rows)| rows.len() as u64).sum();
@@ -237,8 +238,7 @@ fn collect(vault: &Vault, progress: &dyn Progress, started: Instant) -> Result<G
             tx.execute("DELETE FROM packs WHERE id = ?1", [pack_id])?;
             tx.commit()?;
         }
-        let path = pack_path(vault.root(), &name);
-        fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+        report.packs_kept_for_readers += sweep_packs(vault.root(), [name.as_str()])?.kept;
         report.packs_rewritten += 1;
         report.bytes_freed += old_size.saturating_sub(finished.size);
     }

@@ -26,7 +26,9 @@
 //!    (its first index: the copy, fsynced and renamed into place); then the
 //!    vault's records (crate::records) are mirrored.
 //! 5. The replica's packs that its new index does not list (gc removed or
-//!    rewrote them on the primary) are deleted.
+//!    rewrote them on the primary) are deleted, except those a reader of
+//!    the replica (a mount) may still need: a later run deletes them
+//!    (store/lease.rs).
 //!
 //! A kill at any instant leaves the replica as the previous run left it or
 //! as this one does: before 4 its index lists only packs it already had, 4
@@ -67,6 +69,9 @@ pub struct ReplicateReport {
     pub bytes_copied: u64,
     pub packs_removed: u64,
     pub bytes_removed: u64,
+    /// Packs the new index no longer lists, left in place for a reader of
+    /// the replica that may still need them (a later run removes them).
+    pub packs_kept_for_readers: u64,
     /// Size of the index copy.
     pub index_bytes: u64,
     pub seconds: f64,
@@ -147,7 +152,8 @@ pub fn replicate(vault: &Vault, to: &Path, progress: &dyn Progress, cancel: &Ato
 
     // 5. Packs the primary no longer has.
     let listed: HashSet<&str> = packs.iter().map(|(n, _)| n.as_str()).collect();
-    (rep.packs_removed, rep.bytes_removed) = remove_packs_except(to, &listed)?;
+    let swept = remove_packs_except(to, &listed)?;
+    (rep.packs_removed, rep.bytes_removed, rep.packs_kept_for_readers) = (swept.removed, swept.bytes, swept.kept);
     // Room for a gc on a full disk, once promoted.
     replica.ensure_reserve();
     rep.seconds = started.elapsed().as_secs_f64();

@@ -17,7 +17,7 @@
 //! |------------------------------------|--------------------|
 //! | backup, restore, verify            | shared             |
 //! | gc                                 | exclusive          |
-//! | mount, points, delete, prune, protect | none (SQLite WAL isolates readers; the mount holds its packs open) |
+//! | mount, points, delete, prune, protect | none (SQLite WAL isolates readers; an open disk holds a reader's lease, store/lease.rs) |
 //!
 //! A reader that may not write the vault (a read-only mount or snapshot,
 //! another user's vault) takes the shared lock on a read-only descriptor,

@@ -16,6 +16,7 @@ mod integration {
 
     mod backup_restore;
     mod bad_input;
+    mod bigdisk;
     mod edges;
     mod corruption;
     mod crash;

@@ -22,6 +22,17 @@ Subcommands
   randread FILE COUNT          4 KiB os.pread at random aligned offsets;
                                prints JSON {p50_us, p99_us, mean_us, n}.
   tsv2json TSV                 the summary TSV as a JSON list of objects.
+  sparse-runs FILE FROM EVERY RUN
+                               in FILE (already sized), a RUN-byte run of data
+                               every EVERY bytes from byte FROM to the end:
+                               every 4 KiB page distinct (its offset in a
+                               header) and the rest one text, so a disk of
+                               many GiB costs little to store compressed.
+  first-byte FILE              seconds to open FILE and read its first byte.
+  scatter FILE COUNT LEN FROM EVERY [--seed S]
+                               COUNT reads of LEN bytes at the start of
+                               random runs (as sparse-runs lays them out);
+                               prints the bytes read.
 """
 
 import json
@@ -277,7 +288,51 @@ def cmd_tsv2json(path):
     print(json.dumps(rows, indent=2))
 
 
+def cmd_sparse_runs(path, start, every, run):
+    start, every, run = int(start), int(every), int(run)
+    text = PageGen(3).text[: PAGE - 16]
+    buf = bytearray((struct.pack("<QQ", 0, 0) + text) * (run // PAGE))
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        size = os.fstat(fd).st_size
+        off = start
+        while off + run <= size:
+            for i in range(run // PAGE):
+                struct.pack_into("<QQ", buf, i * PAGE, off + i * PAGE, 0x6b6c756973)
+            os.pwrite(fd, buf, off)
+            off += every
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def cmd_first_byte(path):
+    t0 = time.perf_counter()
+    with open(path, "rb") as f:
+        if len(f.read(1)) != 1:
+            raise SystemExit("%s: empty" % path)
+    print("%.4f" % (time.perf_counter() - t0))
+
+
+def cmd_scatter(path, count, length, start, every, *rest):
+    opts = dict(zip(rest[0::2], rest[1::2]))
+    rng = random.Random(int(opts.get("--seed", 9)))
+    count, length, start, every = int(count), int(length), int(start), int(every)
+    fd = os.open(path, os.O_RDONLY)
+    total = 0
+    try:
+        runs = (os.fstat(fd).st_size - start - length) // every + 1
+        for _ in range(count):
+            total += len(os.pread(fd, length, start + rng.randrange(runs) * every))
+    finally:
+        os.close(fd)
+    print(total)
+
+
 COMMANDS = {
+    "sparse-runs": cmd_sparse_runs,
+    "first-byte": cmd_first_byte,
+    "scatter": cmd_scatter,
     "pick-files": cmd_pick_files,
     "fill": cmd_fill,
     "db-churn": cmd_db_churn,

@@ -1,20 +1,28 @@
-//! A disk of a recovery point opened for random reads, as the mount needs it:
-//! every block's chunk location and every pack file are resolved when the
-//! disk is opened, so reads never touch SQLite, and the packs stay readable
-//! through their open descriptors even if gc rewrites or deletes them later.
+//! A disk of a recovery point opened for random reads, as the mount and
+//! `kluis files` need it. Opening one costs the same whatever the disk's
+//! size: its map is read a page at a time as blocks are asked for, through
+//! a page cache shared by the mount's disks and bounded in bytes, and each
+//! leaf page's chunk locations are looked up when the leaf is read, in an
+//! index snapshot the disk pins when opened (so every answer agrees with
+//! the map, whatever gc or a replication commits meanwhile). Packs are
+//! opened when first read from; the disk's reader lease keeps gc and
+//! replication from unlinking any pack its snapshot points into
+//! (store/lease.rs). Frames are decoded whole into a shared cache.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crossbeam_channel::Sender;
 
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
-use crate::recovery_point::{collect_blocks, copy_blocks, BlockBytes, DiskEntry};
 use crate::image::{open_direct, IoBuf};
-use crate::store::{check_chunk, pack_path, read_frame, read_frame_upto, read_frame_via, Codec, DecodedFrame};
+use crate::recovery_point::{copy_blocks, BlockBytes, DiskEntry, LazyMap, MapPage, PageCache, PageSource, FANOUT};
+use crate::store::{check_chunk, pack_path, read_frame_upto, read_frame_via, Codec, DecodedFrame, ReadLease};
 
 /// A frame as the mount keeps it: decoded, with the chunks that failed
 /// their check.
@@ -83,15 +91,6 @@ fn pack_key(name: &str) -> u64 {
     })
 }
 
-#[derive(Clone, Copy)]
-struct Loc {
-    pack: u32,
-    offset: u64,
-    frame_len: u32,
-    inner: u32,
-    raw_len: u32,
-}
-
 thread_local! {
     static DIRECT_LOADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -108,16 +107,26 @@ pub fn load_with_direct_io() {
     DIRECT_LOADS.set(true);
 }
 
-/// Where every chunk a disk needs is, plus its packs held open.
-struct Locations {
-    by_id: HashMap<ChunkId, Loc>,
-    packs: Vec<OpenPack>,
+
+/// Open pack files kept at once by a mount; more are opened again on use.
+const OPEN_PACKS: usize = 256;
+
+/// Where a chunk is: an interned pack (see [`PackTable`]) and the frame.
+#[derive(Clone, Copy)]
+struct Loc {
+    pack: u32,
+    frame_len: u32,
+    inner: u32,
+    raw_len: u32,
+    offset: u64,
 }
 
+/// The location of a chunk the index does not know (a damaged vault).
+const NOT_INDEXED: Loc = Loc { pack: u32::MAX, frame_len: 0, inner: 0, raw_len: 0, offset: 0 };
+
 struct OpenPack {
-    name: String,
-    key: u64,
-    file: Arc<File>,
+    name: Arc<str>,
+    file: File,
     /// The same file opened with O_DIRECT (None where the filesystem has
     /// none), on the first load by a readahead thread: they read whole
     /// frames with it, around the page cache, since the mount keeps what it
@@ -127,8 +136,7 @@ struct OpenPack {
 
 impl OpenPack {
     fn direct(&self) -> Option<&File> {
-        // Through /proc/self/fd: the very file held open, even if a gc has
-        // since unlinked it.
+        // Through /proc/self/fd: the very file held open.
         self.direct
             .get_or_init(|| {
                 use std::os::fd::AsRawFd;
@@ -138,10 +146,50 @@ impl OpenPack {
     }
 }
 
-impl Locations {
-    fn get(&self, id: &ChunkId) -> Result<(Loc, FrameKey)> {
-        let loc = *self.by_id.get(id).ok_or_else(|| Error::Corrupt(format!("chunk {id} is not in the vault index")))?;
-        Ok((loc, (self.packs[loc.pack as usize].key, loc.offset)))
+/// Name → number, and per number (name, frame-cache key).
+type PackNames = (HashMap<Arc<str>, u32>, Vec<(Arc<str>, u64)>);
+
+/// The packs a mount has met, by number (so a location is 24 bytes), and a
+/// bounded set of them held open. A pack is opened by name when needed:
+/// the reader's lease keeps every pack its snapshot points into in place
+/// (store/lease.rs).
+struct PackTable {
+    vault: PathBuf,
+    names: RwLock<PackNames>,
+    open: quick_cache::sync::Cache<u32, Arc<OpenPack>>,
+}
+
+impl PackTable {
+    fn intern(&self, name: &str) -> u32 {
+        if let Some(n) = self.names.read().unwrap().0.get(name) {
+            return *n;
+        }
+        let mut t = self.names.write().unwrap();
+        if let Some(n) = t.0.get(name) {
+            return *n;
+        }
+        let n = t.1.len() as u32;
+        let name: Arc<str> = name.into();
+        t.1.push((name.clone(), pack_key(&name)));
+        t.0.insert(name, n);
+        n
+    }
+
+    fn name(&self, pack: u32) -> Arc<str> {
+        self.names.read().unwrap().1.get(pack as usize).map_or_else(|| "?".into(), |p| p.0.clone())
+    }
+
+    fn frame_key(&self, loc: &Loc) -> FrameKey {
+        (self.names.read().unwrap().1[loc.pack as usize].1, loc.offset)
+    }
+
+    fn get(&self, pack: u32) -> Result<Arc<OpenPack>> {
+        self.open.get_or_insert_with(&pack, || {
+            let name = self.name(pack);
+            let path = pack_path(&self.vault, &name);
+            let file = File::open(&path).map_err(|e| Error::io(format!("open pack {name}"), e))?;
+            Ok(Arc::new(OpenPack { name, file, direct: Default::default() }))
+        })
     }
 
     /// Reads and decodes the frame at `loc`.
@@ -156,7 +204,7 @@ impl Locations {
         thread_local! {
             static STORED: std::cell::RefCell<IoBuf> = std::cell::RefCell::new(IoBuf::new(0));
         }
-        let p = &self.packs[loc.pack as usize];
+        let p = self.get(loc.pack)?;
         let name = &p.name;
         let direct = if DIRECT_LOADS.get() { p.direct() } else { None };
         let frame = STORED.with(|b| read_frame_via(&p.file, direct, name, loc.offset, loc.frame_len, &mut b.borrow_mut()))?;
@@ -168,63 +216,158 @@ impl Locations {
     }
 }
 
-pub struct OpenDisk {
-    pub entry: DiskEntry,
-    /// Chunk id of every block, in order (ZERO for holes).
-    blocks: Vec<ChunkId>,
-    locs: Locations,
-    cache: Arc<FrameCache>,
+/// A map page of an open disk: its ids and, for a leaf, where each of its
+/// chunks is (as the disk's index snapshot says).
+pub struct DiskPage {
+    ids: Vec<ChunkId>,
+    locs: Vec<Loc>,
 }
 
-/// Reads a chunk by looking it up in the index: used only while opening.
-fn fetch_via_index(vault: &std::path::Path, index: &Catalog, id: &ChunkId) -> Result<Vec<u8>> {
-    let loc = index.chunk_location(id)?.ok_or_else(|| Error::Corrupt(format!("map page {id} is not in the vault index")))?;
-    let f = File::open(pack_path(vault, &loc.pack)).map_err(|e| Error::io(format!("open pack {}", loc.pack), e))?;
-    let frame = read_frame(&f, &loc.pack, loc.offset, loc.frame_len)?;
-    Ok(frame.checked_slice(id, loc.inner, loc.raw_len, &format_args!("pack {}", loc.pack))?.to_vec())
+impl MapPage for DiskPage {
+    fn ids(&self) -> &[ChunkId] {
+        &self.ids
+    }
+    fn bytes(&self) -> u64 {
+        (std::mem::size_of::<DiskPage>() + self.ids.len() * 32 + self.locs.len() * std::mem::size_of::<Loc>()) as u64
+    }
+}
+
+/// Decoded frames, map pages and open packs of a mount, shared by all its
+/// open disks: what bounds its memory, whatever the number and size of
+/// the disks it serves.
+pub struct ReadCaches {
+    frames: Arc<FrameCache>,
+    pages: Arc<PageCache<DiskPage>>,
+    packs: PackTable,
+    next_view: AtomicU64,
+    zero_leaf: Arc<DiskPage>,
+    zero_inner: Arc<DiskPage>,
+}
+
+impl ReadCaches {
+    /// Caches for reading vault `vault`: about `frame_bytes` of decoded
+    /// frames and `page_bytes` of map pages.
+    pub fn new(vault: &Path, frame_bytes: u64, page_bytes: u64) -> ReadCaches {
+        ReadCaches {
+            frames: Arc::new(frame_cache(frame_bytes)),
+            pages: Arc::new(PageCache::new(page_bytes)),
+            packs: PackTable { vault: vault.to_owned(), names: Default::default(), open: quick_cache::sync::Cache::new(OPEN_PACKS) },
+            next_view: AtomicU64::new(1),
+            zero_leaf: Arc::new(DiskPage { ids: vec![ChunkId::ZERO; FANOUT], locs: vec![NOT_INDEXED; FANOUT] }),
+            zero_inner: Arc::new(DiskPage { ids: vec![ChunkId::ZERO; FANOUT], locs: Vec::new() }),
+        }
+    }
+
+    /// Bytes of map pages held now.
+    pub fn page_bytes(&self) -> u64 {
+        self.pages.weight()
+    }
+
+    /// The decoded frame `loc` points into, from the cache or loaded into it.
+    /// Concurrent misses on one frame (a FUSE thread and a readahead thread,
+    /// say) wait for a single load instead of each decompressing.
+    fn frame(&self, loc: &Loc) -> Result<Arc<CachedFrame>> {
+        self.frames.get_or_insert_with(&self.packs.frame_key(loc), || self.packs.load(loc).map(Arc::new))
+    }
+}
+
+/// The index as a disk saw it when opened: a pinned snapshot, and the lease
+/// that keeps the packs it points into in place.
+struct IndexView {
+    /// Scopes the disk's leaves in the shared page cache: their locations
+    /// hold for this snapshot.
+    id: u64,
+    index: Mutex<Catalog>,
+    _lease: Option<ReadLease>,
+}
+
+/// A disk's map pages, read through its snapshot and the mount's caches.
+pub struct DiskPages {
+    view: IndexView,
+    caches: Arc<ReadCaches>,
+}
+
+impl DiskPages {
+    fn locate(&self, id: &ChunkId) -> Result<Loc> {
+        let loc = self.view.index.lock().unwrap().chunk_location(id)?;
+        let loc = loc.ok_or_else(|| Error::Corrupt(format!("chunk {id} is not in the vault index")))?;
+        Ok(Loc { pack: self.caches.packs.intern(&loc.pack), frame_len: loc.frame_len, inner: loc.inner, raw_len: loc.raw_len, offset: loc.offset })
+    }
+}
+
+impl PageSource for DiskPages {
+    type Page = DiskPage;
+
+    fn fetch(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+        let loc = self.locate(id).map_err(|e| match e {
+            Error::Corrupt(_) => Error::Corrupt(format!("map page {id} is not in the vault index")),
+            e => e,
+        })?;
+        let cached = self.caches.frame(&loc)?;
+        let i = cached.frame.position(id, loc.inner, loc.raw_len, &format_args!("pack {}", self.caches.packs.name(loc.pack)))?;
+        if let Some(why) = &cached.damaged[i] {
+            return Err(Error::Corrupt(why.clone()));
+        }
+        Ok(Arc::new(cached.frame.raw[loc.inner as usize..(loc.inner + loc.raw_len) as usize].to_vec()))
+    }
+
+    fn make(&self, ids: Vec<ChunkId>, level: u8) -> Result<DiskPage> {
+        if level > 0 {
+            return Ok(DiskPage { ids, locs: Vec::new() });
+        }
+        let found = self.view.index.lock().unwrap().chunk_locations(&ids)?;
+        let locs = found
+            .into_iter()
+            .map(|l| match l {
+                None => NOT_INDEXED,
+                Some(l) => Loc { pack: self.caches.packs.intern(&l.pack), frame_len: l.frame_len, inner: l.inner, raw_len: l.raw_len, offset: l.offset },
+            })
+            .collect();
+        Ok(DiskPage { ids, locs })
+    }
+
+    fn scope(&self, level: u8) -> u64 {
+        if level == 0 { self.view.id } else { 0 }
+    }
+
+    fn zero(&self, level: u8) -> Arc<DiskPage> {
+        if level == 0 { self.caches.zero_leaf.clone() } else { self.caches.zero_inner.clone() }
+    }
+}
+
+/// A disk open for reading. Opening it reads nothing of its map: pages are
+/// read as blocks are asked for, through the mount's bounded page cache,
+/// and a leaf's chunk locations are looked up (in the disk's own index
+/// snapshot) when the leaf is read.
+pub struct OpenDisk {
+    pub entry: DiskEntry,
+    /// Names the disk in errors: item, point and disk.
+    label: String,
+    map: LazyMap<DiskPages>,
+    caches: Arc<ReadCaches>,
 }
 
 impl OpenDisk {
-    /// Loads the map and the locations of its chunks. A concurrent gc may
-    /// move chunks between our lookup and our open(2) of the pack; then the
-    /// open fails with ENOENT and we look again.
-    pub fn open(vault: &std::path::Path, index: &Catalog, entry: DiskEntry, cache: Arc<FrameCache>) -> Result<OpenDisk> {
-        let mut last_err = None;
-        for _ in 0..5 {
-            match Self::try_open(vault, index, &entry) {
-                Ok((blocks, locs)) => return Ok(OpenDisk { entry, blocks, locs, cache }),
-                Err(e @ Error::Io { .. }) => last_err = Some(e),
-                Err(e) => return Err(e),
+    /// Opens `entry` of a point of the vault `caches` reads. Takes a reader
+    /// lease and then an index snapshot, both held while the disk is open;
+    /// a vault where no lease can be made (read-only to us) is read without
+    /// one: a pack gc removes meanwhile then fails its reads (EIO), never
+    /// gives other bytes.
+    pub fn open(caches: &Arc<ReadCaches>, entry: DiskEntry, label: String) -> Result<OpenDisk> {
+        let vault = &caches.packs.vault;
+        let lease = match ReadLease::take(vault) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                static ONCE: std::sync::Once = std::sync::Once::new();
+                ONCE.call_once(|| log::warn!("{e}: reading without a lease; a gc may remove packs under open disks"));
+                None
             }
-        }
-        Err(last_err.unwrap())
-    }
-
-    fn try_open(vault: &std::path::Path, index: &Catalog, entry: &DiskEntry) -> Result<(Vec<ChunkId>, Locations)> {
-        // One snapshot for all lookups: consistent, and no locking per statement.
-        let _snapshot = index.conn().unchecked_transaction()?;
-        let blocks = collect_blocks(entry.depth, entry.root_id()?, entry.blocks(), &mut |id| fetch_via_index(vault, index, id))?;
-        let mut by_id = HashMap::new();
-        let mut pack_index: HashMap<String, u32> = HashMap::new();
-        let mut packs = Vec::new();
-        for id in blocks.iter().filter(|i| !i.is_zero()) {
-            if by_id.contains_key(id) {
-                continue;
-            }
-            let loc = index.chunk_location(id)?.ok_or_else(|| Error::Corrupt(format!("disk {}: chunk {id} is not in the vault index", entry.name)))?;
-            let p = match pack_index.get(&loc.pack) {
-                Some(p) => *p,
-                None => {
-                    let path = pack_path(vault, &loc.pack);
-                    let f = File::open(&path).map_err(|e| Error::io(format!("open pack {}", loc.pack), e))?;
-                    packs.push(OpenPack { name: loc.pack.clone(), key: pack_key(&loc.pack), file: Arc::new(f), direct: Default::default() });
-                    pack_index.insert(loc.pack.clone(), (packs.len() - 1) as u32);
-                    (packs.len() - 1) as u32
-                }
-            };
-            by_id.insert(*id, Loc { pack: p, offset: loc.offset, frame_len: loc.frame_len, inner: loc.inner, raw_len: loc.raw_len });
-        }
-        Ok((blocks, Locations { by_id, packs }))
+        };
+        let index = Catalog::open_snapshot(&vault.join("index.sqlite"))?;
+        let view = IndexView { id: caches.next_view.fetch_add(1, Ordering::Relaxed), index: Mutex::new(index), _lease: lease };
+        let source = DiskPages { view, caches: caches.clone() };
+        let map = LazyMap::new(entry.depth, entry.root_id()?, entry.blocks(), source, caches.pages.clone());
+        Ok(OpenDisk { entry, label, map, caches: caches.clone() })
     }
 
     pub fn size(&self) -> u64 {
@@ -236,23 +379,39 @@ impl OpenDisk {
     }
 
     pub fn block_count(&self) -> u64 {
-        self.blocks.len() as u64
+        self.map.blocks()
     }
 
-    pub fn block_id(&self, index: u64) -> ChunkId {
-        self.blocks.get(index as usize).copied().unwrap_or(ChunkId::ZERO)
+    /// Block `index`'s chunk id and location (ZERO past the end).
+    fn entry_at(&self, index: u64) -> Result<(ChunkId, Loc)> {
+        if index >= self.block_count() {
+            return Ok((ChunkId::ZERO, NOT_INDEXED));
+        }
+        let leaf = self.map.leaf(index / FANOUT as u64).map_err(|e| self.in_block(index, e))?;
+        let i = (index % FANOUT as u64) as usize;
+        Ok((leaf.ids[i], leaf.locs[i]))
+    }
+
+    pub fn block_id(&self, index: u64) -> Result<ChunkId> {
+        Ok(self.entry_at(index)?.0)
+    }
+
+    /// Block `index`'s chunk, where it is and its frame; None for a hole.
+    fn located(&self, index: u64) -> Result<Option<(ChunkId, Loc, FrameKey)>> {
+        let (id, loc) = self.entry_at(index)?;
+        if id.is_zero() {
+            return Ok(None);
+        }
+        if loc.pack == NOT_INDEXED.pack {
+            return Err(self.in_block(index, Error::Corrupt(format!("chunk {id} is not in the vault index"))));
+        }
+        Ok(Some((id, loc, self.caches.packs.frame_key(&loc))))
     }
 
     /// The plaintext of block `index` (None for a hole), via the cache.
     pub fn block(&self, index: u64) -> Result<Option<BlockBytes>> {
-        let id = self.block_id(index);
-        if id.is_zero() {
-            return Ok(None);
-        }
-        let (loc, key) = self.locs.get(&id).map_err(|e| self.in_block(index, e))?;
-        // Concurrent misses on one frame (a FUSE thread and a readahead
-        // thread, say) wait for a single load instead of each decompressing.
-        let cached = self.cache.get_or_insert_with(&key, || self.locs.load(&loc).map(Arc::new)).map_err(|e| self.in_block(index, e))?;
+        let Some((id, loc, _)) = self.located(index)? else { return Ok(None) };
+        let cached = self.caches.frame(&loc).map_err(|e| self.in_block(index, e))?;
         self.check_in(&cached, index, &id, &loc)?;
         let range = loc.inner as usize..(loc.inner + loc.raw_len) as usize;
         Ok(Some(BlockBytes::new(cached, range)))
@@ -261,7 +420,7 @@ impl OpenDisk {
     /// That `cached` holds block `index` (chunk `id`) where `loc` says, and
     /// that the chunk is not one found damaged when the frame was loaded.
     fn check_in(&self, cached: &CachedFrame, index: u64, id: &ChunkId, loc: &Loc) -> Result<()> {
-        let what = format_args!("pack {}", self.locs.packs[loc.pack as usize].name);
+        let what = format_args!("pack {}", self.caches.packs.name(loc.pack));
         let i = cached.frame.position(id, loc.inner, loc.raw_len, &what).map_err(|e| self.in_block(index, e))?;
         match &cached.damaged[i] {
             Some(why) => Err(self.in_block(index, Error::Corrupt(why.clone()))),
@@ -275,20 +434,16 @@ impl OpenDisk {
     /// page cache keeps what the reader re-reads). A sequential reader goes
     /// through [`OpenDisk::read_at`] instead and caches whole frames.
     pub fn read_at_random(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        copy_blocks(buf, offset, self.size(), self.block_size(), &mut |i| {
-            let id = self.block_id(i);
-            match self.frame_of(i) {
-                Some(key) if !self.is_cached(&key) => self.block_prefix(i, &id).map(Some),
-                _ => self.block(i),
-            }
+        copy_blocks(buf, offset, self.size(), self.block_size(), &mut |i| match self.located(i)? {
+            Some((id, loc, key)) if !self.is_cached(&key) => self.block_prefix(i, &id, &loc).map(Some),
+            _ => self.block(i),
         })
     }
 
-    fn block_prefix(&self, index: u64, id: &ChunkId) -> Result<BlockBytes> {
-        let (loc, _) = self.locs.get(id)?;
-        let OpenPack { name, file, .. } = &self.locs.packs[loc.pack as usize];
-        let what = format_args!("pack {name}");
-        let frame = read_frame_upto(file, name, loc.offset, loc.frame_len, Some((loc.inner + loc.raw_len) as usize))
+    fn block_prefix(&self, index: u64, id: &ChunkId, loc: &Loc) -> Result<BlockBytes> {
+        let p = self.caches.packs.get(loc.pack).map_err(|e| self.in_block(index, e))?;
+        let what = format_args!("pack {}", p.name);
+        let frame = read_frame_upto(&p.file, &p.name, loc.offset, loc.frame_len, Some((loc.inner + loc.raw_len) as usize))
             .and_then(|f| {
                 f.checked_slice(id, loc.inner, loc.raw_len, &what)?;
                 Ok(f)
@@ -297,10 +452,10 @@ impl OpenDisk {
         Ok(BlockBytes::new(Arc::new(frame.raw), loc.inner as usize..(loc.inner + loc.raw_len) as usize))
     }
 
-    /// Adds the block's disk range to an error.
+    /// Adds the disk, its point and the block's byte range to an error.
     fn in_block(&self, index: u64, e: Error) -> Error {
         let s = index * self.block_size();
-        let msg = format!("disk {} bytes {s}..{}: {e}", self.entry.name, (s + self.block_size()).min(self.size()));
+        let msg = format!("{} bytes {s}..{}: {e}", self.label, (s + self.block_size()).min(self.size()));
         match e {
             Error::Io { source, .. } => Error::io(msg, source),
             _ => Error::Corrupt(msg),
@@ -318,13 +473,12 @@ impl OpenDisk {
         }
         let bs = self.block_size();
         let (first, last) = (offset / bs, (offset + len as u64 - 1) / bs);
-        let Some(key) = self.frame_of(first) else { return Ok(None) };
-        let Some(cached) = self.cache.get(&key) else { return Ok(None) };
-        let start = self.locs.get(&self.block_id(first))?.0.inner as u64;
+        let Some((_, loc0, key)) = self.located(first)? else { return Ok(None) };
+        let Some(cached) = self.caches.frames.get(&key) else { return Ok(None) };
+        let start = loc0.inner as u64;
         for i in first..=last {
-            let id = self.block_id(i);
-            match self.locs.get(&id) {
-                Ok((loc, k)) if !id.is_zero() && k == key && loc.inner as u64 == start + (i - first) * bs => {
+            match self.located(i)? {
+                Some((id, loc, k)) if k == key && loc.inner as u64 == start + (i - first) * bs => {
                     // Damage is reported as a read of the block would.
                     self.check_in(&cached, i, &id, &loc)?;
                 }
@@ -336,37 +490,54 @@ impl OpenDisk {
     }
 
     /// True when `[offset, offset + len)` lies in holes only.
-    pub fn is_hole(&self, offset: u64, len: u64) -> bool {
+    pub fn is_hole(&self, offset: u64, len: u64) -> Result<bool> {
         let bs = self.block_size();
-        len > 0 && (offset / bs..(offset + len).div_ceil(bs)).all(|i| self.block_id(i).is_zero())
+        if len == 0 {
+            return Ok(false);
+        }
+        let (first, end) = (offset / bs, (offset + len).div_ceil(bs));
+        Ok(self.map.next(first, true)?.is_none_or(|b| b >= end))
     }
 
-    /// The frame holding block `index`, or None for a hole.
-    pub fn frame_of(&self, index: u64) -> Option<FrameKey> {
-        let id = self.block_id(index);
-        if id.is_zero() { None } else { self.locs.get(&id).ok().map(|(_, k)| k) }
+    /// The frame holding block `index`, or None for a hole (or a chunk the
+    /// index lacks: its read reports that).
+    pub fn frame_of(&self, index: u64) -> Result<Option<FrameKey>> {
+        Ok(self.located(index).ok().flatten().map(|(_, _, k)| k))
     }
 
     pub fn is_cached(&self, key: &FrameKey) -> bool {
-        self.cache.contains_key(key)
+        self.caches.frames.contains_key(key)
     }
 
     /// Queues the frames holding `[offset, offset + len)` that are not
     /// cached for the readahead threads, one request per frame (its first
-    /// block loads all of it). Stops quietly when the queue is full.
+    /// block loads all of it). Stops quietly when the queue is full, or at
+    /// a map page that cannot be read (the read itself reports it).
     pub fn prefetch(self: &Arc<Self>, tx: &Prefetch, offset: u64, len: u64) {
         let bs = self.block_size();
         let (first, end) = (offset / bs, (offset + len).div_ceil(bs).min(self.block_count()));
         let mut last = None;
-        for b in first..end {
-            let Some(frame) = self.frame_of(b) else { continue };
-            if last == Some(frame) || self.is_cached(&frame) {
-                continue;
+        let mut b = first;
+        // A leaf at a time: one map lookup per 256 blocks, not per block.
+        while b < end {
+            let Ok(leaf) = self.map.leaf(b / FANOUT as u64) else { break };
+            let leaf_end = ((b / FANOUT as u64 + 1) * FANOUT as u64).min(end);
+            for i in b..leaf_end {
+                let j = (i % FANOUT as u64) as usize;
+                let loc = &leaf.locs[j];
+                if leaf.ids[j].is_zero() || loc.pack == NOT_INDEXED.pack {
+                    continue;
+                }
+                let frame = self.caches.packs.frame_key(loc);
+                if last == Some(frame) || self.is_cached(&frame) {
+                    continue;
+                }
+                last = Some(frame);
+                if tx.try_send((self.clone(), i)).is_err() {
+                    return;
+                }
             }
-            last = Some(frame);
-            if tx.try_send((self.clone(), b)).is_err() {
-                break;
-            }
+            b = leaf_end;
         }
     }
 
@@ -377,20 +548,24 @@ impl OpenDisk {
 
     /// SEEK_DATA / SEEK_HOLE over the block map: the first offset ≥ `from`
     /// that starts data (`data`) or a hole. None when there is no more data.
-    pub fn seek(&self, from: u64, data: bool) -> Option<u64> {
+    /// Zero map pages answer for their whole stretch.
+    pub fn seek(&self, from: u64, data: bool) -> Result<Option<u64>> {
         let size = self.size();
         if from >= size {
-            return None;
+            return Ok(None);
         }
         let bs = self.block_size();
-        let mut i = from / bs;
-        while i < self.block_count() {
-            if self.block_id(i).is_zero() != data {
-                return Some((i * bs).max(from));
-            }
-            i += 1;
-        }
-        // The end of the file counts as a hole.
-        if data { None } else { Some(size) }
+        Ok(match self.map.next(from / bs, data)? {
+            Some(i) => Some((i * bs).max(from)),
+            // The end of the file counts as a hole.
+            None if data => None,
+            None => Some(size),
+        })
+    }
+
+    /// True when blocks `first..end` are the same chunks here and in `other`
+    /// (compared a map page at a time where the maps allow).
+    pub fn same_blocks(&self, other: &OpenDisk, first: u64, end: u64) -> Result<bool> {
+        self.map.same_blocks(&other.map, first, end)
     }
 }

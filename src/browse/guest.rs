@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::guestfs::{self, DiskReadAt, GAttr, GKind, GuestFile, GuestFs, Layout, ReadAt, Scheme, Slice};
 use crate::id::RecoveryPointId;
 
-/// Filesystems kept open (each keeps its disk's block map in memory).
+/// Filesystems kept open (each keeps its disk open: an index snapshot and
+/// a reader's lease; its map pages share the mount's bounded cache).
 const OPEN_FS: usize = 8;
 /// Guest attributes remembered (a lookup is followed by a getattr).
 const CACHED_ATTRS: usize = 200_000;
@@ -329,7 +330,21 @@ impl VaultTree {
     /// kernel (which takes the inode number as the node id) sees one file.
     pub fn ino_of(&self, node: &Node, a: &Attr) -> u64 {
         match a.guest.and_then(|g| g.ino) {
-            Some(key) if a.nlink > 1 && a.kind != Kind::Dir => *self.guests.links.lock().unwrap().entry(key).or_insert_with(|| self.ino(node)),
+            Some(key) if a.nlink > 1 && a.kind != Kind::Dir => {
+                let mut links = self.guests.links.lock().unwrap();
+                match links.get(&key) {
+                    // Still a live number: the kernel knows the file by it.
+                    Some(ino) if self.node(*ino).is_some() => *ino,
+                    _ => {
+                        if links.len() >= CACHED_ATTRS {
+                            links.clear();
+                        }
+                        let ino = self.ino(node);
+                        links.insert(key, ino);
+                        ino
+                    }
+                }
+            }
             _ => self.ino(node),
         }
     }
@@ -356,7 +371,7 @@ impl VaultTree {
             return Ok(da.block_size() == db.block_size());
         }
         let bs = da.block_size();
-        Ok((pa.start / bs..(pa.start + pa.size).div_ceil(bs)).all(|i| da.block_id(i) == db.block_id(i)))
+        da.same_blocks(&db, pa.start / bs, (pa.start + pa.size).div_ceil(bs))
     }
 
     fn note(&self, node: &Node) -> Result<String> {

@@ -31,13 +31,16 @@ use crate::id::{ChunkId, RecoveryPointId};
 use crate::image::vhd;
 use crate::recovery_point::{BlockBytes, Manifest};
 use crate::timefmt::point_names;
-use disk::{frame_cache, FrameCache, OpenDisk, Prefetch};
+use disk::{OpenDisk, Prefetch, ReadCaches};
 pub use guest::{parse_part, GuestHandle, GuestMeta};
 
 /// How stale the list of items and points may be.
 pub const REFRESH: Duration = Duration::from_millis(1000);
 /// Decoded frames kept in memory, in bytes.
 const CACHE_BYTES: u64 = 96 << 20;
+/// Map pages kept in memory, in bytes: about 1,100 leaves with their chunk
+/// locations, which cover 18 GiB of disk at 64 KiB blocks.
+const PAGE_CACHE_BYTES: u64 = 16 << 20;
 /// Blocks fetched ahead of a sequential reader: 16 MiB at 64 KiB blocks,
 /// five frames of 3 MiB runs (eight of 2 MiB when this was measured; 3 MiB
 /// runs read as fast). A `dd` of a mounted 3 GiB disk, cold,
@@ -114,11 +117,49 @@ struct Snapshot {
     by_id: HashMap<RecoveryPointId, Arc<PointInfo>>,
 }
 
-/// Inode numbers: stable for the life of the mount, one per node.
-#[derive(Default)]
+/// Inode numbers: one per node, stable while the kernel holds a
+/// reference to it (its lookup count: a lookup or a READDIRPLUS entry adds
+/// one, FORGET takes them back), and then dropped, so a long-running mount
+/// keeps only the nodes the kernel keeps. Numbers are never reused: a
+/// number the kernel has forgotten never names another node.
 struct Inodes {
     by_node: HashMap<Node, u64>,
-    by_ino: Vec<Node>,
+    /// ino → (node, the kernel's lookup count).
+    by_ino: HashMap<u64, (Node, u64)>,
+    next: u64,
+    /// Numbered nodes the kernel holds no count on (listed by a plain
+    /// readdir, say) are dropped when there are more than this many nodes.
+    prune_at: usize,
+}
+
+/// See [`Inodes::prune_at`].
+const INODES_PRUNE_AT: usize = 100_000;
+
+impl Inodes {
+    fn new() -> Inodes {
+        let mut i = Inodes { by_node: HashMap::new(), by_ino: HashMap::new(), next: 2, prune_at: INODES_PRUNE_AT };
+        // The root is never forgotten.
+        i.by_ino.insert(1, (Node::Root, u64::MAX / 2));
+        i.by_node.insert(Node::Root, 1);
+        i
+    }
+
+    fn ino(&mut self, node: &Node) -> u64 {
+        if let Some(n) = self.by_node.get(node) {
+            return *n;
+        }
+        if self.by_ino.len() >= self.prune_at {
+            self.by_ino.retain(|_, (_, count)| *count > 0);
+            let by_ino = &self.by_ino;
+            self.by_node.retain(|_, ino| by_ino.contains_key(ino));
+            self.prune_at = (2 * self.by_ino.len()).max(INODES_PRUNE_AT);
+        }
+        let n = self.next;
+        self.next += 1;
+        self.by_ino.insert(n, (node.clone(), 0));
+        self.by_node.insert(node.clone(), n);
+        n
+    }
 }
 
 pub struct VaultTree {
@@ -126,7 +167,7 @@ pub struct VaultTree {
     index: Mutex<Catalog>,
     snap: RwLock<(Instant, Arc<Snapshot>)>,
     inodes: Mutex<Inodes>,
-    cache: Arc<FrameCache>,
+    caches: Arc<ReadCaches>,
     guests: guest::GuestCache,
     open_disks: Mutex<HashMap<(RecoveryPointId, String), Weak<OpenDisk>>>,
     prefetch: Prefetch,
@@ -160,16 +201,12 @@ impl VaultTree {
                 })
                 .map_err(|e| Error::io("start readahead thread", e))?;
         }
-        let mut inodes = Inodes::default();
-        inodes.by_ino.push(Node::Root); // placeholder for ino 0
-        inodes.by_ino.push(Node::Root);
-        inodes.by_node.insert(Node::Root, 1);
         let tree = VaultTree {
             root: vault_root.to_owned(),
             index: Mutex::new(index),
             snap: RwLock::new((Instant::now() - REFRESH * 2, Arc::new(Snapshot::default()))),
-            inodes: Mutex::new(inodes),
-            cache: Arc::new(frame_cache(CACHE_BYTES)),
+            inodes: Mutex::new(Inodes::new()),
+            caches: Arc::new(ReadCaches::new(vault_root, CACHE_BYTES, PAGE_CACHE_BYTES)),
             guests: Default::default(),
             open_disks: Mutex::new(HashMap::new()),
             prefetch: tx,
@@ -215,21 +252,39 @@ impl VaultTree {
     }
 
     pub fn ino(&self, node: &Node) -> u64 {
+        self.inodes.lock().unwrap().ino(node)
+    }
+
+    /// The kernel took a reference to inode `ino` of `node` (a lookup).
+    pub fn looked_up(&self, ino: u64, node: &Node) {
         let mut i = self.inodes.lock().unwrap();
-        if let Some(n) = i.by_node.get(node) {
-            return *n;
+        let e = i.by_ino.entry(ino).or_insert_with(|| (node.clone(), 0));
+        e.1 += 1;
+        let node = e.0.clone();
+        i.by_node.entry(node).or_insert(ino);
+    }
+
+    /// The kernel dropped `n` references to inode `ino`; at none left, the
+    /// number goes.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut i = self.inodes.lock().unwrap();
+        let Some(e) = i.by_ino.get_mut(&ino) else { return };
+        e.1 = e.1.saturating_sub(n);
+        if e.1 == 0 {
+            let (node, _) = i.by_ino.remove(&ino).unwrap();
+            if i.by_node.get(&node) == Some(&ino) {
+                i.by_node.remove(&node);
+            }
         }
-        let n = i.by_ino.len() as u64;
-        i.by_ino.push(node.clone());
-        i.by_node.insert(node.clone(), n);
-        n
+    }
+
+    /// Inode numbers known now (for tests and the bench).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.lock().unwrap().by_ino.len()
     }
 
     pub fn node(&self, ino: u64) -> Option<Node> {
-        if ino == 0 {
-            return None;
-        }
-        self.inodes.lock().unwrap().by_ino.get(ino as usize).cloned()
+        self.inodes.lock().unwrap().by_ino.get(&ino).map(|(n, _)| n.clone())
     }
 
     fn point(&self, id: &RecoveryPointId) -> Result<Arc<PointInfo>> {
@@ -475,7 +530,8 @@ impl VaultTree {
             return Ok(d);
         }
         let entry = p.manifest.disk(name)?.clone();
-        let d = Arc::new(OpenDisk::open(&self.root, &self.index.lock().unwrap(), entry, self.cache.clone())?);
+        let label = format!("{} point {} ({}) disk {name}", p.row.item, p.name, p.row.id);
+        let d = Arc::new(OpenDisk::open(&self.caches, entry, label)?);
         let mut open = self.open_disks.lock().unwrap();
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(key, Arc::downgrade(&d));
@@ -570,7 +626,7 @@ impl Handle {
             }
             // A hole (a third of the benchmark's OS disk): nothing to
             // fill, decode or allocate.
-            if len <= ZEROS.len() && offset + len as u64 <= h.disk.size() && h.disk.is_hole(offset, len as u64) {
+            if len <= ZEROS.len() && offset + len as u64 <= h.disk.size() && h.disk.is_hole(offset, len as u64)? {
                 h.readahead(offset, len as u64);
                 return Ok(ReadBytes::Zeros(len));
             }
@@ -614,17 +670,17 @@ impl Handle {
     }
 
     /// SEEK_DATA (`data`) / SEEK_HOLE from `offset`.
-    pub fn seek(&self, offset: u64, data: bool) -> Option<u64> {
+    pub fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
         let size = self.size();
         if offset >= size {
-            return None;
+            return Ok(None);
         }
-        match self {
+        Ok(match self {
             Handle::Bytes(_) => Some(if data { offset } else { size }),
             Handle::Guest(g) => g.file.seek(offset, data),
             Handle::Disk(h) => {
                 let dsize = h.disk.size();
-                match (h.footer.is_some(), h.disk.seek(offset.min(dsize), data)) {
+                match (h.footer.is_some(), h.disk.seek(offset.min(dsize), data)?) {
                     (_, Some(p)) if p < dsize => Some(p.max(offset)),
                     // Past the disk's data: for a VHD the padding and the
                     // footer are data (as SEEK_HOLE says: no hole before the end).
@@ -632,7 +688,7 @@ impl Handle {
                     (false, r) => r,
                 }
             }
-        }
+        })
     }
 }
 

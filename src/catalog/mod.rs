@@ -289,6 +289,22 @@ impl Catalog {
         }
     }
 
+    /// A read-only connection that sees the index as it is now for as long
+    /// as it lives (one read transaction, held): what a disk opened for
+    /// reading looks its chunks up in, so that every lookup agrees with the
+    /// map it walks even while gc or a replication changes the index. It
+    /// holds the WAL back from being checkpointed past this instant until
+    /// dropped. Its page cache is SQLite's default (2 MB at most): with 1 MB,
+    /// a mount's `dd` of a 2 GiB disk (a 3.6 MB index) made five times the
+    /// index reads, 0.17 s more system time than with 2 MB.
+    pub fn open_snapshot(path: &Path) -> Result<Catalog> {
+        let c = Catalog::open_reader(path)?;
+        c.conn.execute_batch("BEGIN DEFERRED")?;
+        // A deferred transaction takes its snapshot at its first read.
+        c.conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        Ok(c)
+    }
+
     pub fn conn(&self) -> &Connection {
         &self.conn
     }
@@ -321,6 +337,19 @@ impl Catalog {
             })
             .optional()?;
         Ok(r)
+    }
+
+    /// The locations of `ids`, in order (None for an id not indexed, and
+    /// for ZERO): a map page's worth of lookups, for the mount.
+    pub fn chunk_locations(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkLocation>>> {
+        // In id order, so that lookups that share index pages come together.
+        let mut order: Vec<usize> = (0..ids.len()).filter(|&i| !ids[i].is_zero()).collect();
+        order.sort_unstable_by_key(|&i| ids[i]);
+        let mut out = vec![None; ids.len()];
+        for i in order {
+            out[i] = self.chunk_location(&ids[i])?;
+        }
+        Ok(out)
     }
 
     /// Records a durable pack and the chunks of its frames in one

@@ -563,8 +563,8 @@ impl Copier<'_> {
                     stop_requested()?;
                     // Only the data the guest stored is read: a file that
                     // claims 60 GiB over a few blocks costs those blocks.
-                    let Some(data) = h.seek(off, true).map(|d| d.max(off)).filter(|d| *d < size) else { break };
-                    let end = h.seek(data, false).unwrap_or(size).clamp(data + 1, size);
+                    let Some(data) = h.seek(off, true)?.map(|d| d.max(off)).filter(|d| *d < size) else { break };
+                    let end = h.seek(data, false)?.unwrap_or(size).clamp(data + 1, size);
                     off = data;
                     while off < end {
                         stop_requested()?;

@@ -297,7 +297,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                     rep.packs_rewritten,
                     output::bytes(rep.bytes_freed),
                     rep.live_chunks
-                )
+                ) + &kept_for_readers(rep.packs_kept_for_readers)
             })?;
         }
         Command::Replicate { to } => {
@@ -321,7 +321,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                     output::bytes(rep.bytes_copied),
                     rep.packs_removed,
                     rep.seconds
-                )
+                ) + &kept_for_readers(rep.packs_kept_for_readers)
             })?;
         }
         Command::Mount { mountpoint, allow_other, allow_group, nonempty } => {
@@ -349,4 +349,9 @@ fn parse_disk_arg(s: &str) -> Result<(String, PathBuf)> {
         Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_owned(), PathBuf::from(p))),
         _ => Err(Error::InvalidInput(format!("--disk {s:?}: expected NAME=PATH"))),
     }
+}
+
+/// The tail of gc's and replicate's line when packs wait for readers.
+fn kept_for_readers(n: u64) -> String {
+    if n == 0 { String::new() } else { format!("; {n} packs kept for open readers (a later run removes them)") }
 }

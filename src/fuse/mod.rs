@@ -34,7 +34,9 @@
 //! halves the round trips of reading a small file. A file's handle is made
 //! at its first read and kept per inode until the kernel forgets the inode,
 //! which it never does while the file is open; so an open disk keeps its
-//! packs open through a gc, as with handles per open. And a reader going
+//! index snapshot and its lease on the packs (store/lease.rs) through a gc,
+//! as with handles per open. Inode numbers go too when the kernel forgets
+//! them, so a long-running mount keeps only what the kernel keeps. And a reader going
 //! through a guest directory's small files finds the next ones already in
 //! the kernel's page cache (prefill.rs), with no round trip at all.
 
@@ -258,6 +260,11 @@ impl KluisFs {
             if reply.add(attr.ino, (i + 1) as u64, OsStr::from_bytes(name), &ttl, &attr, Generation(0)) {
                 break;
             }
+            if i >= 2 {
+                // The kernel counts a lookup for every entry it links (not
+                // `.` and `..`, whose entry_out it skips).
+                self.tree.looked_up(attr.ino.0, child);
+            }
         }
         Ok(())
     }
@@ -300,7 +307,7 @@ impl KluisFs {
         if offset < 0 {
             return Err(Errno::EINVAL);
         }
-        h.seek(offset as u64, data).map(|o| o as i64).ok_or(Errno::ENXIO)
+        h.seek(offset as u64, data).map_err(errno)?.map(|o| o as i64).ok_or(Errno::ENXIO)
     }
 }
 
@@ -380,14 +387,21 @@ impl Filesystem for KluisFs {
         Ok(())
     }
 
-    // The kernel has dropped the inode: no file of it is open any more.
-    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
-        self.by_ino.lock().unwrap().remove(&ino.0);
+    // The kernel has dropped `nlookup` references to the inode; at none
+    // left, no file of it is open any more and its number goes.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.tree.forget(ino.0, nlookup);
+        if self.tree.node(ino.0).is_none() {
+            self.by_ino.lock().unwrap().remove(&ino.0);
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match guarded("lookup", || self.lookup_(parent, name)) {
-            Ok((node, attr)) => reply.entry(&Self::ttl(&node), &attr, Generation(0)),
+            Ok((node, attr)) => {
+                self.tree.looked_up(attr.ino.0, &node);
+                reply.entry(&Self::ttl(&node), &attr, Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }

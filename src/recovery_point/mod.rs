@@ -18,5 +18,5 @@ mod map;
 mod reader;
 
 pub use manifest::{ConfigEntry, DiskEntry, Manifest, MANIFEST_VERSION};
-pub use map::{collect_blocks, depth_for, MapBuilder, MapReader, FANOUT, PAGE_BYTES};
+pub use map::{collect_blocks, depth_for, LazyMap, MapBuilder, MapPage, MapReader, PageCache, PageKey, PageSource, FANOUT, PAGE_BYTES};
 pub use reader::{copy_blocks, BlockBytes, ChunkFetcher, DiskReader};

@@ -22,13 +22,15 @@
 //! A crash before 3 leaves either a temp file or a pack no index row points
 //! to; `gc` removes both. Packs are immutable once renamed; `gc` rewrites the
 //! live frames of a mostly-dead pack into a new pack, commits the new
-//! locations, and only then unlinks the old pack (readers holding it open keep
-//! reading it, which Unix allows).
+//! locations, and only then unlinks the old pack, unless a reader's lease
+//! may still need it (lease.rs).
 
 mod frame;
 mod incompressible;
+mod lease;
 mod pack;
 
 pub use frame::{check_chunk, check_frame, decode_payload, decode_payload_into, decode_prefix, ChunkKind, Codec, Frame, FrameEntry, FrameHeader, FRAME_WINDOW_LOG, MAX_FRAME_CHUNKS, PACK_HEADER, PACK_HEADER_SIZE};
 pub(crate) use pack::fsync_dir;
-pub use pack::{copy_pack, pack_path, packs_on_disk, remove_packs_except, remove_temp_packs, read_frame, read_frame_upto, read_frame_via, read_header, scan_pack, ChunkLocation, DecodedFrame, FinishedPack, FrameBuf, FrameLocation, PackFiles, PackWriter, ScannedFrame};
+pub use lease::{remove_packs_except, sweep_packs, ReadLease, Swept, LEASES_DIR};
+pub use pack::{copy_pack, pack_path, packs_on_disk, remove_temp_packs, read_frame, read_frame_upto, read_frame_via, read_header, scan_pack, ChunkLocation, DecodedFrame, FinishedPack, FrameBuf, FrameLocation, PackFiles, PackWriter, ScannedFrame};

@@ -68,21 +68,6 @@ pub fn remove_temp_packs(vault: &Path) -> Result<(u64, u64)> {
     Ok((files, bytes))
 }
 
-/// Removes every pack file whose name is not in `keep`. Returns how many
-/// files and bytes went.
-pub fn remove_packs_except(vault: &Path, keep: &std::collections::HashSet<&str>) -> Result<(u64, u64)> {
-    let (mut files, mut bytes) = (0, 0);
-    for name in packs_on_disk(vault)? {
-        if !keep.contains(name.as_str()) {
-            let path = pack_path(vault, &name);
-            bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
-            files += 1;
-        }
-    }
-    Ok((files, bytes))
-}
-
 /// Copies finished pack `name` from vault `from` into vault `to` with the
 /// write order of a new pack (a temporary file, fsynced, renamed into place,
 /// its directory fsynced), so a crash leaves either no pack or the whole

@@ -725,7 +725,7 @@ fn mount_read_survives_delete_and_gc() {
     let p2 = env.backup("web", &[("os", &img)], &[]);
 
     let mp = env.path("mnt");
-    let _m = MountGuard::start(&env, &mp);
+    let m = MountGuard::start(&env, &mp);
     let disk = File::open(disk_path(&mp, &p1, "os", "raw")).unwrap();
     let want = fs::read(&v1).unwrap();
     let half = 6 * MIB as usize; // beyond this, nothing is cached or read ahead yet
@@ -748,8 +748,11 @@ fn mount_read_survives_delete_and_gc() {
     eprintln!("{t}: gc {gc}");
     assert!(gc["packs_deleted"].as_u64().unwrap() >= 1, "gc deleted no pack: {gc:#}");
     assert!(gc["packs_rewritten"].as_u64().unwrap() >= 1, "gc rewrote no pack: {gc:#}");
-    let left: Vec<&PathBuf> = unread_packs.iter().filter(|p| p.exists()).collect();
-    assert!(left.is_empty(), "gc left packs holding p1's unread blocks: {left:?}");
+    // The packs holding p1's unread blocks are out of the index but stay on
+    // disk: the open disk's lease holds them (store/lease.rs).
+    assert!(gc["packs_kept_for_readers"].as_u64().unwrap() >= 1, "gc kept no pack for the open disk: {gc:#}");
+    let gone: Vec<&PathBuf> = unread_packs.iter().filter(|p| !p.exists()).collect();
+    assert!(gone.is_empty(), "gc removed packs the open disk still needs: {gone:?}");
     // The point is gone from the tree (by id: if p2 was taken in the same
     // second as p1, p2 now has the name p1 had) ...
     wait_until(LIVE_TIMEOUT, "the deleted point to vanish", || !point_ids(&mp, "web").contains(&p1.id));
@@ -763,6 +766,12 @@ fn mount_read_survives_delete_and_gc() {
     let p2 = env.points(Some("web")).into_iter().find(|p| p.id == p2.id).expect("p2 is still there");
     wait_until(LIVE_TIMEOUT, "p2 under its current name", || point_dir(&mp, &p2).exists());
     assert_same_file(&disk_path(&mp, &p2, "os", "raw"), &v2);
+    // Once no reader is left, the next gc removes what the first one kept.
+    drop(m);
+    let gc = gc_past_soft_delete(&env);
+    assert_eq!(gc["packs_kept_for_readers"].as_u64(), Some(0), "{gc:#}");
+    let left: Vec<&PathBuf> = unread_packs.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "gc left packs holding p1's unread blocks after the mount ended: {left:?}");
     env.verify_clean(true);
 }
 
@@ -789,7 +798,7 @@ fn mount_of_a_replica_follows_replication() {
     p.ok(&["replicate", "--to", &to]);
 
     let mp = p.path("mnt");
-    let _m = MountGuard::start(&s, &mp);
+    let m = MountGuard::start(&s, &mp);
     let disk = File::open(disk_path(&mp, &p1, "os", "raw")).unwrap();
     let want = fs::read(&v1).unwrap();
     let mut got = vec![0u8; size as usize];
@@ -803,12 +812,21 @@ fn mount_of_a_replica_follows_replication() {
     p.ok(&["delete", &p1.sel()]);
     p.ok(&["gc"]);
     let r = p.json(&["replicate", "--to", &to]);
-    assert!(r["packs_removed"].as_u64().unwrap() >= 1, "{r}");
+    // The packs p1 needs are out of the replica's index, but stay while its
+    // disk is open there.
+    assert_eq!(r["packs_removed"].as_u64(), Some(0), "{r}");
+    assert!(r["packs_kept_for_readers"].as_u64().unwrap() >= 1, "{r}");
     wait_until(LIVE_TIMEOUT, "the replicated point in the mount", || point_ids(&mp, "web") == vec![p2.id.clone()]);
     assert_same_file(&disk_path(&mp, &p2, "os", "raw"), &v2);
     // The open file of p1 reads on from the unlinked packs.
     disk.read_exact_at(&mut got[MIB as usize..], MIB).unwrap_or_else(|e| panic!("reading p1 after replication: {e}"));
     assert!(got == want, "p1 read through the replica's mount differs after replication");
+    // With no reader left, the next run removes them.
+    drop(disk);
+    drop(m);
+    let r2 = p.json(&["replicate", "--to", &to]);
+    assert_eq!(r2["packs_removed"], r["packs_kept_for_readers"], "{r2}");
+    assert_eq!(r2["packs_kept_for_readers"].as_u64(), Some(0), "{r2}");
 }
 
 #[test]
