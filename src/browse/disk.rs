@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crossbeam_channel::Sender;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, IndexAccess};
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::image::{open_direct, IoBuf};
@@ -239,6 +239,7 @@ pub struct ReadCaches {
     frames: Arc<FrameCache>,
     pages: Arc<PageCache<DiskPage>>,
     packs: PackTable,
+    access: IndexAccess,
     next_view: AtomicU64,
     zero_leaf: Arc<DiskPage>,
     zero_inner: Arc<DiskPage>,
@@ -247,8 +248,11 @@ pub struct ReadCaches {
 impl ReadCaches {
     /// Caches for reading vault `vault`: about `frame_bytes` of decoded
     /// frames and `page_bytes` of map pages.
-    pub fn new(vault: &Path, frame_bytes: u64, page_bytes: u64) -> ReadCaches {
+    /// `access`: how this process may open the vault's index (a read-only
+    /// vault's snapshots are opened read-only or immutable, like its index).
+    pub fn new(vault: &Path, access: IndexAccess, frame_bytes: u64, page_bytes: u64) -> ReadCaches {
         ReadCaches {
+            access,
             frames: Arc::new(frame_cache(frame_bytes)),
             pages: Arc::new(PageCache::new(page_bytes)),
             packs: PackTable { vault: vault.to_owned(), names: Default::default(), open: quick_cache::sync::Cache::new(OPEN_PACKS) },
@@ -363,7 +367,7 @@ impl OpenDisk {
                 None
             }
         };
-        let index = Catalog::open_snapshot(&vault.join("index.sqlite"))?;
+        let index = Catalog::open_snapshot(&vault.join("index.sqlite"), caches.access)?;
         let view = IndexView { id: caches.next_view.fetch_add(1, Ordering::Relaxed), index: Mutex::new(index), _lease: lease };
         let source = DiskPages { view, caches: caches.clone() };
         let map = LazyMap::new(entry.depth, entry.root_id()?, entry.blocks(), source, caches.pages.clone());

@@ -206,7 +206,7 @@ impl VaultTree {
             index: Mutex::new(index),
             snap: RwLock::new((Instant::now() - REFRESH * 2, Arc::new(Snapshot::default()))),
             inodes: Mutex::new(Inodes::new()),
-            caches: Arc::new(ReadCaches::new(vault_root, CACHE_BYTES, PAGE_CACHE_BYTES)),
+            caches: Arc::new(ReadCaches::new(vault_root, vault.index_access(), CACHE_BYTES, PAGE_CACHE_BYTES)),
             guests: Default::default(),
             open_disks: Mutex::new(HashMap::new()),
             prefetch: tx,
