@@ -1,11 +1,13 @@
 //! Disk sources and targets. A backup reads any [`DiskSource`]: a raw image
-//! (sparse-aware), a fixed or dynamic VHD read natively, or a block device.
-//! Restores write raw (sparse) or VHD (fixed or dynamic) targets.
+//! (sparse-aware), a fixed or dynamic VHD read natively, a qcow2 image (with
+//! its backing chain), or a block device.
+//! Restores write raw (sparse), VHD (fixed or dynamic) or qcow2 targets.
 //!
 //! Sources are `Sync` and read with positional I/O, so the backup pipeline can
 //! have several readers in flight without a shared file cursor.
 
 mod direct;
+pub mod qcow2;
 pub mod raw;
 pub mod vhd;
 
@@ -68,6 +70,10 @@ pub fn open_source(path: &Path) -> Result<Box<dyn DiskSource>> {
             "{}: not a regular file or block device",
             path.display()
         )));
+    }
+    if qcow2::looks_like_qcow2(&file)? {
+        qcow2::refuse_if_in_use(&file, path)?;
+        return Ok(Box::new(qcow2::Qcow2Source::open(path)?));
     }
     if vhd::looks_like_vhd(&file, meta.len())? {
         return Ok(Box::new(vhd::VhdSource::open(file, path)?));
