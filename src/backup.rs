@@ -116,7 +116,7 @@ pub fn validate(req: &BackupRequest) -> Result<()> {
         if !seen.insert(name) {
             return Err(Error::InvalidInput(format!("disk name {name:?} is given twice")));
         }
-        if !path.exists() {
+        if !path.to_str().is_some_and(crate::image::nbd::is_url) && !path.exists() {
             return Err(Error::NotFound(format!("disk {name}: {} does not exist", path.display())));
         }
     }

@@ -7,6 +7,7 @@
 //! have several readers in flight without a shared file cursor.
 
 mod direct;
+pub mod nbd;
 pub mod qcow2;
 pub mod raw;
 pub mod vhd;
@@ -37,6 +38,12 @@ pub trait DiskSource: Send + Sync {
     /// Whether to read around the page cache where the source can (see
     /// direct.rs); sources that cannot ignore it.
     fn set_direct(&self, _on: bool) {}
+    /// Extents written since the source's own change tracker was started
+    /// (an NBD export's `qemu:dirty-bitmap:NAME`), sorted and disjoint;
+    /// `None` when the source has no such tracker.
+    fn dirty_ranges(&self) -> Result<Option<Vec<Range<u64>>>> {
+        Ok(None)
+    }
 }
 
 /// Asks the kernel to start reading `offset..offset + len` of `file` (see
@@ -56,6 +63,9 @@ fn advise(file: &File, offset: u64, len: u64, advice: libc::c_int) {
 /// last 512 bytes (or, for an odd-sized dynamic VHD, first 512) carry the
 /// `conectix` cookie is a VHD; a block device is read as one; anything else is raw.
 pub fn open_source(path: &Path) -> Result<Box<dyn DiskSource>> {
+    if let Some(url) = path.to_str().filter(|s| nbd::is_url(s)) {
+        return Ok(Box::new(nbd::NbdSource::open(url, None)?));
+    }
     let file = File::open(path).map_err(|e| Error::io_path("cannot open disk", path, e))?;
     // Disks are read front to back: ask for the larger sequential readahead window.
     advise(&file, 0, 0, libc::POSIX_FADV_SEQUENTIAL);
