@@ -700,6 +700,17 @@ fn capture_and_store(
 
     // 5. read and store
     let rep = backup::backup(vault, req, progress, cancel)?;
+    for d in &rep.disks {
+        match (&d.tracking, &d.base, &d.fallback) {
+            (Some(t), Some(base), _) => log.step(format!("{}: {t}: read only the changed extents ({} bytes), the rest from point {}", d.name, d.bytes_read, &base[..8])),
+            (t, _, Some(why)) => {
+                let msg = format!("{}: {} not used ({why}); read the whole disk and compared by hash", d.name, t.as_deref().unwrap_or("changed-block tracking"));
+                // A first point has nothing to base on: expected, not a warning.
+                if d.base.is_none() && why.starts_with("no earlier point") { log.step(msg) } else { log.warn(msg) }
+            }
+            _ => {}
+        }
+    }
     log.step(format!("stored point {} ({} consistent, capture {capture})", &rep.id[..8], level.as_str()));
     if hold {
         thaw(s, log);

@@ -38,6 +38,9 @@ pub struct ItemDef {
     /// Seconds a script may run before it is killed (default 600).
     #[serde(default)]
     pub script_timeout_s: Option<u64>,
+    /// Changed-block trackers by disk name (crate::backup::Tracker).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracking: Vec<(String, backup::Tracker)>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -59,6 +62,7 @@ impl ItemDef {
             disks: self.disks.iter().map(|d| (d.name.clone(), d.path.clone())).collect(),
             configs: self.configs.clone(),
             consistency: "crash".into(),
+            tracking: self.tracking.clone(),
             ..Default::default()
         }
     }
@@ -72,7 +76,10 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 /// policy must exist, freeze mountpoints must pass the safety checks.
 pub fn protect(vault: &Vault, name: &str, mut def: ItemDef, policy: Option<&str>) -> Result<Item> {
     for d in &mut def.disks {
-        d.path = absolute(&d.path)?;
+        // An NBD URL is not a path.
+        if !d.path.to_str().is_some_and(crate::image::nbd::is_url) {
+            d.path = absolute(&d.path)?;
+        }
     }
     for c in &mut def.configs {
         *c = absolute(c)?;

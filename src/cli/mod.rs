@@ -55,12 +55,18 @@ pub enum Command {
     /// Take a recovery point of all disks (and config files) of ITEM
     Backup {
         item: String,
-        /// A disk as NAME=PATH (raw image, VHD or block device); repeat for each disk (not for a protected item)
-        #[arg(long = "disk", value_name = "NAME=PATH")]
+        /// A disk as NAME=PATH (raw image, VHD, qcow2 or block device) or NAME=URL (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH); repeat for each disk (not for a protected item)
+        #[arg(long = "disk", value_name = "NAME=PATH|URL")]
         disks: Vec<String>,
         /// A configuration file to keep with the point (libvirt XML, ...); repeatable
         #[arg(long = "config", value_name = "FILE")]
         configs: Vec<PathBuf>,
+        /// Read only the extents the NBD disks' qemu:dirty-bitmap:NAME reports dirty; the rest comes from the previous point
+        #[arg(long, value_name = "NAME")]
+        dirty_bitmap: Option<String>,
+        /// Read only the byte ranges FILE lists for disk NAME (format in docs/cli.md); repeatable
+        #[arg(long = "changed-ranges", value_name = "NAME=FILE")]
+        changed_ranges: Vec<String>,
     },
     /// List recovery points
     Points {
@@ -189,8 +195,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 format!("initialized vault {} (block size {block_size}, zstd level {zstd_level})", vault_dir.display())
             })?;
         }
-        Command::Backup { item, disks, configs } => {
-            protect::backup(&vault_dir, item, disks, configs, &out, &bars)?;
+        Command::Backup { item, disks, configs, dirty_bitmap, changed_ranges } => {
+            let changed = changed_ranges.iter().map(|c| parse_disk_arg(c).map_err(|_| Error::InvalidInput(format!("--changed-ranges {c:?}: expected NAME=FILE")))).collect::<Result<Vec<_>>>()?;
+            protect::backup(&vault_dir, item, disks, configs, (dirty_bitmap, changed), &out, &bars)?;
         }
         Command::Points { item, deleted } => {
             let vault = Vault::open(&vault_dir)?;

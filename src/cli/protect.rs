@@ -202,7 +202,9 @@ pub fn run(cmd: Cmd, vault_dir: &Path, out: &Out, bars: &Bars) -> Result<()> {
 
 /// `kluis backup ITEM [--disk ...] [--config ...]`: a protected item backs up
 /// from its definition; an unprotected one needs its disks on the command line.
-pub fn backup(vault_dir: &Path, item: String, disks: Vec<String>, configs: Vec<PathBuf>, out: &Out, bars: &Bars) -> Result<()> {
+/// `tracking`: `--dirty-bitmap` (for every NBD disk) and `--changed-ranges`
+/// (by disk), for this run only.
+pub fn backup(vault_dir: &Path, item: String, disks: Vec<String>, configs: Vec<PathBuf>, tracking: (Option<String>, Vec<(String, PathBuf)>), out: &Out, bars: &Bars) -> Result<()> {
     let adhoc = if disks.is_empty() {
         None
     } else {
@@ -229,6 +231,21 @@ pub fn backup(vault_dir: &Path, item: String, disks: Vec<String>, configs: Vec<P
             )));
         }
     };
+    let mut def = def;
+    let (bitmap, changed) = tracking;
+    if let Some(b) = bitmap {
+        let nbd: Vec<String> = def.disks.iter().filter(|d| d.path.to_str().is_some_and(kluis::image::nbd::is_url)).map(|d| d.name.clone()).collect();
+        if nbd.is_empty() {
+            return Err(Error::InvalidInput(format!("--dirty-bitmap {b}: {item} has no NBD disk (nbd://... or nbd+unix://...)")));
+        }
+        def.tracking.extend(nbd.into_iter().map(|n| (n, kluis::backup::Tracker::DirtyBitmap(b.clone()))));
+    }
+    for (name, file) in changed {
+        if def.tracking.iter().any(|(n, _)| *n == name) {
+            return Err(Error::InvalidInput(format!("disk {name}: give one tracker (--dirty-bitmap or --changed-ranges), once")));
+        }
+        def.tracking.push((name, kluis::backup::Tracker::ChangedRanges(file)));
+    }
     let rep = jobs::run(&vault, "backup", Some(&item), |log| consistency::backup_item(&vault, &item, &def, bars, &CANCEL, log))?;
     out.result(&rep, || backup_line(&rep))
 }
@@ -296,6 +313,7 @@ fn protect_cmd(vault: &Vault, a: ProtectArgs, out: &Out) -> Result<()> {
         post_script: a.post_script,
         freeze: a.freeze,
         script_timeout_s: a.script_timeout,
+        tracking: Vec::new(),
     };
     let existed = protect::get(vault, &a.item)?.is_some();
     let item = protect::protect(vault, &a.item, def, Some(&a.policy))?;

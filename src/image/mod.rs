@@ -6,6 +6,7 @@
 //! Sources are `Sync` and read with positional I/O, so the backup pipeline can
 //! have several readers in flight without a shared file cursor.
 
+pub mod changed;
 mod direct;
 pub mod nbd;
 pub mod qcow2;
