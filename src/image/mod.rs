@@ -98,6 +98,7 @@ pub enum TargetFormat {
     Raw,
     VhdFixed,
     VhdDynamic,
+    Qcow2,
 }
 
 impl TargetFormat {
@@ -107,6 +108,7 @@ impl TargetFormat {
             TargetFormat::Raw => "raw",
             TargetFormat::VhdFixed => "vhd",
             TargetFormat::VhdDynamic => "vhd-dynamic",
+            TargetFormat::Qcow2 => "qcow2",
         }
     }
 }
@@ -118,8 +120,9 @@ impl std::str::FromStr for TargetFormat {
             "raw" => Ok(TargetFormat::Raw),
             "vhd" | "vhd-fixed" => Ok(TargetFormat::VhdFixed),
             "vhd-dynamic" => Ok(TargetFormat::VhdDynamic),
+            "qcow2" => Ok(TargetFormat::Qcow2),
             _ => Err(Error::InvalidInput(format!(
-                "unknown format {s:?} (expected raw, vhd or vhd-dynamic)"
+                "unknown format {s:?} (expected raw, vhd, vhd-dynamic or qcow2)"
             ))),
         }
     }

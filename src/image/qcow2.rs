@@ -145,14 +145,14 @@ impl DiskSource for Qcow2Source {
     }
 }
 
-/// Writes a sparse qcow2 v3 image of `size` bytes into `out` (an empty
-/// file opened for reading and writing, named `path`): `read` is called for each of `ranges` (sorted, disjoint)
+/// Writes a sparse qcow2 v3 image of `size` bytes into the empty file
+/// `path`: `read` is called for each of `ranges` (sorted, disjoint)
 /// in pieces, and what it fills is written; everything else stays
 /// unallocated and reads as zeros.
-pub fn write_image(out: &File, path: &Path, size: u64, ranges: &[Range<u64>], read: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>) -> Result<()> {
+pub fn write_image(path: &Path, size: u64, ranges: &[Range<u64>], read: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>) -> Result<()> {
     let p = path.display().to_string();
     let open = || {
-        let f = out.try_clone().map_err(|e| io_err("cannot reopen", &p, e))?;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| io_err("cannot open", &p, e))?;
         imago::file::File::from_open_file(f, imago::StorageOpenOptions::new().filename(path).write(true)).map_err(|e| io_err("cannot open", &p, e))
     };
     imago::qcow2::Qcow2::<imago::file::File>::create_builder(open()?)
