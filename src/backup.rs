@@ -74,6 +74,14 @@ pub enum Tracker {
     DirtyBitmap(String),
     /// A file of changed byte ranges (crate::image::changed).
     ChangedRanges(PathBuf),
+    /// A libvirt checkpoint (crate::libvirt): the point is checkpoint `at`
+    /// (empty for a disk libvirt cannot checkpoint); with `since` Ok((C,
+    /// BITMAP)), the NBD export's `qemu:dirty-bitmap:BITMAP` holds the
+    /// writes since checkpoint C, which the base point must have recorded;
+    /// Err says why the disk is read whole. Made per run, never stored in
+    /// an item's definition.
+    #[serde(skip)]
+    Checkpoint { at: String, since: std::result::Result<(String, String), String> },
 }
 
 impl Tracker {
@@ -82,6 +90,16 @@ impl Tracker {
         match self {
             Tracker::DirtyBitmap(b) => format!("dirty-bitmap:{b}"),
             Tracker::ChangedRanges(_) => "changed-ranges".into(),
+            Tracker::Checkpoint { at, .. } if at.is_empty() => "libvirt-backup".into(),
+            Tracker::Checkpoint { at, .. } => format!("checkpoint:{at}"),
+        }
+    }
+
+    /// The dirty bitmap to ask the NBD export for.
+    fn bitmap(&self) -> Option<&str> {
+        match self {
+            Tracker::DirtyBitmap(b) | Tracker::Checkpoint { since: Ok((_, b)), .. } => Some(b),
+            _ => None,
         }
     }
 }
@@ -317,8 +335,8 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
         .iter()
         .map(|(n, p)| {
             let from = req.read_from.iter().find(|(d, _)| d == n).map_or(p, |(_, c)| c);
-            let source = match (tracker_of(req, n), p.to_str().filter(|s| crate::image::nbd::is_url(s))) {
-                (Some(Tracker::DirtyBitmap(b)), Some(url)) => Ok(Box::new(crate::image::nbd::NbdSource::open(url, Some(b))?) as Box<dyn DiskSource>),
+            let source = match (tracker_of(req, n).and_then(Tracker::bitmap), p.to_str().filter(|s| crate::image::nbd::is_url(s))) {
+                (Some(b), Some(url)) => Ok(Box::new(crate::image::nbd::NbdSource::open(url, Some(b))?) as Box<dyn DiskSource>),
                 // A point-in-time copy carries no QEMU lock: check the source.
                 _ => crate::image::qcow2::check_not_in_use(p).and_then(|_| open_source(from)),
             };
@@ -464,6 +482,11 @@ fn plan_tracking(
             Some(r) => r,
             None => return fallback(None, format!("the export has no dirty bitmap {b:?}")),
         },
+        (Tracker::Checkpoint { since: Err(why), .. }, _) => return fallback(Some(label), why.clone()),
+        (Tracker::Checkpoint { since: Ok((c, _)), .. }, _) => match source.dirty_ranges()? {
+            Some(r) => r,
+            None => return fallback(Some(label), format!("the export has no dirty bitmap since checkpoint {c}")),
+        },
         (Tracker::ChangedRanges(_), Some(r)) => r,
         (Tracker::ChangedRanges(_), None) => unreachable!("changed-ranges files are read before the disks"),
     };
@@ -479,6 +502,11 @@ fn plan_tracking(
     }
     if matches!(t, Tracker::DirtyBitmap(_)) && disk.tracking.as_deref() != Some(label.as_str()) {
         return fallback(Some(label), format!("{base_name} was not read with this bitmap in place, so writes before the bitmap began could be missed"));
+    }
+    if let Tracker::Checkpoint { since: Ok((c, _)), .. } = t {
+        if disk.tracking.as_deref() != Some(format!("checkpoint:{c}").as_str()) {
+            return fallback(Some(label), format!("{base_name} is not checkpoint {c}, so the bitmap may miss writes made since it"));
+        }
     }
     Ok(TrackingPlan { changed: Some(changed), tracking: Some(label), base: Some(point.id.0.to_hex()), fallback: None })
 }

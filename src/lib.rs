@@ -24,6 +24,7 @@ pub mod scheduler;
 pub mod guestfs;
 pub mod rebuild;
 pub mod replicate;
+pub mod libvirt;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, RecoveryPointId};

@@ -41,6 +41,10 @@ pub struct ItemDef {
     /// Changed-block trackers by disk name (crate::backup::Tracker).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tracking: Vec<(String, backup::Tracker)>,
+    /// A libvirt domain whose disks and XML make up the item, looked up at
+    /// each backup (crate::libvirt); `disks` is then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt: Option<crate::libvirt::DomainRef>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -89,7 +93,17 @@ pub fn protect(vault: &Vault, name: &str, mut def: ItemDef, policy: Option<&str>
     }
     def.freeze.sort();
     def.freeze.dedup();
-    backup::validate(&def.request(name))?;
+    match &def.libvirt {
+        Some(r) => {
+            // The domain must exist now; its disks are looked up at each backup.
+            let dom = crate::libvirt::domain(r)?;
+            backup::check_name("item", name)?;
+            if !def.disks.is_empty() {
+                return Err(Error::InvalidInput(format!("{name}: give --libvirt or --disk, not both (the disks of {} come from libvirt)", dom.name)));
+            }
+        }
+        None => backup::validate(&def.request(name))?,
+    }
     for c in &def.configs {
         if !c.is_file() {
             return Err(Error::NotFound(format!("config file {} does not exist", c.display())));

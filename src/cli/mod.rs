@@ -67,6 +67,12 @@ pub enum Command {
         /// Read only the byte ranges FILE lists for disk NAME (format in docs/cli.md); repeatable
         #[arg(long = "changed-ranges", value_name = "NAME=FILE")]
         changed_ranges: Vec<String>,
+        /// Every disk of this libvirt domain (cdrom and floppy skipped) and its XML, incremental by libvirt checkpoint while it runs
+        #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["disks", "configs", "dirty_bitmap", "changed_ranges"])]
+        libvirt: Option<String>,
+        /// libvirt connection URI for --libvirt [default: virsh's]
+        #[arg(long, value_name = "URI", requires = "libvirt")]
+        connect: Option<String>,
     },
     /// List recovery points
     Points {
@@ -195,9 +201,10 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 format!("initialized vault {} (block size {block_size}, zstd level {zstd_level})", vault_dir.display())
             })?;
         }
-        Command::Backup { item, disks, configs, dirty_bitmap, changed_ranges } => {
+        Command::Backup { item, disks, configs, dirty_bitmap, changed_ranges, libvirt, connect } => {
             let changed = changed_ranges.iter().map(|c| parse_disk_arg(c).map_err(|_| Error::InvalidInput(format!("--changed-ranges {c:?}: expected NAME=FILE")))).collect::<Result<Vec<_>>>()?;
-            protect::backup(&vault_dir, item, disks, configs, (dirty_bitmap, changed), &out, &bars)?;
+            let domain = libvirt.map(|domain| kluis::libvirt::DomainRef { domain, connect });
+            protect::backup(&vault_dir, item, disks, configs, (dirty_bitmap, changed), domain, &out, &bars)?;
         }
         Command::Points { item, deleted } => {
             let vault = Vault::open(&vault_dir)?;

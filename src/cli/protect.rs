@@ -66,8 +66,14 @@ pub enum Cmd {
 pub struct ProtectArgs {
     item: String,
     /// A disk as NAME=PATH (raw image, VHD or block device); repeat for each disk
-    #[arg(long = "disk", value_name = "NAME=PATH", required = true)]
+    #[arg(long = "disk", value_name = "NAME=PATH", required_unless_present = "libvirt", conflicts_with = "libvirt")]
     disks: Vec<String>,
+    /// A libvirt domain: its disks (cdrom and floppy skipped) and XML, looked up at each backup
+    #[arg(long, value_name = "DOMAIN")]
+    libvirt: Option<String>,
+    /// libvirt connection URI for --libvirt [default: virsh's]
+    #[arg(long, value_name = "URI", requires = "libvirt")]
+    connect: Option<String>,
     /// A configuration file to keep with every point; repeatable
     #[arg(long = "config", value_name = "FILE")]
     configs: Vec<PathBuf>,
@@ -204,8 +210,23 @@ pub fn run(cmd: Cmd, vault_dir: &Path, out: &Out, bars: &Bars) -> Result<()> {
 /// from its definition; an unprotected one needs its disks on the command line.
 /// `tracking`: `--dirty-bitmap` (for every NBD disk) and `--changed-ranges`
 /// (by disk), for this run only.
-pub fn backup(vault_dir: &Path, item: String, disks: Vec<String>, configs: Vec<PathBuf>, tracking: (Option<String>, Vec<(String, PathBuf)>), out: &Out, bars: &Bars) -> Result<()> {
-    let adhoc = if disks.is_empty() {
+#[allow(clippy::too_many_arguments)]
+pub fn backup(
+    vault_dir: &Path,
+    item: String,
+    disks: Vec<String>,
+    configs: Vec<PathBuf>,
+    tracking: (Option<String>, Vec<(String, PathBuf)>),
+    libvirt: Option<kluis::libvirt::DomainRef>,
+    out: &Out,
+    bars: &Bars,
+) -> Result<()> {
+    let adhoc = if let Some(r) = libvirt {
+        kluis::backup::check_name("item", &item)?;
+        // Fails here, with nothing stored, for a domain that does not exist.
+        kluis::libvirt::domain(&r)?;
+        Some(ItemDef { libvirt: Some(r), ..Default::default() })
+    } else if disks.is_empty() {
         None
     } else {
         let disks = disks.iter().map(|d| parse_disk_arg(d)).collect::<Result<Vec<_>>>()?;
@@ -218,7 +239,7 @@ pub fn backup(vault_dir: &Path, item: String, disks: Vec<String>, configs: Vec<P
     let def = match (protect::get(&vault, &item)?, adhoc) {
         (Some(_), Some(_)) => {
             return Err(Error::InvalidInput(format!(
-                "{item} is protected: its disks come from its definition; run `kluis backup {item}` without --disk, or change it with `kluis protect`"
+                "{item} is protected: its disks come from its definition; run `kluis backup {item}` without --disk or --libvirt, or change it with `kluis protect`"
             )));
         }
         (Some(i), None) if configs.is_empty() => i.def,
@@ -314,11 +335,15 @@ fn protect_cmd(vault: &Vault, a: ProtectArgs, out: &Out) -> Result<()> {
         freeze: a.freeze,
         script_timeout_s: a.script_timeout,
         tracking: Vec::new(),
+        libvirt: a.libvirt.map(|domain| kluis::libvirt::DomainRef { domain, connect: a.connect }),
     };
     let existed = protect::get(vault, &a.item)?.is_some();
     let item = protect::protect(vault, &a.item, def, Some(&a.policy))?;
     out.result(&item, || {
-        let disks: Vec<String> = item.def.disks.iter().map(|d| format!("{}={}", d.name, d.path.display())).collect();
+        let mut disks: Vec<String> = item.def.disks.iter().map(|d| format!("{}={}", d.name, d.path.display())).collect();
+        if let Some(r) = &item.def.libvirt {
+            disks.push(format!("libvirt domain {}{}", r.domain, r.connect.as_deref().map(|c| format!(" on {c}")).unwrap_or_default()));
+        }
         format!("{} {} with policy {}: {}", if existed { "updated" } else { "protected" }, item.name, a.policy, disks.join(" "))
     })
 }
