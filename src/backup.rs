@@ -632,8 +632,18 @@ fn backup_disk(
                     data = free_rx.try_recv().unwrap_or_else(|_| IoBuf::new(0));
                     data.resize((end - start) as usize, 0);
                     source.will_read(start + PREFETCH_AHEAD, end - start);
-                    source.read_at(&mut data, start)?;
-                    read += end - start;
+                    // One read per stretch of blocks to read: holes and
+                    // blocks known unchanged between them are never read
+                    // (over NBD they would cost the network).
+                    let mut i = a;
+                    while i <= b {
+                        let j = (i..=b).find(|&j| !has_data[j]).unwrap_or(b + 1);
+                        let (s, e) = ((first + i as u64) * bs, ((first + j as u64) * bs).min(size));
+                        let at = (s - start) as usize;
+                        source.read_at(&mut data[at..at + (e - s) as usize], s)?;
+                        read += e - s;
+                        i = (j..=b).find(|&k| has_data[k]).unwrap_or(b + 1);
+                    }
                     data_from = a;
                 }
                 if job_tx.send(Job { first, data, data_from, has_data, kept, prev: prev_ids }).is_err() {

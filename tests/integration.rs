@@ -32,4 +32,8 @@ mod integration {
     mod freeze;
     mod protect;
     mod retention;
+
+    // hypervisor sources: qcow2, NBD, changed-block tracking (issue 21)
+    mod nbd;
+    mod qcow2;
 }

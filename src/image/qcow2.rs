@@ -155,8 +155,10 @@ pub fn write_image(path: &Path, size: u64, ranges: &[Range<u64>], read: &mut dyn
         let f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| io_err("cannot open", &p, e))?;
         imago::file::File::from_open_file(f, imago::StorageOpenOptions::new().filename(path).write(true)).map_err(|e| io_err("cannot open", &p, e))
     };
+    // QEMU sizes disks in whole sectors and drops a partial last one: round
+    // up, as `qemu-img create` does, so the last bytes stay readable.
     imago::qcow2::Qcow2::<imago::file::File>::create_builder(open()?)
-        .size(size)
+        .size(size.next_multiple_of(512))
         .cluster_size(OUT_CLUSTER)
         .create()
         .map_err(|e| io_err("cannot create qcow2 image", &p, e))?;

@@ -70,7 +70,7 @@ fn bad_input_fails_cleanly_and_leaves_the_vault_unchanged() {
         ("unknown point id", vec!["restore".into(), "web01@deadbeef".into(), "--disk".into(), "os".into(), "--to".into(), "x.raw".into()], "deadbeef"),
         ("unknown item", vec!["restore".into(), "nosuch@latest".into(), "--disk".into(), "os".into(), "--to".into(), "x.raw".into()], "nosuch"),
         ("bad selector", vec!["restore".into(), "web01@yesterday".into(), "--disk".into(), "os".into(), "--to".into(), "x.raw".into()], "yesterday"),
-        ("unknown format", vec!["restore".into(), "web01@latest".into(), "--disk".into(), "os".into(), "--to".into(), "x.raw".into(), "--format".into(), "qcow2".into()], "qcow2"),
+        ("unknown format", vec!["restore".into(), "web01@latest".into(), "--disk".into(), "os".into(), "--to".into(), "x.raw".into(), "--format".into(), "vmdk".into()], "vmdk"),
         ("verify unknown point", vec!["verify".into(), "web01@deadbeef".into()], "deadbeef"),
         ("delete unknown point", vec!["delete".into(), "web01@deadbeef".into()], "deadbeef"),
         ("delete unknown item", vec!["delete".into(), "nosuch@latest".into()], "nosuch"),
