@@ -11,6 +11,7 @@ pub mod vault;
 pub mod progress;
 pub mod backup;
 pub mod restore;
+pub mod restore_in_place;
 pub mod verify;
 pub mod gc;
 pub mod browse;

@@ -6,6 +6,7 @@ mod mount;
 mod output;
 mod progress;
 mod protect;
+mod restore_vm;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -100,6 +101,15 @@ pub enum Command {
         /// Overwrite an existing target
         #[arg(long)]
         force: bool,
+        /// Also define a new libvirt domain NEWNAME from the point's saved XML (new UUID and MACs, disks in --to-dir); not started
+        #[arg(long, value_name = "NEWNAME", requires = "to_dir")]
+        libvirt_define: Option<String>,
+        /// libvirt connection URI for --libvirt-define [default: virsh's]
+        #[arg(long, value_name = "URI", requires = "libvirt_define")]
+        connect: Option<String>,
+        /// Rewrite only the blocks of the existing raw or qcow2 image --to that differ from the point
+        #[arg(long, requires = "to", conflicts_with_all = ["to_dir", "force", "libvirt_define"])]
+        in_place: bool,
     },
     /// Check the vault (all points, or one); --read-data re-hashes every chunk
     Verify {
@@ -210,8 +220,17 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let vault = Vault::open(&vault_dir)?;
             output::points(&out, &vault, item.as_deref(), deleted)?;
         }
-        Command::Restore { point, disk, to, to_dir, format, force } => {
+        Command::Restore { point, disk, to, to_dir, format, force, libvirt_define, connect, in_place } => {
             let format: TargetFormat = format.parse()?;
+            if in_place {
+                restore_vm::in_place(&vault_dir, &point, &disk, &to, &out, &bars)?;
+                return Ok(Outcome::Ok);
+            }
+            if let Some(name) = libvirt_define {
+                let dir = to_dir.as_deref().expect("clap: --libvirt-define requires --to-dir");
+                restore_vm::define(&vault_dir, &point, &name, connect, dir, format, force, &out, &bars)?;
+                return Ok(Outcome::Ok);
+            }
             if to_dir.is_none() && (disk.is_empty() || disk.len() != to.len()) {
                 return Err(Error::InvalidInput(format!(
                     "give each --disk its --to ({} --disk, {} --to), or use --to-dir DIR",

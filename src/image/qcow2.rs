@@ -91,13 +91,38 @@ fn io_err(what: &str, path: &str, e: io::Error) -> Error {
 impl Qcow2Source {
     /// Opens `path` and its backing chain read-only.
     pub fn open(path: &Path) -> Result<Qcow2Source> {
+        Self::open_with(path, false)
+    }
+
+    /// Opens `path` for reading and writing (the backing chain stays
+    /// read-only), for an in-place restore.
+    pub fn open_rw(path: &Path) -> Result<Qcow2Source> {
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, write: bool) -> Result<Qcow2Source> {
         let p = path.display().to_string();
         let q = imago::qcow2::Qcow2::<imago::file::File>::builder_path(path)
-            .write(false)
+            .write(write)
             .open(PermissiveImplicitOpenGate::default())
             .map_err(|e| io_err("cannot open qcow2 image", &p, e))?;
         let image = FormatAccess::new(q);
         Ok(Qcow2Source { size: image.size(), image, path: p })
+    }
+}
+
+/// Writing, for an image opened with [`Qcow2Source::open_rw`].
+impl Qcow2Source {
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.image.write(buf, offset).map_err(|e| io_err(&format!("write {} bytes at {offset} of", buf.len()), &self.path, e))
+    }
+
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.image.write_zeroes(offset, len).map_err(|e| io_err(&format!("write {len} zero bytes at {offset} of"), &self.path, e))
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.image.flush().map_err(|e| io_err("flush", &self.path, e))
     }
 }
 

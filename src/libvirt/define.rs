@@ -10,10 +10,16 @@
 //! kluis did not back up (cdroms, floppies) keep their media.
 
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
-use super::{child, xml_error};
+use super::{child, xml_error, Virsh};
+use crate::catalog::PointRow;
 use crate::error::{Error, Result};
+use crate::image::TargetFormat;
+use crate::progress::Progress;
+use crate::recovery_point::Manifest;
+use crate::vault::Vault;
 
 /// A restored disk: its target device, where its image is, and the
 /// image's format (`raw` or `qcow2`).
@@ -96,6 +102,79 @@ pub fn rewrite(xml: &str, name: &str, disks: &[NewDisk]) -> Result<String> {
         out.replace_range(r, &s);
     }
     Ok(out)
+}
+
+/// What `restore --libvirt-define` did.
+#[derive(Debug, serde::Serialize)]
+pub struct DefineReport {
+    pub item: String,
+    pub point: String,
+    /// The new domain's name.
+    pub domain: String,
+    /// Where its definition was written (and defined from).
+    pub xml: String,
+    pub disks: Vec<crate::restore::RestoreReport>,
+}
+
+/// The point's saved domain XML: the config file that is a `<domain>`.
+fn saved_domain_xml(vault: &Vault, point: &PointRow) -> Result<String> {
+    let m = Manifest::parse(&point.manifest)?;
+    let fetch = vault.fetcher()?;
+    for c in m.configs.iter().filter(|c| c.name.ends_with(".xml")) {
+        let mut bytes = Vec::with_capacity(c.size as usize);
+        for h in &c.chunks {
+            let id = crate::id::ChunkId::from_hex(h).ok_or_else(|| Error::Corrupt(format!("config {}: bad chunk id", c.name)))?;
+            bytes.extend_from_slice(&fetch.fetch(&id)?);
+        }
+        bytes.truncate(c.size as usize);
+        let Ok(text) = String::from_utf8(bytes) else { continue };
+        if roxmltree::Document::parse(&text).is_ok_and(|d| d.root_element().has_tag_name("domain")) {
+            return Ok(text);
+        }
+    }
+    Err(Error::NotFound(format!("{}@{} keeps no libvirt domain XML (it was not taken with --libvirt)", point.item, crate::timefmt::rfc3339_s(point.time_ms))))
+}
+
+/// Restores every disk of `point` into `dir` and defines domain `name`
+/// from the point's XML (see the module docs); the domain is not started.
+/// Everything is checked before a byte is written: the name is free in
+/// libvirt, the point has the XML and every disk is in it.
+#[allow(clippy::too_many_arguments)]
+pub fn define_from_point(
+    vault: &Vault,
+    point: &PointRow,
+    virsh: &Virsh,
+    name: &str,
+    dir: &Path,
+    format: TargetFormat,
+    force: bool,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<DefineReport> {
+    let fmt = match format {
+        TargetFormat::Raw => "raw",
+        TargetFormat::Qcow2 => "qcow2",
+        _ => return Err(Error::InvalidInput(format!("--libvirt-define restores raw or qcow2 disks, not {}", format.name()))),
+    };
+    crate::backup::check_name("domain", name)?;
+    if virsh.run(&["domstate", name]).is_ok() {
+        return Err(Error::AlreadyExists(format!("libvirt already has a domain named {name}")));
+    }
+    let xml = saved_domain_xml(vault, point)?;
+    let dir = std::path::absolute(dir).map_err(|e| Error::io_path("resolve", dir, e))?;
+    let targets = crate::restore::targets_in_dir(point, &[], &dir, format)?;
+    let new_disks = |ts: &[crate::restore::RestoreTarget]| ts.iter().map(|t| NewDisk { target: t.disk.clone(), path: t.to.clone(), format: fmt }).collect::<Vec<_>>();
+    let new_xml = rewrite(&xml, name, &new_disks(&targets))?;
+    let xml_path = dir.join(format!("{name}.xml"));
+    if xml_path.exists() && !force {
+        return Err(Error::AlreadyExists(format!("{} exists; use --force to overwrite it", xml_path.display())));
+    }
+    let disks = crate::restore::restore_disks(vault, point, &targets, format, force, progress, cancel)?;
+    std::fs::write(&xml_path, &new_xml).map_err(|e| Error::io_path("write", &xml_path, e))?;
+    virsh.run(&["define", &xml_path.to_string_lossy()]).map_err(|e| {
+        Error::InvalidInput(format!("the disks are restored in {}, but libvirt did not define {name}: {e}", dir.display()))
+    })?;
+    Ok(DefineReport { item: point.item.clone(), point: point.id.to_hex(), domain: name.to_owned(), xml: xml_path.display().to_string(), disks })
 }
 
 #[cfg(test)]
