@@ -36,4 +36,7 @@ mod integration {
     // hypervisor sources: qcow2, NBD, changed-block tracking (issue 21)
     mod nbd;
     mod qcow2;
+
+    // libvirt domains, VM restores (issue 21)
+    mod libvirt;
 }
