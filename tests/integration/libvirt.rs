@@ -117,8 +117,14 @@ impl Dom {
         virsh_ok(&["checkpoint-list", &self.name, "--name"]).lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect()
     }
 
+    /// The domain's job type (`None` when it has none).
     fn job(&self) -> String {
-        let info = virsh_ok(&["domjobinfo", &self.name]);
+        let out = virsh(&["domjobinfo", &self.name]);
+        if !out.status.success() {
+            // "backup job data missing" while a backup job starts or ends.
+            return format!("unknown ({})", text(&out.stderr).trim());
+        }
+        let info = text(&out.stdout);
         info.lines().find(|l| l.starts_with("Job type:")).unwrap_or("").trim_start_matches("Job type:").trim().to_owned()
     }
 }
@@ -328,4 +334,70 @@ fn in_place_restore_rewrites_only_differing_blocks_of_a_qcow2_image() {
     assert_same_file(&qemu_raw(&env, &target), &src);
     let again = env.json(&["restore", &p.sel(), "--disk", "os", "--to", target.to_str().unwrap(), "--in-place"]);
     assert_eq!(again["bytes_written"].as_u64(), Some(0));
+}
+
+/// Waits until the domain has a job (the backup's read is under way).
+fn wait_for_job(dom: &Dom, child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while dom.job() == "None" {
+        assert!(child.try_wait().unwrap().is_none(), "kluis ended before its backup job was seen");
+        assert!(std::time::Instant::now() < deadline, "no backup job within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: libc::c_int) {
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+#[test]
+fn libvirt_job_is_ended_on_ctrl_c_twice_ctrl_c_and_after_kill_9() {
+    let t = "libvirt_job_is_ended_on_ctrl_c_twice_ctrl_c_and_after_kill_9";
+    if !libvirt(t) {
+        return;
+    }
+    let mut rng = rng(t);
+    let env = Env::new();
+    let raw = env.path("vda.raw");
+    random_file(&raw, 384 * MIB, &mut rng);
+    let dom = Dom::define(t, &raw);
+    dom.start();
+    let args = ["backup", "web01", "--libvirt", dom.name.as_str(), "--connect", URI];
+
+    // Ctrl-C: the backup stops, the job ends, its checkpoint goes.
+    let mut child = env.spawn(&args);
+    wait_for_job(&dom, &mut child);
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "interrupted: {}", text(&out.stderr));
+    assert_eq!(dom.job(), "None", "Ctrl-C ended the job");
+    assert!(dom.checkpoints().is_empty(), "the interrupted run's checkpoint serves no point: {:?}", dom.checkpoints());
+    assert!(env.points(None).is_empty(), "no point stored");
+
+    // Ctrl-C twice: kluis exits at once, and still ends the job.
+    let mut child = env.spawn(&args);
+    wait_for_job(&dom, &mut child);
+    signal(&child, libc::SIGINT);
+    // Apart, so that the two are not merged into one pending signal.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert_eq!(dom.job(), "None", "a second Ctrl-C ended the job too");
+
+    // kill -9 leaves the job running; the next backup ends it and works.
+    let mut child = env.spawn(&args);
+    wait_for_job(&dom, &mut child);
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    assert_ne!(dom.job(), "None", "kill -9 cannot end the job");
+    let rep = env.json(&args);
+    assert_eq!(dom.job(), "None");
+    let cp = rep["disks"][0]["tracking"].as_str().unwrap().trim_start_matches("checkpoint:").to_owned();
+    assert_eq!(dom.checkpoints(), vec![cp], "the killed runs' checkpoints are deleted");
+    let jobs = env.json(&["jobs"]);
+    let last = jobs.as_array().unwrap().iter().filter(|j| j["kind"] == "backup").max_by_key(|j| j["id"].as_i64().unwrap()).unwrap().clone();
+    assert!(last["error"].as_str().unwrap_or("").contains("a killed kluis"), "the reaped job is a warning: {last:#}");
+    virsh_ok(&["destroy", &dom.name]);
+    assert_eq!(env.restore_hash("web01@latest", "vda"), hash_file(&raw));
 }
