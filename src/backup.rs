@@ -503,10 +503,10 @@ fn plan_tracking(
     if matches!(t, Tracker::DirtyBitmap(_)) && disk.tracking.as_deref() != Some(label.as_str()) {
         return fallback(Some(label), format!("{base_name} was not read with this bitmap in place, so writes before the bitmap began could be missed"));
     }
-    if let Tracker::Checkpoint { since: Ok((c, _)), .. } = t {
-        if disk.tracking.as_deref() != Some(format!("checkpoint:{c}").as_str()) {
-            return fallback(Some(label), format!("{base_name} is not checkpoint {c}, so the bitmap may miss writes made since it"));
-        }
+    if let Tracker::Checkpoint { since: Ok((c, _)), .. } = t
+        && disk.tracking.as_deref() != Some(format!("checkpoint:{c}").as_str())
+    {
+        return fallback(Some(label), format!("{base_name} is not checkpoint {c}, so the bitmap may miss writes made since it"));
     }
     Ok(TrackingPlan { changed: Some(changed), tracking: Some(label), base: Some(point.id.0.to_hex()), fallback: None })
 }

@@ -567,11 +567,9 @@ pub fn backup_item(
             Err(e) => log.warn(e.to_string()),
         }
     }
-    if let Some(l) = &lv {
-        if l.socket.is_some() {
-            let latest = vault.catalog().points(Some(item), false).ok().and_then(|mut p| p.pop()).and_then(|p| crate::recovery_point::Manifest::parse(&p.manifest).ok());
-            crate::libvirt::pull::drop_stale_checkpoints(&l.r, item, latest.as_ref(), log);
-        }
+    if let Some(l) = lv.as_ref().filter(|l| l.socket.is_some()) {
+        let latest = vault.catalog().points(Some(item), false).ok().and_then(|mut p| p.pop()).and_then(|p| crate::recovery_point::Manifest::parse(&p.manifest).ok());
+        crate::libvirt::pull::drop_stale_checkpoints(&l.r, item, latest.as_ref(), log);
     }
     s.copies.clear();
     let (rep, level, capture) = result?;

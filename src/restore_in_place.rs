@@ -15,7 +15,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -108,7 +108,7 @@ impl Target {
 /// Blocks compared per read of the target.
 const RUN_BLOCKS: u64 = 64;
 
-pub fn restore_in_place(vault: &Vault, point: &PointRow, disk: &str, to: &PathBuf, progress: &dyn Progress, cancel: &AtomicBool) -> Result<InPlaceReport> {
+pub fn restore_in_place(vault: &Vault, point: &PointRow, disk: &str, to: &Path, progress: &dyn Progress, cancel: &AtomicBool) -> Result<InPlaceReport> {
     let started = Instant::now();
     let _lock = vault.lock(false, || log::warn!("waiting for a running gc to finish"))?;
     let reader = vault.disk_reader(point, disk)?;
