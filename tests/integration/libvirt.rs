@@ -250,6 +250,15 @@ fn libvirt_define_makes_a_new_domain_from_a_point() {
     let f = env.fail(&["restore", "web02@latest", "--to-dir", dir2.to_str().unwrap(), "--libvirt-define", &new, "--connect", URI]);
     assert!(f.one_error_line().contains(&format!("libvirt already has a domain named {new}")), "{}", f.stderr);
     assert!(!dir2.join("vda.raw").exists());
+
+    // Scripts run around a libvirt item's backup as for any item.
+    policy(&env);
+    let seen = env.path("post.txt");
+    let post = format!("echo \"$KLUIS_PHASE $KLUIS_STATUS $KLUIS_DISKS\" > {}", seen.display());
+    env.ok(&["protect", "web03", "--libvirt", &dom.name, "--connect", URI, "--policy", "manual", "--pre-script", "echo consistency application", "--post-script", &post]);
+    let rep = env.json(&["backup", "web03"]);
+    assert_eq!(rep["consistency"], "application", "{rep:#}");
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), format!("post ok vda={}\n\n", dom.disk().display()));
 }
 
 #[test]
