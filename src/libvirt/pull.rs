@@ -130,7 +130,7 @@ fn xml_escape(s: &str) -> String {
 }
 
 /// The `<domainbackup>` and `<domaincheckpoint>` documents for a job.
-fn job_xml(domain: &Domain, plan: &[(String, Tracker)], socket: &Path, scratch: &dyn Fn(&str) -> PathBuf, checkpoint: &str) -> (String, String) {
+fn job_xml(plan: &[(String, Tracker)], socket: &Path, scratch: &dyn Fn(&str) -> PathBuf, checkpoint: &str) -> (String, String) {
     let mut b = format!("<domainbackup mode='pull'>\n  <server transport='unix' socket='{}'/>\n  <disks>\n", xml_escape(&socket.to_string_lossy()));
     let mut c = format!("<domaincheckpoint>\n  <name>{}</name>\n  <disks>\n", xml_escape(checkpoint));
     for (target, t) in plan {
@@ -150,7 +150,6 @@ fn job_xml(domain: &Domain, plan: &[(String, Tracker)], socket: &Path, scratch: 
     }
     // Disks kluis skips (cdrom, floppy) are left out of both: libvirt then
     // leaves them alone.
-    let _ = domain;
     b += "  </disks>\n</domainbackup>\n";
     c += "  </disks>\n</domaincheckpoint>\n";
     (b, c)
@@ -181,7 +180,7 @@ impl PullJob {
         let tracking = plan(domain, &checkpoint, previous, &existing);
         let stem = socket.file_stem().unwrap_or_default().to_string_lossy().into_owned();
         let scratch = |t: &str| dir.join(format!("{stem}-{t}.scratch"));
-        let (bxml, cxml) = job_xml(domain, &tracking, socket, &scratch, &checkpoint);
+        let (bxml, cxml) = job_xml(&tracking, socket, &scratch, &checkpoint);
         let tmp = tempfile::Builder::new().prefix("kluis-libvirt-").tempdir().map_err(|e| Error::io("cannot create a temporary directory", e))?;
         let (bpath, cpath) = (tmp.path().join("backup.xml"), tmp.path().join("checkpoint.xml"));
         fs::write(&bpath, &bxml).map_err(|e| Error::io_path("write", &bpath, e))?;
@@ -363,7 +362,7 @@ mod tests {
         assert_eq!(since[3], Err("no earlier point of this disk to base on".to_owned()));
         // A raw disk is left out of the checkpoint.
         assert!(matches!(&p[2].1, Tracker::Checkpoint { at, .. } if at.is_empty()));
-        let (b, c) = job_xml(&dom, &p, Path::new("/run/x.sock"), &|t| PathBuf::from(format!("/run/x-{t}.scratch")), "kluis-i-2");
+        let (b, c) = job_xml(&p, Path::new("/run/x.sock"), &|t| PathBuf::from(format!("/run/x-{t}.scratch")), "kluis-i-2");
         assert!(b.contains("<disk name='vda' backup='yes' type='file' backupmode='incremental' incremental='kluis-i-1' exportbitmap='backup-vda' exportname='vda'>"));
         assert!(b.contains("<disk name='vdb' backup='yes' type='file' backupmode='full' exportname='vdb'>"));
         assert!(c.contains("<disk name='vdc' checkpoint='no'/>") && c.contains("<disk name='vda' checkpoint='bitmap'/>"));
