@@ -549,6 +549,134 @@ churn_disks() {
     sync
 }
 
+# ---------------------------------------------------------------- hypervisor sources (H figures)
+
+# wait_for PATH: until PATH exists (a server's socket), at most 10 s.
+wait_for() {
+    local i
+    for ((i = 0; i < 400; i++)); do [[ -e $1 ]] && return 0; sleep 0.025; done
+    warn "no $1 after 10 s"
+    return 1
+}
+# nbd_start SOCKET QEMU-NBD-ARGS...: serve export "os" on SOCKET; sets NBD_PID.
+nbd_start() {
+    local sock=$1
+    shift
+    rm -f "$sock"
+    qemu-nbd -t -x os -k "$sock" "$@" >>"$LOGS/qemu-nbd.log" 2>&1 &
+    NBD_PID=$!
+    PIDS+=("$NBD_PID")
+    wait_for "$sock"
+}
+# Stopped with SIGTERM so QEMU closes the image cleanly (a killed qemu-nbd
+# leaves persistent bitmaps marked in use).
+nbd_stop() { kill "$NBD_PID" 2>/dev/null || true; wait "$NBD_PID" 2>/dev/null || true; }
+# json_read LOG: bytes read by the backup whose --json report is in LOG.
+json_read() {
+    python3 -c '
+import json, sys
+t = open(sys.argv[1]).read()
+print(sum(d["bytes_read"] for d in json.loads(t[t.index("{"):t.rindex("}") + 1])["disks"]))' "$1"
+}
+# qmp_dirty SOCKET BITMAP: dirty bytes QEMU counts in BITMAP.
+qmp_dirty() {
+    python3 -c '
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+def cmd(c):
+    f.write(json.dumps({"execute": c}) + "\n")
+    f.flush()
+    while True:
+        m = json.loads(f.readline())
+        if "return" in m or "error" in m:
+            return m
+json.loads(f.readline())
+cmd("qmp_capabilities")
+nodes = cmd("query-named-block-nodes")["return"]
+print(max(b["count"] for n in nodes for b in n.get("dirty-bitmaps", []) if b["name"] == sys.argv[2]))' "$1" "$2"
+}
+
+# The OS disk as a qcow2 (and over NBD) against the raw image, in fresh
+# vaults; then a dirty bitmap on the qcow2, a full backup through NBD, the
+# OS disk's churn applied through a qemu-storage-daemon FUSE export of the
+# qcow2 (loop-mounted, so the bitmap sees every write as under a VM), and
+# the tracked incremental against a compare-by-hash one of the same export.
+hypervisor_figures() {
+    section "hypervisor sources: qcow2, NBD, dirty bitmap"
+    local why=$KLUIS_WHY tool r r_ok t_raw t_q t_n t_track t_hash dirty nread hv=$W/hv
+    local H1="H1 tracked incremental / hash incremental" H1B="H1 tracked bytes read / dirty bytes"
+    local H2="H2 full backup speed: qcow2 / raw" H3="H3 full backup speed: NBD / raw"
+    for tool in qemu-img qemu-nbd qemu-storage-daemon; do
+        if [[ -z $why ]] && ! command -v "$tool" >/dev/null; then why="$tool is not installed (qemu-utils)"; fi
+    done
+    if [[ -n $why ]]; then
+        figure_skip "$H1" "<= 0.15" "$why"; figure_skip "$H1B" "<= 1.3" "$why"
+        figure_skip "$H2" ">= 0.9" "$why"; figure_skip "$H3" ">= 0.8" "$why"
+        return 0
+    fi
+    mkdir -p "$hv"
+    local raw=$OS_IMG q=$hv/os.qcow2 sock=$hv/nbd.sock
+    local url="os=nbd+unix:///os?socket=$hv/nbd.sock"
+    run hv-convert qemu-img convert -f raw -O qcow2 "$raw" "$q" || die "qemu-img convert of the OS disk failed"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        rm -rf "$hv/v" && run "hv-init-raw-$r" "$KLUIS" --vault "$hv/v" init &&
+            ctrun t_raw "hv-raw-$r" "$KLUIS" --vault "$hv/v" backup hv --disk "os=$raw" &&
+            rm -rf "$hv/v" && run "hv-init-qcow2-$r" "$KLUIS" --vault "$hv/v" init &&
+            ctrun t_q "hv-qcow2-$r" "$KLUIS" --vault "$hv/v" backup hv --disk "os=$q" &&
+            rm -rf "$hv/v" && run "hv-init-nbd-$r" "$KLUIS" --vault "$hv/v" init &&
+            nbd_start "$sock" -r -f raw "$raw" &&
+            { ctrun t_n "hv-nbd-$r" "$KLUIS" --vault "$hv/v" backup hv --disk "$url"; r_ok=$?; nbd_stop; ((r_ok == 0)); } ||
+            { figure_error "H2/H3 round $r" ">= 0.9 / 0.8" "a full backup failed, see $LOGS/hv-*-$r.log"; continue; }
+        round_add hv-qcow2 "$(ratio "$t_raw" "$t_q")" "raw $t_raw s / qcow2 $t_q s"
+        round_add hv-nbd "$(ratio "$t_raw" "$t_n")" "raw $t_raw s / nbd $t_n s"
+    done
+    rm -rf "$hv/v"
+    if [[ -n ${ROUND_RATIOS[hv-qcow2]:-} ]]; then
+        round_figure hv-qcow2 "$H2" '>=' 0.9
+        round_figure hv-nbd "$H3" '>=' 0.8
+    fi
+
+    run hv-bitmap qemu-img bitmap --add --enable "$q" b0 || die "qemu-img bitmap --add failed"
+    if ! { run hv-init-track "$KLUIS" --vault "$hv/track" init && run hv-init-hash "$KLUIS" --vault "$hv/hash" init &&
+        nbd_start "$sock" -f qcow2 -B b0 "$q" &&
+        run hv-track-full "$KLUIS" --vault "$hv/track" backup hv --disk "$url" --dirty-bitmap b0 &&
+        run hv-hash-full "$KLUIS" --vault "$hv/hash" backup hv --disk "$url"; }; then
+        nbd_stop
+        figure_error "$H1" "<= 0.15" "the full backups over NBD failed, see $LOGS/hv-*-full.log"
+        return 0
+    fi
+    nbd_stop
+    : >"$hv/export"
+    qemu-storage-daemon --blockdev "driver=file,filename=$q,node-name=f" --blockdev driver=qcow2,file=f,node-name=q \
+        --export "type=fuse,id=e,node-name=q,mountpoint=$hv/export,writable=on" \
+        --chardev "socket,id=m,path=$hv/qmp.sock,server=on,wait=off" --monitor chardev=m >>"$LOGS/qsd.log" 2>&1 &
+    NBD_PID=$!
+    PIDS+=("$NBD_PID")
+    wait_for "$hv/qmp.sock" || die "qemu-storage-daemon did not start, see $LOGS/qsd.log"
+    churn_os "$hv/export"
+    dirty=$(qmp_dirty "$hv/qmp.sock" b0) || die "could not read the bitmap's dirty count over QMP"
+    nbd_stop
+    nbd_start "$sock" -f qcow2 -B b0 "$q"
+    if ctrun t_track hv-track "$KLUIS" --json --vault "$hv/track" backup hv --disk "$url" --dirty-bitmap b0 &&
+        ctrun t_hash hv-hash "$KLUIS" --json --vault "$hv/hash" backup hv --disk "$url"; then
+        nbd_stop
+        nread=$(json_read "$LOGS/hv-track.log")
+        figure "$H1" "$(ratio "$t_track" "$t_hash")" '<=' 0.15 "tracked $t_track s (read $(mib "$nread")) / by hash $t_hash s (read $(mib "$(json_read "$LOGS/hv-hash.log")"))"
+        figure "$H1B" "$(ratio "$nread" "$dirty")" '<=' 1.3 "read $(mib "$nread") / dirty $(mib "$dirty")"
+        run hv-restore "$KLUIS" --vault "$hv/track" restore hv@latest --disk os --to "$hv/restored.raw" &&
+            run hv-convert-back qemu-img convert -O raw "$q" "$hv/qemu.raw" &&
+            cmp -s "$hv/restored.raw" "$hv/qemu.raw" ||
+            figure_error "H1 restored tracked point = qemu-img convert of the source" "identical" "they differ, or a step failed"
+    else
+        nbd_stop
+        figure_error "$H1" "<= 0.15" "a backup after the churn failed, see $LOGS/hv-track.log and hv-hash.log"
+    fi
+    rm -rf "$hv"
+}
+
+
 section "building the workload"
 OS_IMG=$IMG/os.img DATA_IMG=$IMG/data.img
 build_os_disk "$OS_IMG"
@@ -734,133 +862,6 @@ if [[ -n $BLOCK_SIZES ]]; then
         done
     fi
 fi
-
-# ---------------------------------------------------------------- hypervisor sources (H figures)
-
-# wait_for PATH: until PATH exists (a server's socket), at most 10 s.
-wait_for() {
-    local i
-    for ((i = 0; i < 400; i++)); do [[ -e $1 ]] && return 0; sleep 0.025; done
-    warn "no $1 after 10 s"
-    return 1
-}
-# nbd_start SOCKET QEMU-NBD-ARGS...: serve export "os" on SOCKET; sets NBD_PID.
-nbd_start() {
-    local sock=$1
-    shift
-    rm -f "$sock"
-    qemu-nbd -t -x os -k "$sock" "$@" >>"$LOGS/qemu-nbd.log" 2>&1 &
-    NBD_PID=$!
-    PIDS+=("$NBD_PID")
-    wait_for "$sock"
-}
-# Stopped with SIGTERM so QEMU closes the image cleanly (a killed qemu-nbd
-# leaves persistent bitmaps marked in use).
-nbd_stop() { kill "$NBD_PID" 2>/dev/null || true; wait "$NBD_PID" 2>/dev/null || true; }
-# json_read LOG: bytes read by the backup whose --json report is in LOG.
-json_read() {
-    python3 -c '
-import json, sys
-t = open(sys.argv[1]).read()
-print(sum(d["bytes_read"] for d in json.loads(t[t.index("{"):t.rindex("}") + 1])["disks"]))' "$1"
-}
-# qmp_dirty SOCKET BITMAP: dirty bytes QEMU counts in BITMAP.
-qmp_dirty() {
-    python3 -c '
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-f = s.makefile("rw")
-def cmd(c):
-    f.write(json.dumps({"execute": c}) + "\n")
-    f.flush()
-    while True:
-        m = json.loads(f.readline())
-        if "return" in m or "error" in m:
-            return m
-json.loads(f.readline())
-cmd("qmp_capabilities")
-nodes = cmd("query-named-block-nodes")["return"]
-print(max(b["count"] for n in nodes for b in n.get("dirty-bitmaps", []) if b["name"] == sys.argv[2]))' "$1" "$2"
-}
-
-# The OS disk as a qcow2 (and over NBD) against the raw image, in fresh
-# vaults; then a dirty bitmap on the qcow2, a full backup through NBD, the
-# OS disk's churn applied through a qemu-storage-daemon FUSE export of the
-# qcow2 (loop-mounted, so the bitmap sees every write as under a VM), and
-# the tracked incremental against a compare-by-hash one of the same export.
-hypervisor_figures() {
-    section "hypervisor sources: qcow2, NBD, dirty bitmap"
-    local why=$KLUIS_WHY tool r r_ok t_raw t_q t_n t_track t_hash dirty nread hv=$W/hv
-    local H1="H1 tracked incremental / hash incremental" H1B="H1 tracked bytes read / dirty bytes"
-    local H2="H2 full backup speed: qcow2 / raw" H3="H3 full backup speed: NBD / raw"
-    for tool in qemu-img qemu-nbd qemu-storage-daemon; do
-        if [[ -z $why ]] && ! command -v "$tool" >/dev/null; then why="$tool is not installed (qemu-utils)"; fi
-    done
-    if [[ -n $why ]]; then
-        figure_skip "$H1" "<= 0.15" "$why"; figure_skip "$H1B" "<= 1.3" "$why"
-        figure_skip "$H2" ">= 0.9" "$why"; figure_skip "$H3" ">= 0.8" "$why"
-        return 0
-    fi
-    mkdir -p "$hv"
-    local raw=$OS_IMG q=$hv/os.qcow2 sock=$hv/nbd.sock
-    local url="os=nbd+unix:///os?socket=$hv/nbd.sock"
-    run hv-convert qemu-img convert -f raw -O qcow2 "$raw" "$q" || die "qemu-img convert of the OS disk failed"
-    for ((r = 1; r <= ROUNDS; r++)); do
-        rm -rf "$hv/v" && run "hv-init-raw-$r" "$KLUIS" --vault "$hv/v" init &&
-            ctrun t_raw "hv-raw-$r" "$KLUIS" --vault "$hv/v" backup hv --disk "os=$raw" &&
-            rm -rf "$hv/v" && run "hv-init-qcow2-$r" "$KLUIS" --vault "$hv/v" init &&
-            ctrun t_q "hv-qcow2-$r" "$KLUIS" --vault "$hv/v" backup hv --disk "os=$q" &&
-            rm -rf "$hv/v" && run "hv-init-nbd-$r" "$KLUIS" --vault "$hv/v" init &&
-            nbd_start "$sock" -r -f raw "$raw" &&
-            { ctrun t_n "hv-nbd-$r" "$KLUIS" --vault "$hv/v" backup hv --disk "$url"; r_ok=$?; nbd_stop; ((r_ok == 0)); } ||
-            { figure_error "H2/H3 round $r" ">= 0.9 / 0.8" "a full backup failed, see $LOGS/hv-*-$r.log"; continue; }
-        round_add hv-qcow2 "$(ratio "$t_raw" "$t_q")" "raw $t_raw s / qcow2 $t_q s"
-        round_add hv-nbd "$(ratio "$t_raw" "$t_n")" "raw $t_raw s / nbd $t_n s"
-    done
-    rm -rf "$hv/v"
-    if [[ -n ${ROUND_RATIOS[hv-qcow2]:-} ]]; then
-        round_figure hv-qcow2 "$H2" '>=' 0.9
-        round_figure hv-nbd "$H3" '>=' 0.8
-    fi
-
-    run hv-bitmap qemu-img bitmap --add --enable "$q" b0 || die "qemu-img bitmap --add failed"
-    if ! { run hv-init-track "$KLUIS" --vault "$hv/track" init && run hv-init-hash "$KLUIS" --vault "$hv/hash" init &&
-        nbd_start "$sock" -f qcow2 -B b0 "$q" &&
-        run hv-track-full "$KLUIS" --vault "$hv/track" backup hv --disk "$url" --dirty-bitmap b0 &&
-        run hv-hash-full "$KLUIS" --vault "$hv/hash" backup hv --disk "$url"; }; then
-        nbd_stop
-        figure_error "$H1" "<= 0.15" "the full backups over NBD failed, see $LOGS/hv-*-full.log"
-        return 0
-    fi
-    nbd_stop
-    : >"$hv/export"
-    qemu-storage-daemon --blockdev "driver=file,filename=$q,node-name=f" --blockdev driver=qcow2,file=f,node-name=q \
-        --export "type=fuse,id=e,node-name=q,mountpoint=$hv/export,writable=on" \
-        --chardev "socket,id=m,path=$hv/qmp.sock,server=on,wait=off" --monitor chardev=m >>"$LOGS/qsd.log" 2>&1 &
-    NBD_PID=$!
-    PIDS+=("$NBD_PID")
-    wait_for "$hv/qmp.sock" || die "qemu-storage-daemon did not start, see $LOGS/qsd.log"
-    churn_os "$hv/export"
-    dirty=$(qmp_dirty "$hv/qmp.sock" b0) || die "could not read the bitmap's dirty count over QMP"
-    nbd_stop
-    nbd_start "$sock" -f qcow2 -B b0 "$q"
-    if ctrun t_track hv-track "$KLUIS" --json --vault "$hv/track" backup hv --disk "$url" --dirty-bitmap b0 &&
-        ctrun t_hash hv-hash "$KLUIS" --json --vault "$hv/hash" backup hv --disk "$url"; then
-        nbd_stop
-        nread=$(json_read "$LOGS/hv-track.log")
-        figure "$H1" "$(ratio "$t_track" "$t_hash")" '<=' 0.15 "tracked $t_track s (read $(mib "$nread")) / by hash $t_hash s (read $(mib "$(json_read "$LOGS/hv-hash.log")"))"
-        figure "$H1B" "$(ratio "$nread" "$dirty")" '<=' 1.3 "read $(mib "$nread") / dirty $(mib "$dirty")"
-        run hv-restore "$KLUIS" --vault "$hv/track" restore hv@latest --disk os --to "$hv/restored.raw" &&
-            run hv-convert-back qemu-img convert -O raw "$q" "$hv/qemu.raw" &&
-            cmp -s "$hv/restored.raw" "$hv/qemu.raw" ||
-            figure_error "H1 restored tracked point = qemu-img convert of the source" "identical" "they differ, or a step failed"
-    else
-        nbd_stop
-        figure_error "$H1" "<= 0.15" "a backup after the churn failed, see $LOGS/hv-track.log and hv-hash.log"
-    fi
-    rm -rf "$hv"
-}
 
 # ---------------------------------------------------------------- churn + incrementals
 

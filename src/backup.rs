@@ -14,6 +14,11 @@
 //! content is compressed and handed to this thread, which appends it to the
 //! current pack and feeds ids, in order, to the map builder.
 //!
+//! With changed-block tracking (a dirty bitmap, a changed-ranges file: see
+//! [`Tracker`]), blocks outside the changed extents are "known unchanged":
+//! the reader neither reads nor sends them to be hashed, and they keep the
+//! id they had in the base point. `plan_tracking` decides when that is safe.
+//!
 //! Packs are committed to the index as they fill (so memory stays flat); the
 //! point itself is committed last, after its manifest is durable. Killing the
 //! process at any moment leaves earlier points intact and at most

@@ -60,9 +60,11 @@ fn advise(file: &File, offset: u64, len: u64, advice: libc::c_int) {
     }
 }
 
-/// Opens a disk source, telling the format from the content: a file whose
-/// last 512 bytes (or, for an odd-sized dynamic VHD, first 512) carry the
-/// `conectix` cookie is a VHD; a block device is read as one; anything else is raw.
+/// Opens a disk source, telling the format from the content: an NBD URL
+/// (`nbd://`, `nbd+unix://`) is an export; a file starting with `QFI\xfb` is
+/// qcow2 (refused while a QEMU holds it); a file whose last 512 bytes (or,
+/// for an odd-sized dynamic VHD, first 512) carry the `conectix` cookie is
+/// a VHD; a block device is read as one; anything else is raw.
 pub fn open_source(path: &Path) -> Result<Box<dyn DiskSource>> {
     if let Some(url) = path.to_str().filter(|s| nbd::is_url(s)) {
         return Ok(Box::new(nbd::NbdSource::open(url, None)?));

@@ -370,9 +370,8 @@ impl NbdSource {
         }
     }
 
-    /// Extents of each negotiated context over `offset..offset + len`, as
-    /// (context id, [(length, flags)]).
-    fn block_status(&self, c: &mut Conn, offset: u64, len: u32) -> io::Result<Vec<(u32, Vec<(u32, u32)>)>> {
+    /// Extents of each negotiated context over `offset..offset + len`.
+    fn block_status(&self, c: &mut Conn, offset: u64, len: u32) -> io::Result<Vec<ContextExtents>> {
         let cookie = c.request(CMD_BLOCK_STATUS, offset, len)?;
         let mut out = Vec::new();
         loop {
@@ -390,7 +389,7 @@ impl NbdSource {
             check_cookie(cookie, c.u64()?)?;
             let len = c.u32()? as usize;
             match typ {
-                REPLY_BLOCK_STATUS if len >= 4 && (len - 4) % 8 == 0 => {
+                REPLY_BLOCK_STATUS if len >= 4 && (len - 4).is_multiple_of(8) => {
                     let id = c.u32()?;
                     let mut ext = Vec::with_capacity((len - 4) / 8);
                     for _ in 0..(len - 4) / 8 {
@@ -442,6 +441,10 @@ impl NbdSource {
         Ok(out)
     }
 }
+
+/// One context's answer to a block-status request: its id, and
+/// (length, flags) per extent from the requested offset on.
+type ContextExtents = (u32, Vec<(u32, u32)>);
 
 /// What the handshake settled.
 struct Negotiated {
@@ -583,7 +586,7 @@ impl DiskSource for NbdSource {
     fn data_ranges(&self) -> Result<Vec<Range<u64>>> {
         match self.allocation {
             Some(ctx) => self.ranges_where(ctx, |f| f & STATE_ZERO == 0),
-            None => Ok(if self.size > 0 { vec![0..self.size] } else { vec![] }),
+            None => Ok(std::iter::once(0..self.size).filter(|r| !r.is_empty()).collect()),
         }
     }
 
@@ -601,10 +604,10 @@ impl DiskSource for NbdSource {
 
 impl Drop for NbdSource {
     fn drop(&mut self) {
-        if let Ok(c) = self.conn.get_mut() {
-            if !c.broken {
-                let _ = c.request(CMD_DISC, 0, 0);
-            }
+        if let Ok(c) = self.conn.get_mut()
+            && !c.broken
+        {
+            let _ = c.request(CMD_DISC, 0, 0);
         }
     }
 }
