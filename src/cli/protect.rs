@@ -402,7 +402,13 @@ fn items(vault: &Vault, out: &Out) -> Result<()> {
             protected: def.is_some(),
             policy: def.and_then(|d| d.policy.clone()),
             schedule: pol.as_ref().map(|p| p.schedule.clone()),
-            disks: def.map(|d| d.def.disks.iter().map(|d| d.name.clone()).collect()).unwrap_or_default(),
+            disks: def
+                .map(|d| match &d.def.libvirt {
+                    // Its disks are the domain's, looked up at each backup.
+                    Some(r) => vec![format!("libvirt:{}", r.domain)],
+                    None => d.def.disks.iter().map(|d| d.name.clone()).collect(),
+                })
+                .unwrap_or_default(),
             points: live.len(),
             deleted_points: points.len() - live.len(),
             last_point,

@@ -165,6 +165,7 @@ fn libvirt_running_domain_full_then_incremental_both_restore_exactly() {
     dom.start();
     policy(&env);
     env.ok(&["protect", "web01", "--libvirt", &dom.name, "--connect", URI, "--policy", "manual"]);
+    assert_eq!(env.json(&["items"])[0]["disks"], serde_json::json!([format!("libvirt:{}", dom.name)]));
 
     // Full: every data block read once, through the job's NBD export.
     let full: Value = env.json(&["backup", "web01"]);
