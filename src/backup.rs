@@ -341,7 +341,7 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
         .map(|(n, p)| {
             let from = req.read_from.iter().find(|(d, _)| d == n).map_or(p, |(_, c)| c);
             let source = match (tracker_of(req, n).and_then(Tracker::bitmap), p.to_str().filter(|s| crate::image::nbd::is_url(s))) {
-                (Some(b), Some(url)) => Ok(Box::new(crate::image::nbd::NbdSource::open(url, Some(b))?) as Box<dyn DiskSource>),
+                (Some(b), Some(url)) => crate::image::nbd::NbdSource::open(url, Some(b)).map(|s| Box::new(s) as Box<dyn DiskSource>),
                 // A point-in-time copy carries no QEMU lock: check the source.
                 _ => crate::image::qcow2::check_not_in_use(p).and_then(|_| open_source(from)),
             };

@@ -65,9 +65,12 @@ pub enum Cmd {
 #[derive(Args, Debug)]
 pub struct ProtectArgs {
     item: String,
-    /// A disk as NAME=PATH (raw image, VHD or block device); repeat for each disk
-    #[arg(long = "disk", value_name = "NAME=PATH", required_unless_present = "libvirt", conflicts_with = "libvirt")]
+    /// A disk as NAME=PATH (raw image, VHD, qcow2 or block device) or NAME=URL (an NBD export); repeat for each disk
+    #[arg(long = "disk", value_name = "NAME=PATH|URL", required_unless_present = "libvirt", conflicts_with = "libvirt")]
     disks: Vec<String>,
+    /// Back up the NBD disks by their qemu:dirty-bitmap:NAME (see `kluis backup --dirty-bitmap`)
+    #[arg(long, value_name = "NAME", conflicts_with = "libvirt")]
+    dirty_bitmap: Option<String>,
     /// A libvirt domain: its disks (cdrom and floppy skipped) and XML, looked up at each backup
     #[arg(long, value_name = "DOMAIN")]
     libvirt: Option<String>,
@@ -255,11 +258,9 @@ pub fn backup(
     let mut def = def;
     let (bitmap, changed) = tracking;
     if let Some(b) = bitmap {
-        let nbd: Vec<String> = def.disks.iter().filter(|d| d.path.to_str().is_some_and(kluis::image::nbd::is_url)).map(|d| d.name.clone()).collect();
-        if nbd.is_empty() {
-            return Err(Error::InvalidInput(format!("--dirty-bitmap {b}: {item} has no NBD disk (nbd://... or nbd+unix://...)")));
-        }
-        def.tracking.extend(nbd.into_iter().map(|n| (n, kluis::backup::Tracker::DirtyBitmap(b.clone()))));
+        // This run's bitmap replaces the definition's.
+        def.tracking.retain(|(_, t)| !matches!(t, kluis::backup::Tracker::DirtyBitmap(_)));
+        track_nbd_disks(&mut def, &item, b)?;
     }
     for (name, file) in changed {
         if def.tracking.iter().any(|(n, _)| *n == name) {
@@ -269,6 +270,16 @@ pub fn backup(
     }
     let rep = jobs::run(&vault, "backup", Some(&item), |log| consistency::backup_item(&vault, &item, &def, bars, &CANCEL, log))?;
     out.result(&rep, || backup_line(&rep))
+}
+
+/// `--dirty-bitmap B`: every NBD disk of `def` is tracked by bitmap B.
+fn track_nbd_disks(def: &mut ItemDef, item: &str, b: String) -> Result<()> {
+    let nbd: Vec<String> = def.disks.iter().filter(|d| d.path.to_str().is_some_and(kluis::image::nbd::is_url)).map(|d| d.name.clone()).collect();
+    if nbd.is_empty() {
+        return Err(Error::InvalidInput(format!("--dirty-bitmap {b}: {item} has no NBD disk (nbd://... or nbd+unix://...)")));
+    }
+    def.tracking.extend(nbd.into_iter().map(|n| (n, kluis::backup::Tracker::DirtyBitmap(b.clone()))));
+    Ok(())
 }
 
 fn backup_line(rep: &ItemBackupReport) -> String {
@@ -327,7 +338,7 @@ fn undelete(vault: &Vault, point: &str, out: &Out) -> Result<()> {
 
 fn protect_cmd(vault: &Vault, a: ProtectArgs, out: &Out) -> Result<()> {
     let disks = a.disks.iter().map(|d| parse_disk_arg(d)).collect::<Result<Vec<_>>>()?;
-    let def = ItemDef {
+    let mut def = ItemDef {
         disks: disks.into_iter().map(|(name, path)| DiskDef { name, path }).collect(),
         configs: a.configs,
         pre_script: a.pre_script,
@@ -337,6 +348,9 @@ fn protect_cmd(vault: &Vault, a: ProtectArgs, out: &Out) -> Result<()> {
         tracking: Vec::new(),
         libvirt: a.libvirt.map(|domain| kluis::libvirt::DomainRef { domain, connect: a.connect }),
     };
+    if let Some(b) = a.dirty_bitmap {
+        track_nbd_disks(&mut def, &a.item, b)?;
+    }
     let existed = protect::get(vault, &a.item)?.is_some();
     let item = protect::protect(vault, &a.item, def, Some(&a.policy))?;
     out.result(&item, || {

@@ -222,6 +222,9 @@ fn protect_keeps_an_nbd_url_as_given() {
     assert_eq!(item["disks"][0]["path"].as_str(), Some(url.as_str()), "{item}");
     env.ok(&["backup", "vm"]);
     assert_same_file(&env.restore("vm@latest", "os", "raw"), &raw);
+    // A bitmap in the definition needs an NBD disk.
+    let f = env.fail(&["protect", "file", "--disk", "os=disk.raw", "--policy", "daily", "--dirty-bitmap", "b0"]);
+    assert!(f.one_error_line().contains("no NBD disk"));
 }
 
 #[test]
