@@ -719,7 +719,7 @@ fn capture_and_store(
     if let Some(l) = running {
         let previous = vault.catalog().points(Some(&req.item), false)?.pop().map(|p| crate::recovery_point::Manifest::parse(&p.manifest)).transpose()?;
         let job = crate::libvirt::pull::PullJob::begin(&l.r, &l.domain, &req.item, previous.as_ref(), l.socket.as_deref().expect("running"), log)?;
-        req.tracking = job.tracking.clone();
+        req.tracking = job.trackers();
         s.pull = Some(job);
         methods.push("libvirt-backup");
     }

@@ -213,13 +213,24 @@ impl PullJob {
             Tracker::Checkpoint { since: Ok((c, _)), .. } => Some(format!("{t} since {c}")),
             _ => None,
         }).collect();
+        let untracked: Vec<String> = job.tracking.iter().filter_map(|(t, tr)| match tr {
+            Tracker::Checkpoint { at, since: Err(why) } if at.is_empty() => Some(format!("{t} ({why})")),
+            _ => None,
+        }).collect();
         log.step(format!(
-            "libvirt: backup job of {} begun{}; {}",
+            "libvirt: backup job of {} begun{}; {}{}",
             r.domain,
             if job.checkpoint.is_empty() { String::new() } else { format!(" with checkpoint {}", job.checkpoint) },
-            if incremental.is_empty() { "every disk read whole".to_owned() } else { format!("incremental: {}", incremental.join(", ")) }
+            if incremental.is_empty() { "no disk incremental".to_owned() } else { format!("incremental: {}", incremental.join(", ")) },
+            if untracked.is_empty() { String::new() } else { format!("; always read whole and compared by hash: {}", untracked.join(", ")) }
         ));
         Ok(job)
+    }
+
+    /// The trackers for crate::backup: disks libvirt cannot checkpoint have
+    /// none (they are read whole every time, which is not worth a warning).
+    pub fn trackers(&self) -> Vec<(String, Tracker)> {
+        self.tracking.iter().filter(|(_, t)| matches!(t, Tracker::Checkpoint { at, .. } if !at.is_empty())).cloned().collect()
     }
 
     /// Ends the job (`domjobabort`, which is how a pull-mode job ends) and

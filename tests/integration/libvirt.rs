@@ -59,15 +59,28 @@ struct Dom {
 }
 
 impl Dom {
-    /// Defines domain `kluis-it-N` (type qemu: TCG, no OS) with `disk` (a
-    /// qcow2 image made from `raw`) as vda, an empty cdrom and a NIC.
+    /// Defines domain `kluis-it-N` (type qemu: TCG, no OS) with a qcow2
+    /// image made from `raw` as vda, an empty cdrom and a NIC.
     fn define(test: &str, raw: &Path) -> Dom {
+        Dom::define_with(test, raw, None)
+    }
+
+    /// ... and, with `vdb`, a copy of that raw image as disk vdb.
+    fn define_with(test: &str, raw: &Path, vdb: Option<&Path>) -> Dom {
         let name = format!("kluis-it-{}-{}", std::process::id(), fastrand::u32(..));
         let dir = PathBuf::from("/var/lib/libvirt/images").join(&name);
         std::fs::create_dir_all(&dir).unwrap();
         let dom = Dom { name, dir, also: Vec::new() };
         let img = dom.disk();
         tool_ok("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", raw.to_str().unwrap(), img.to_str().unwrap()]);
+        let vdb_xml = match vdb {
+            Some(src) => {
+                let to = dom.dir.join("vdb.raw");
+                std::fs::copy(src, &to).unwrap();
+                format!("<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='vdb' bus='virtio'/></disk>", to.display())
+            }
+            None => String::new(),
+        };
         let xml = format!(
             "<domain type='qemu'>
   <name>{}</name>
@@ -81,12 +94,14 @@ impl Dom {
       <source file='{}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
+    {}
     <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='hdc' bus='ide'/><readonly/></disk>
     <interface type='user'><mac address='52:54:00:4b:4c:01'/><model type='virtio'/><rom enabled='no'/></interface>
   </devices>
 </domain>",
             dom.name,
-            img.display()
+            img.display(),
+            vdb_xml
         );
         let path = dom.dir.join("domain.xml");
         std::fs::write(&path, xml).unwrap();
@@ -161,7 +176,11 @@ fn libvirt_running_domain_full_then_incremental_both_restore_exactly() {
     let env = Env::new();
     let raw = env.path("vda.raw");
     sparse_file(&raw, 256 * MIB, &[(0, 8 * MIB), (100 * MIB, 6 * MIB), (250 * MIB, 2 * MIB)], &mut rng);
-    let dom = Dom::define(t, &raw);
+    // A raw disk too: libvirt keeps no checkpoint bitmap for it, so it is
+    // read whole each time, without a warning.
+    let vdb = env.path("vdb.raw");
+    sparse_file(&vdb, 8 * MIB, &[(MIB, 2 * MIB)], &mut rng);
+    let dom = Dom::define_with(t, &raw, Some(&vdb));
     dom.start();
     policy(&env);
     env.ok(&["protect", "web01", "--libvirt", &dom.name, "--connect", URI, "--policy", "manual"]);
@@ -170,7 +189,7 @@ fn libvirt_running_domain_full_then_incremental_both_restore_exactly() {
     // Full: every data block read once, through the job's NBD export.
     let full: Value = env.json(&["backup", "web01"]);
     let p1 = env.points(Some("web01")).pop().unwrap();
-    assert_eq!(p1.disks, vec![("vda".to_owned(), 256 * MIB)], "the cdrom is skipped: {:#}", p1.json);
+    assert_eq!(p1.disks, vec![("vda".to_owned(), 256 * MIB), ("vdb".to_owned(), 8 * MIB)], "the cdrom is skipped: {:#}", p1.json);
     assert_eq!(p1.configs, vec![format!("{}.xml", dom.name)]);
     assert_eq!(full["capture"], "libvirt-backup");
     assert_eq!(full["consistency"], "crash", "no guest agent: crash-consistent");
@@ -187,6 +206,10 @@ fn libvirt_running_domain_full_then_incremental_both_restore_exactly() {
     let d2 = &inc["disks"][0];
     assert_eq!(d2["bytes_read"].as_u64(), Some(128 * KIB), "incremental from checkpoint {cp1}: {inc:#}");
     assert_eq!(d2["base"].as_str(), Some(p1.id.as_str()), "{inc:#}");
+    // Whole: the export of a raw disk reports every byte allocated.
+    assert_eq!(inc["disks"][1]["bytes_read"].as_u64(), Some(8 * MIB), "the raw disk is read whole: {inc:#}");
+    assert!(inc["disks"][1]["tracking"].is_null() && inc["disks"][1]["fallback"].is_null(), "{inc:#}");
+    assert_eq!(inc["warnings"], serde_json::json!([]), "{inc:#}");
     let cp2 = d2["tracking"].as_str().unwrap().trim_start_matches("checkpoint:").to_owned();
     assert_ne!(cp1, cp2);
     assert_eq!(dom.checkpoints(), vec![cp2], "the first point's checkpoint no longer serves and is deleted");
@@ -202,6 +225,7 @@ fn libvirt_running_domain_full_then_incremental_both_restore_exactly() {
     let after = qemu_raw(&env, &dom.disk());
     assert_same_file(&env.restore(&p2.sel(), "vda", "raw"), &after);
     assert_ne!(hash_file(&after), hash_file(&raw));
+    assert_same_file(&env.restore(&p2.sel(), "vdb", "raw"), &vdb);
     env.verify_clean(true);
 
     // Shut off: the disk file is read directly; no job, no checkpoint.
