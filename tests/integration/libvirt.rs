@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::common::*;
-use super::qcow2::{qemu_io, qemu_raw, qemu_tools};
+use super::qcow2::{qemu_io, qemu_raw, qemu_tools, Qemu};
 
 const URI: &str = "qemu:///system";
 
@@ -368,6 +368,15 @@ fn in_place_restore_rewrites_only_differing_blocks_of_a_qcow2_image() {
     assert_same_file(&qemu_raw(&env, &target), &src);
     let again = env.json(&["restore", &p.sel(), "--disk", "os", "--to", target.to_str().unwrap(), "--in-place"]);
     assert_eq!(again["bytes_written"].as_u64(), Some(0));
+
+    // An image a QEMU holds is refused, untouched.
+    qemu_io(&target, &["write -P 0x99 0 64k".to_owned()]);
+    let before = hash_file(&target);
+    let sock = env.path("nbd.sock");
+    let _q = Qemu::start("qemu-nbd", &["-f", "qcow2", "-k", sock.to_str().unwrap(), target.to_str().unwrap()], &sock);
+    let f = env.fail(&["restore", &p.sel(), "--disk", "os", "--to", target.to_str().unwrap(), "--in-place"]);
+    assert!(f.one_error_line().contains("in use by a running QEMU"), "{}", f.stderr);
+    assert_eq!(hash_file(&target), before);
 }
 
 /// Waits until the domain has a job (the backup's read is under way).
