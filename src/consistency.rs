@@ -41,6 +41,16 @@
 //! second signal makes the CLI exit at once, after [`emergency_thaw`]. A
 //! failing post-script does not undo the point; the job says `warning`.
 //!
+//! # libvirt items
+//!
+//! For an item protected with `--libvirt` (crate::libvirt) the disks and the
+//! domain XML are looked up first. A running domain's freeze is the guest
+//! agent's (`domfsfreeze`, counted like a `--freeze` mountpoint) and its
+//! point-in-time copy is libvirt's backup job (capture `libvirt-backup`),
+//! which is ended after the read whatever happened, before the item's
+//! stale checkpoints are dropped. A shut-off domain follows the plain
+//! sequence on its disk files.
+//!
 //! # Levels
 //!
 //! - `application`: a pre-script exited 0 and either printed
