@@ -212,11 +212,21 @@ fn libvirt_running_domain_full_then_incremental_both_restore_exactly() {
     assert_eq!(inc["warnings"], serde_json::json!([]), "{inc:#}");
     let cp2 = d2["tracking"].as_str().unwrap().trim_start_matches("checkpoint:").to_owned();
     assert_ne!(cp1, cp2);
-    assert_eq!(dom.checkpoints(), vec![cp2], "the first point's checkpoint no longer serves and is deleted");
+    assert_eq!(dom.checkpoints(), vec![cp2.clone()], "the first point's checkpoint no longer serves and is deleted");
     assert_eq!(dom.job(), "None");
     let left: Vec<_> = std::fs::read_dir("/var/lib/libvirt/kluis").unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(&dom.name)).collect();
     assert!(left.is_empty(), "socket and scratch files removed: {left:?}");
     let p2 = env.points(Some("web01")).pop().unwrap();
+
+    // A checkpoint deleted behind kluis's back: the next point reads the
+    // disk whole, says why, and makes a new checkpoint to go on from.
+    virsh_ok(&["checkpoint-delete", &dom.name, &cp2]);
+    let again: Value = env.json(&["backup", "web01"]);
+    let d3 = &again["disks"][0];
+    assert!(d3["fallback"].as_str().unwrap().contains(&format!("libvirt no longer has checkpoint {cp2}")), "{again:#}");
+    assert_eq!(d3["bytes_read"].as_u64(), Some(16 * MIB + 128 * KIB), "{again:#}");
+    let cp3 = d3["tracking"].as_str().unwrap().trim_start_matches("checkpoint:").to_owned();
+    assert_eq!(dom.checkpoints(), vec![cp3]);
 
     // Both points restore exactly: the first is the image as made, the
     // second the image as the shut-off domain leaves it.
