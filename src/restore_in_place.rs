@@ -67,7 +67,7 @@ impl Target {
         // QEMU locks raw images the same way as qcow2 ones.
         qcow2::refuse_if_in_use(&file, path)?;
         if qcow2::looks_like_qcow2(&file)? {
-            return Ok(Target::Qcow2(Qcow2Source::open_rw(path)?));
+            return Ok(Target::Qcow2(Qcow2Source::open_rw(path, file)?));
         }
         let len = file.metadata().ctx(|| format!("cannot stat {}", path.display()))?.len();
         if crate::image::vhd::looks_like_vhd(&file, len)? {

@@ -86,7 +86,7 @@ pub fn open_source(path: &Path) -> Result<Box<dyn DiskSource>> {
     }
     if qcow2::looks_like_qcow2(&file)? {
         qcow2::refuse_if_in_use(&file, path)?;
-        return Ok(Box::new(qcow2::Qcow2Source::open(path)?));
+        return Ok(Box::new(qcow2::Qcow2Source::open(path, file)?));
     }
     if vhd::looks_like_vhd(&file, meta.len())? {
         return Ok(Box::new(vhd::VhdSource::open(file, path)?));

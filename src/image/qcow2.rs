@@ -82,6 +82,9 @@ pub struct Qcow2Source {
     image: Image,
     size: u64,
     path: String,
+    /// The image file, for readahead hints, when every data cluster lives
+    /// in it (no backing file, no external data file).
+    prefetch: Option<File>,
 }
 
 fn io_err(what: &str, path: &str, e: io::Error) -> Error {
@@ -90,24 +93,26 @@ fn io_err(what: &str, path: &str, e: io::Error) -> Error {
 
 impl Qcow2Source {
     /// Opens `path` and its backing chain read-only.
-    pub fn open(path: &Path) -> Result<Qcow2Source> {
-        Self::open_with(path, false)
+    /// `file` is `path` opened for reading (kept for readahead hints).
+    pub fn open(path: &Path, file: File) -> Result<Qcow2Source> {
+        Self::open_with(path, file, false)
     }
 
     /// Opens `path` for reading and writing (the backing chain stays
     /// read-only), for an in-place restore.
-    pub fn open_rw(path: &Path) -> Result<Qcow2Source> {
-        Self::open_with(path, true)
+    pub fn open_rw(path: &Path, file: File) -> Result<Qcow2Source> {
+        Self::open_with(path, file, true)
     }
 
-    fn open_with(path: &Path, write: bool) -> Result<Qcow2Source> {
+    fn open_with(path: &Path, file: File, write: bool) -> Result<Qcow2Source> {
         let p = path.display().to_string();
         let q = imago::qcow2::Qcow2::<imago::file::File>::builder_path(path)
             .write(write)
             .open(PermissiveImplicitOpenGate::default())
             .map_err(|e| io_err("cannot open qcow2 image", &p, e))?;
+        let own_data = q.implicit_backing_file().is_none() && !q.requires_external_data_file();
         let image = FormatAccess::new(q);
-        Ok(Qcow2Source { size: image.size(), image, path: p })
+        Ok(Qcow2Source { size: image.size(), image, path: p, prefetch: own_data.then_some(file) })
     }
 }
 
@@ -167,6 +172,24 @@ impl DiskSource for Qcow2Source {
 
     fn kind(&self) -> &'static str {
         "qcow2"
+    }
+
+    /// Asks the kernel to read ahead the host clusters behind the range, as
+    /// a raw source does: without it a full backup of a 1 GiB qcow2 took
+    /// 6.3–6.7 s against 4.8–5.0 s for its raw image (docs/benchmarks.md).
+    fn will_read(&self, offset: u64, len: u64) {
+        let Some(file) = &self.prefetch else { return };
+        let (mut pos, end) = (offset, (offset + len).min(self.size));
+        while pos < end {
+            let Ok((m, l)) = self.image.get_mapping(pos, end - pos) else { return };
+            if l == 0 {
+                return;
+            }
+            if let Mapping::Raw { offset: host, .. } = m {
+                super::will_need(file, host, l);
+            }
+            pos += l;
+        }
     }
 }
 
