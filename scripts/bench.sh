@@ -45,6 +45,13 @@
 #     mount, cold), and the mount's RSS after reading 1 GiB scattered over
 #     the disk. Big / small [<= 1.5] each; the big disk's first bytes / 0.3 s
 #     and its RSS / 256 MB [<= 1.0]. Runs alone with BENCH_ONLY=bigdisk.
+#   H hypervisor sources (issue 21; needs qemu-img, qemu-nbd,
+#     qemu-storage-daemon), on the OS disk:
+#     H1 tracked incremental (dirty bitmap over NBD) after the OS disk's
+#        churn / compare-by-hash incremental of the same export   [<= 0.15]
+#        and bytes it read / dirty bytes (QEMU's count)           [<= 1.3]
+#     H2 full backup speed from a qcow2 of the disk / from raw     [>= 0.9]
+#     H3 full backup speed over NBD (qemu-nbd, unix socket) / raw  [>= 0.8]
 # Lines indented under a figure are extra context ("info"), not targets.
 #
 # Environment (defaults in brackets; QUICK defaults second):
@@ -73,6 +80,7 @@
 #   BENCH_KLUIS          kluis binary [target/release/kluis]
 #   BENCH_JSON=FILE      also write the summary as JSON to FILE
 #   BENCH_ONLY=bigdisk   only the big-disk figures B (skips the workload)
+#   BENCH_ONLY=hypervisor  build the workload, run only the H figures
 #   BENCH_BIGDISK=0      skip the big-disk figures B
 #   BENCH_BIG_GIB / BENCH_BIG_SMALL_GIB   the two disks of B [1024/4 | 64/4]
 
@@ -111,6 +119,10 @@ DO_MOUNT=${BENCH_MOUNT:-1}
 DO_RESTIC=${BENCH_RESTIC:-1}
 DO_BORG=${BENCH_BORG:-1}
 BLOCK_SIZES=${BENCH_BLOCK_SIZES:-}
+ONLY=${BENCH_ONLY:-}
+[[ -z $ONLY || $ONLY == hypervisor || $ONLY == bigdisk ]] || { echo "bench: BENCH_ONLY knows only 'hypervisor' and 'bigdisk', not '$ONLY'" >&2; exit 2; }
+# A run of the H figures alone needs neither baseline tool.
+if [[ -n $ONLY ]]; then DO_RESTIC=0 DO_BORG=0; fi
 RANDREAD_COUNT=${BENCH_RANDREAD_COUNT:-3000}
 ROUNDS=${BENCH_ROUNDS:-$(q 3 1)}
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_ROUNDS must be a positive integer, not '$ROUNDS'" >&2; exit 2; }
@@ -297,6 +309,36 @@ base_after() {
     ctrun BASE_2 "$2-after" "${@:3}" || return
     printf -v "$__v" '%s' "$(calc "($BASE_1 + $BASE_2) / 2")"
     BASE_NOTE="cold before $BASE_1 s, after $BASE_2 s"
+}
+
+# The summary table (and BENCH_JSON); exits: non-zero if a step broke.
+summary() {
+section "summary ($(calc "$EPOCHREALTIME - $START_TIME") s wall; every figure is a ratio to a baseline from this run)"
+say "load average (1/5/15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cpus; at the start: $LOAD_START"
+python3 - "$RESULTS" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+head, rows = rows[0], rows[1:]
+w = [max(len(r[i]) for r in [head] + rows) for i in range(4)]
+fmt = "  ".join("%%-%ds" % x for x in w) + "  %s"
+print(fmt % tuple(head))
+print(fmt % tuple("-" * x for x in w + [6]))
+for r in rows:
+    print(fmt % tuple(r))
+counts = {}
+for r in rows:
+    counts[r[3]] = counts.get(r[3], 0) + 1
+print("\n" + ", ".join("%d %s" % (n, s) for s, n in sorted(counts.items())))
+PY
+if [[ -n ${BENCH_JSON:-} ]]; then
+    "${HELPER[@]}" tsv2json "$RESULTS" >"$BENCH_JSON"
+    say "summary written to $BENCH_JSON"
+fi
+if ((ERRORS > 0)); then
+    say "bench: $ERRORS step(s) broke (see above); exiting non-zero"
+    exit 1
+fi
+exit 0
 }
 
 # ---------------------------------------------------------------- setup
@@ -492,15 +534,20 @@ build_data_disk() {
 
 # A day of churn, applied IN PLACE: the images are modified through the file
 # systems on them, so block layout stays as on a real VM disk.
-churn_disks() {
+# churn_os IMG: the OS disk's part of the day of churn, applied to IMG.
+churn_os() {
     local dev mnt
-    attach_part "$OS_IMG" 2; dev=$DEV
+    attach_part "$1" 2; dev=$DEV
     mnt=$MNT/osroot
     mount_dev "$dev" "$mnt"
     "${HELPER[@]}" edit-delete "$mnt" "$CHURN_EDITS" "$CHURN_DELETES" --seed 40 2>>"$LOGS/churn.log"
     "${HELPER[@]}" append-text "$mnt/var/log/syslog" "$CHURN_LOG_MIB" --seed 41
     "${HELPER[@]}" fill "$mnt/var/cache/package-update.bin" "$CHURN_NEW_MIB" --seed 42
     umount_dev "$dev" "$mnt"
+}
+churn_disks() {
+    local dev mnt
+    churn_os "$OS_IMG"
 
     attach_part "$DATA_IMG" 1; dev=$DEV
     mnt=$MNT/data
@@ -511,8 +558,134 @@ churn_disks() {
     sync
 }
 
-ONLY=${BENCH_ONLY:-}
-[[ -z $ONLY || $ONLY == bigdisk ]] || die "BENCH_ONLY must be bigdisk, not '$ONLY'"
+# ---------------------------------------------------------------- hypervisor sources (H figures)
+
+# wait_for PATH: until PATH exists (a server's socket), at most 10 s.
+wait_for() {
+    local i
+    for ((i = 0; i < 400; i++)); do [[ -e $1 ]] && return 0; sleep 0.025; done
+    warn "no $1 after 10 s"
+    return 1
+}
+# nbd_start SOCKET QEMU-NBD-ARGS...: serve export "os" on SOCKET; sets NBD_PID.
+nbd_start() {
+    local sock=$1
+    shift
+    rm -f "$sock"
+    qemu-nbd -t -x os -k "$sock" "$@" >>"$LOGS/qemu-nbd.log" 2>&1 &
+    NBD_PID=$!
+    PIDS+=("$NBD_PID")
+    wait_for "$sock"
+}
+# Stopped with SIGTERM so QEMU closes the image cleanly (a killed qemu-nbd
+# leaves persistent bitmaps marked in use).
+nbd_stop() { kill "$NBD_PID" 2>/dev/null || true; wait "$NBD_PID" 2>/dev/null || true; }
+# json_read LOG: bytes read by the backup whose --json report is in LOG.
+json_read() {
+    python3 -c '
+import json, sys
+t = open(sys.argv[1]).read()
+print(sum(d["bytes_read"] for d in json.loads(t[t.index("{"):t.rindex("}") + 1])["disks"]))' "$1"
+}
+# qmp_dirty SOCKET BITMAP: dirty bytes QEMU counts in BITMAP.
+qmp_dirty() {
+    python3 -c '
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+def cmd(c):
+    f.write(json.dumps({"execute": c}) + "\n")
+    f.flush()
+    while True:
+        m = json.loads(f.readline())
+        if "return" in m or "error" in m:
+            return m
+json.loads(f.readline())
+cmd("qmp_capabilities")
+nodes = cmd("query-named-block-nodes")["return"]
+print(max(b["count"] for n in nodes for b in n.get("dirty-bitmaps", []) if b["name"] == sys.argv[2]))' "$1" "$2"
+}
+
+# The OS disk as a qcow2 (and over NBD) against the raw image, in fresh
+# vaults; then a dirty bitmap on the qcow2, a full backup through NBD, the
+# OS disk's churn applied through a qemu-storage-daemon FUSE export of the
+# qcow2 (loop-mounted, so the bitmap sees every write as under a VM), and
+# the tracked incremental against a compare-by-hash one of the same export.
+hypervisor_figures() {
+    section "hypervisor sources: qcow2, NBD, dirty bitmap"
+    local why=$KLUIS_WHY tool r r_ok t_raw t_q t_n t_track t_hash dirty nread hv=$W/hv
+    local H1="H1 tracked incremental / hash incremental" H1B="H1 tracked bytes read / dirty bytes"
+    local H2="H2 full backup speed: qcow2 / raw" H3="H3 full backup speed: NBD / raw"
+    for tool in qemu-img qemu-nbd qemu-storage-daemon; do
+        if [[ -z $why ]] && ! command -v "$tool" >/dev/null; then why="$tool is not installed (qemu-utils)"; fi
+    done
+    if [[ -n $why ]]; then
+        figure_skip "$H1" "<= 0.15" "$why"; figure_skip "$H1B" "<= 1.3" "$why"
+        figure_skip "$H2" ">= 0.9" "$why"; figure_skip "$H3" ">= 0.8" "$why"
+        return 0
+    fi
+    mkdir -p "$hv"
+    local raw=$OS_IMG q=$hv/os.qcow2 sock=$hv/nbd.sock
+    local url="os=nbd+unix:///os?socket=$hv/nbd.sock"
+    run hv-convert qemu-img convert -f raw -O qcow2 "$raw" "$q" || die "qemu-img convert of the OS disk failed"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        rm -rf "$hv/v" && run "hv-init-raw-$r" "$KLUIS" --vault "$hv/v" init &&
+            ctrun t_raw "hv-raw-$r" "$KLUIS" --vault "$hv/v" backup hv --disk "os=$raw" &&
+            rm -rf "$hv/v" && run "hv-init-qcow2-$r" "$KLUIS" --vault "$hv/v" init &&
+            ctrun t_q "hv-qcow2-$r" "$KLUIS" --vault "$hv/v" backup hv --disk "os=$q" &&
+            rm -rf "$hv/v" && run "hv-init-nbd-$r" "$KLUIS" --vault "$hv/v" init &&
+            nbd_start "$sock" -r -f raw "$raw" &&
+            { ctrun t_n "hv-nbd-$r" "$KLUIS" --vault "$hv/v" backup hv --disk "$url"; r_ok=$?; nbd_stop; ((r_ok == 0)); } ||
+            { figure_error "H2/H3 round $r" ">= 0.9 / 0.8" "a full backup failed, see $LOGS/hv-*-$r.log"; continue; }
+        round_add hv-qcow2 "$(ratio "$t_raw" "$t_q")" "raw $t_raw s / qcow2 $t_q s"
+        round_add hv-nbd "$(ratio "$t_raw" "$t_n")" "raw $t_raw s / nbd $t_n s"
+    done
+    rm -rf "$hv/v"
+    if [[ -n ${ROUND_RATIOS[hv-qcow2]:-} ]]; then
+        round_figure hv-qcow2 "$H2" '>=' 0.9
+        round_figure hv-nbd "$H3" '>=' 0.8
+    fi
+
+    run hv-bitmap qemu-img bitmap --add --enable "$q" b0 || die "qemu-img bitmap --add failed"
+    if ! { run hv-init-track "$KLUIS" --vault "$hv/track" init && run hv-init-hash "$KLUIS" --vault "$hv/hash" init &&
+        nbd_start "$sock" -f qcow2 -B b0 "$q" &&
+        run hv-track-full "$KLUIS" --vault "$hv/track" backup hv --disk "$url" --dirty-bitmap b0 &&
+        run hv-hash-full "$KLUIS" --vault "$hv/hash" backup hv --disk "$url"; }; then
+        nbd_stop
+        figure_error "$H1" "<= 0.15" "the full backups over NBD failed, see $LOGS/hv-*-full.log"
+        return 0
+    fi
+    nbd_stop
+    : >"$hv/export"
+    qemu-storage-daemon --blockdev "driver=file,filename=$q,node-name=f" --blockdev driver=qcow2,file=f,node-name=q \
+        --export "type=fuse,id=e,node-name=q,mountpoint=$hv/export,writable=on" \
+        --chardev "socket,id=m,path=$hv/qmp.sock,server=on,wait=off" --monitor chardev=m >>"$LOGS/qsd.log" 2>&1 &
+    NBD_PID=$!
+    PIDS+=("$NBD_PID")
+    wait_for "$hv/qmp.sock" || die "qemu-storage-daemon did not start, see $LOGS/qsd.log"
+    churn_os "$hv/export"
+    dirty=$(qmp_dirty "$hv/qmp.sock" b0) || die "could not read the bitmap's dirty count over QMP"
+    nbd_stop
+    nbd_start "$sock" -f qcow2 -B b0 "$q"
+    if ctrun t_track hv-track "$KLUIS" --json --vault "$hv/track" backup hv --disk "$url" --dirty-bitmap b0 &&
+        ctrun t_hash hv-hash "$KLUIS" --json --vault "$hv/hash" backup hv --disk "$url"; then
+        nbd_stop
+        nread=$(json_read "$LOGS/hv-track.log")
+        figure "$H1" "$(ratio "$t_track" "$t_hash")" '<=' 0.15 "tracked $t_track s (read $(mib "$nread")) / by hash $t_hash s (read $(mib "$(json_read "$LOGS/hv-hash.log")"))"
+        figure "$H1B" "$(ratio "$nread" "$dirty")" '<=' 1.3 "read $(mib "$nread") / dirty $(mib "$dirty")"
+        run hv-restore "$KLUIS" --vault "$hv/track" restore hv@latest --disk os --to "$hv/restored.raw" &&
+            run hv-convert-back qemu-img convert -O raw "$q" "$hv/qemu.raw" &&
+            cmp -s "$hv/restored.raw" "$hv/qemu.raw" ||
+            figure_error "H1 restored tracked point = qemu-img convert of the source" "identical" "they differ, or a step failed"
+    else
+        nbd_stop
+        figure_error "$H1" "<= 0.15" "a backup after the churn failed, see $LOGS/hv-track.log and hv-hash.log"
+    fi
+    rm -rf "$hv"
+}
+
+
 # The main figures (1-7, R, the sweep), not indented: skipped as a whole
 # with BENCH_ONLY=bigdisk.
 if [[ $ONLY != bigdisk ]]; then
@@ -526,6 +699,10 @@ cat >"$W/web01.xml" <<'EOF'
   <disk type='file' device='disk'><source file='data.img'/><target dev='vdb'/></disk></devices></domain>
 EOF
 IMAGES=("$OS_IMG" "$DATA_IMG")
+if [[ $ONLY == hypervisor ]]; then
+    hypervisor_figures
+    summary
+fi
 say "  images: $(mib "$(( $(bytes_of "$OS_IMG") + $(bytes_of "$DATA_IMG") ))") apparent, $(mib "$(( $(alloc_of "$OS_IMG") + $(alloc_of "$DATA_IMG") ))") allocated"
 
 # ---------------------------------------------------------------- full backups
@@ -1011,6 +1188,8 @@ fi
 
 # ---------------------------------------------------------------- peak RSS
 
+hypervisor_figures
+
 section "peak RSS"
 F6S="6 backup peak RSS, $RSS_SMALL_MIB MiB disk / budget"
 F6B="6 backup peak RSS, $RSS_BIG_MIB MiB disk / budget"
@@ -1154,30 +1333,5 @@ fi
 
 # ---------------------------------------------------------------- summary
 
-section "summary ($(calc "$EPOCHREALTIME - $START_TIME") s wall; every figure is a ratio to a baseline from this run)"
-say "load average (1/5/15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cpus; at the start: $LOAD_START"
-python3 - "$RESULTS" <<'PY'
-import sys
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-head, rows = rows[0], rows[1:]
-w = [max(len(r[i]) for r in [head] + rows) for i in range(4)]
-fmt = "  ".join("%%-%ds" % x for x in w) + "  %s"
-print(fmt % tuple(head))
-print(fmt % tuple("-" * x for x in w + [6]))
-for r in rows:
-    print(fmt % tuple(r))
-counts = {}
-for r in rows:
-    counts[r[3]] = counts.get(r[3], 0) + 1
-print("\n" + ", ".join("%d %s" % (n, s) for s, n in sorted(counts.items())))
-PY
-if [[ -n ${BENCH_JSON:-} ]]; then
-    "${HELPER[@]}" tsv2json "$RESULTS" >"$BENCH_JSON"
-    say "summary written to $BENCH_JSON"
-fi
-if ((ERRORS > 0)); then
-    say "bench: $ERRORS step(s) broke (see above); exiting non-zero"
-    exit 1
-fi
-exit 0
+summary
 }

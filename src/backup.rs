@@ -14,6 +14,11 @@
 //! content is compressed and handed to this thread, which appends it to the
 //! current pack and feeds ids, in order, to the map builder.
 //!
+//! With changed-block tracking (a dirty bitmap, a changed-ranges file: see
+//! [`Tracker`]), blocks outside the changed extents are "known unchanged":
+//! the reader neither reads nor sends them to be hashed, and they keep the
+//! id they had in the base point. `plan_tracking` decides when that is safe.
+//!
 //! Packs are committed to the index as they fill (so memory stays flat); the
 //! point itself is committed last, after its manifest is durable. Killing the
 //! process at any moment leaves earlier points intact and at most
@@ -58,6 +63,50 @@ pub struct BackupRequest {
     pub read_from: Vec<(String, PathBuf)>,
     /// How the disks were captured, recorded with the point.
     pub capture: Option<String>,
+    /// Changed-block trackers, by disk name (see [`Tracker`]).
+    pub tracking: Vec<(String, Tracker)>,
+}
+
+/// Changed-block tracking for one disk: the blocks the tracker does not
+/// report as changed are taken from the disk's previous point without
+/// being read. Used only when that is safe (see `plan_tracking`); otherwise
+/// the backup reads every block and compares by hash, and says why in the
+/// point (`fallback`) and the job.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tracker {
+    /// An NBD export's `qemu:dirty-bitmap:NAME` meta context.
+    DirtyBitmap(String),
+    /// A file of changed byte ranges (crate::image::changed).
+    ChangedRanges(PathBuf),
+    /// A libvirt checkpoint (crate::libvirt): the point is checkpoint `at`
+    /// (empty for a disk libvirt cannot checkpoint); with `since` Ok((C,
+    /// BITMAP)), the NBD export's `qemu:dirty-bitmap:BITMAP` holds the
+    /// writes since checkpoint C, which the base point must have recorded;
+    /// Err says why the disk is read whole. Made per run, never stored in
+    /// an item's definition.
+    #[serde(skip)]
+    Checkpoint { at: String, since: std::result::Result<(String, String), String> },
+}
+
+impl Tracker {
+    /// As recorded in the manifest's `tracking`.
+    pub fn label(&self) -> String {
+        match self {
+            Tracker::DirtyBitmap(b) => format!("dirty-bitmap:{b}"),
+            Tracker::ChangedRanges(_) => "changed-ranges".into(),
+            Tracker::Checkpoint { at, .. } if at.is_empty() => "libvirt-backup".into(),
+            Tracker::Checkpoint { at, .. } => format!("checkpoint:{at}"),
+        }
+    }
+
+    /// The dirty bitmap to ask the NBD export for.
+    fn bitmap(&self) -> Option<&str> {
+        match self {
+            Tracker::DirtyBitmap(b) | Tracker::Checkpoint { since: Ok((_, b)), .. } => Some(b),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -67,6 +116,14 @@ pub struct DiskStats {
     pub bytes_read: u64,
     pub blocks_changed: u64,
     pub new_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<String>,
+    /// The point untracked blocks were taken from, when the tracker was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Why a tracker was not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -116,8 +173,22 @@ pub fn validate(req: &BackupRequest) -> Result<()> {
         if !seen.insert(name) {
             return Err(Error::InvalidInput(format!("disk name {name:?} is given twice")));
         }
-        if !path.exists() {
+        if !path.to_str().is_some_and(crate::image::nbd::is_url) && !path.exists() {
             return Err(Error::NotFound(format!("disk {name}: {} does not exist", path.display())));
+        }
+    }
+    for (name, t) in &req.tracking {
+        let Some((_, path)) = req.disks.iter().find(|(d, _)| d == name) else {
+            return Err(Error::InvalidInput(format!("changed-block tracking given for {name:?}, which is not a disk of {}", req.item)));
+        };
+        match t {
+            Tracker::DirtyBitmap(b) if !path.to_str().is_some_and(crate::image::nbd::is_url) => {
+                return Err(Error::InvalidInput(format!("disk {name}: --dirty-bitmap {b} needs an NBD disk (nbd://... or nbd+unix://...), not {}", path.display())));
+            }
+            Tracker::ChangedRanges(f) if !f.is_file() => {
+                return Err(Error::NotFound(format!("disk {name}: changed-ranges file {} does not exist", f.display())));
+            }
+            _ => {}
         }
     }
     for (name, _) in &req.read_from {
@@ -247,8 +318,12 @@ struct Job {
     /// with data; empty when the whole run lies in holes.
     data: IoBuf,
     data_from: usize,
-    /// Per block: does it touch a data range of the source (else it is a hole).
+    /// Per block: does it touch a data range of the source (else it is a
+    /// hole), and is it to be read.
     has_data: Vec<bool>,
+    /// Per block, for a tracked backup: known unchanged, so its previous id
+    /// stands without a read (empty when untracked).
+    kept: Vec<bool>,
     /// Per block: its id in the previous point.
     prev: Vec<ChunkId>,
 }
@@ -269,10 +344,23 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
         .iter()
         .map(|(n, p)| {
             let from = req.read_from.iter().find(|(d, _)| d == n).map_or(p, |(_, c)| c);
-            Ok((n.clone(), p.clone(), open_source(from).map_err(|e| prefix_disk(n, e))?))
+            let source = match (tracker_of(req, n).and_then(Tracker::bitmap), p.to_str().filter(|s| crate::image::nbd::is_url(s))) {
+                (Some(b), Some(url)) => crate::image::nbd::NbdSource::open(url, Some(b)).map(|s| Box::new(s) as Box<dyn DiskSource>),
+                // A point-in-time copy carries no QEMU lock: check the source.
+                _ => crate::image::qcow2::check_not_in_use(p).and_then(|_| open_source(from)),
+            };
+            Ok((n.clone(), p.clone(), source.map_err(|e| prefix_disk(n, e))?))
         })
         .collect::<Result<_>>()?;
     let configs: Vec<(String, Vec<u8>)> = req.configs.iter().map(|p| read_config(p)).collect::<Result<_>>()?;
+    // Bad changed-ranges files fail the backup before anything is stored.
+    let changed_files: Vec<Option<Vec<Range<u64>>>> = sources
+        .iter()
+        .map(|(n, _, src)| match tracker_of(req, n) {
+            Some(Tracker::ChangedRanges(f)) => crate::image::changed::read_file(f, src.size()).map(Some).map_err(|e| prefix_disk(n, e)),
+            _ => Ok(None),
+        })
+        .collect::<Result<_>>()?;
 
     let _lock = vault.lock(false, || log::warn!("waiting for a running gc to finish"))?;
     let time_ms = next_time(vault, &req.item)?;
@@ -282,6 +370,7 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
     // backup stores them again (and so heals the older points too).
     let previous = vault.catalog().points(Some(&req.item), false)?.into_iter().rev().find(|p| !p.damaged);
     let prev_manifest = previous.as_ref().map(|p| Manifest::parse(&p.manifest)).transpose()?;
+    let latest_any = vault.catalog().points(Some(&req.item), true)?.into_iter().max_by_key(|p| p.time_ms);
     let fetch = vault.fetcher()?;
 
     let pending = Arc::new(Pending(Mutex::new(HashSet::new())));
@@ -290,15 +379,19 @@ pub fn backup(vault: &Vault, req: &BackupRequest, progress: &dyn Progress, cance
     let mut disks = Vec::new();
     let mut stats = Vec::new();
     let bs = vault.block_size();
-    for (name, path, source) in &sources {
+    for ((name, path, source), changed_file) in sources.iter().zip(changed_files) {
         let prev = prev_manifest.as_ref().and_then(|m| m.disks.iter().find(|d| &d.name == name && d.block_size == bs)).cloned();
+        let base = previous.as_ref().zip(prev.as_ref());
+        let plan = plan_tracking(tracker_of(req, name), source.as_ref(), base, latest_any.as_ref(), changed_file).map_err(|e| prefix_disk(name, e))?;
         let prev_map = prev.map(|d| Ok::<_, Error>(MapReader::new(d.depth, d.root_id()?, d.blocks(), fetch.clone()))).transpose()?;
         progress.start(&format!("{}/{}", req.item, name), source.size());
         // A first backup is bound by CPU, an incremental one by reading
         // (image/direct.rs): direct reads for the first only.
         source.set_direct(prev_map.is_none());
-        let (entry, st) = backup_disk(vault, name, path, source.as_ref(), prev_map, &mut sink, &opts, progress, cancel)
+        let (mut entry, mut st) = backup_disk(vault, name, path, source.as_ref(), prev_map, plan.changed, &mut sink, &opts, progress, cancel)
             .map_err(|e| prefix_disk(name, e))?;
+        (entry.tracking, entry.base, entry.fallback) = (plan.tracking, plan.base, plan.fallback);
+        (st.tracking, st.base, st.fallback) = (entry.tracking.clone(), entry.base.clone(), entry.fallback.clone());
         progress.finish();
         disks.push(entry);
         stats.push(st);
@@ -368,6 +461,71 @@ fn prefix_disk(name: &str, e: Error) -> Error {
     }
 }
 
+fn tracker_of<'a>(req: &'a BackupRequest, disk: &str) -> Option<&'a Tracker> {
+    req.tracking.iter().find(|(d, _)| d == disk).map(|(_, t)| t)
+}
+
+/// What a disk's tracker decided: `changed` is set when the backup may read
+/// only those ranges and take every other block from `base`.
+#[derive(Default)]
+struct TrackingPlan {
+    changed: Option<Vec<Range<u64>>>,
+    tracking: Option<String>,
+    base: Option<String>,
+    fallback: Option<String>,
+}
+
+/// Uses the tracker only when its changes are known to be relative to the
+/// disk's previous point (`base`): that point is the item's latest (a
+/// deleted later point may be what the tracker counted from), the disk
+/// kept its size, and, for a dirty bitmap, the bitmap exists now and
+/// already existed when `base` was read (its manifest names it), so every
+/// write since then is in it. Anything else reads the whole disk and
+/// compares by hash, and says why.
+fn plan_tracking(
+    tracker: Option<&Tracker>,
+    source: &dyn DiskSource,
+    base: Option<(&PointRow, &DiskEntry)>,
+    latest_any: Option<&PointRow>,
+    changed_file: Option<Vec<Range<u64>>>,
+) -> Result<TrackingPlan> {
+    let Some(t) = tracker else { return Ok(TrackingPlan::default()) };
+    let label = t.label();
+    let fallback = |tracking: Option<String>, why: String| Ok(TrackingPlan { tracking, fallback: Some(why), ..Default::default() });
+    let changed = match (t, changed_file) {
+        (Tracker::DirtyBitmap(b), _) => match source.dirty_ranges()? {
+            Some(r) => r,
+            None => return fallback(None, format!("the export has no dirty bitmap {b:?}")),
+        },
+        (Tracker::Checkpoint { since: Err(why), .. }, _) => return fallback(Some(label), why.clone()),
+        (Tracker::Checkpoint { since: Ok((c, _)), .. }, _) => match source.dirty_ranges()? {
+            Some(r) => r,
+            None => return fallback(Some(label), format!("the export has no dirty bitmap since checkpoint {c}")),
+        },
+        (Tracker::ChangedRanges(_), Some(r)) => r,
+        (Tracker::ChangedRanges(_), None) => unreachable!("changed-ranges files are read before the disks"),
+    };
+    let Some((point, disk)) = base else {
+        return fallback(Some(label), "no earlier point of this disk to base on".into());
+    };
+    let base_name = format!("{} ({})", crate::timefmt::rfc3339_s(point.time_ms), &point.id.0.to_hex()[..8]);
+    if let Some(l) = latest_any.filter(|l| l.id != point.id) {
+        return fallback(Some(label), format!("the item's latest point {} is deleted, so the tracker may count from it rather than from {base_name}", crate::timefmt::rfc3339_s(l.time_ms)));
+    }
+    if disk.size != source.size() {
+        return fallback(Some(label), format!("the disk's size changed since {base_name} ({} -> {} bytes)", disk.size, source.size()));
+    }
+    if matches!(t, Tracker::DirtyBitmap(_)) && disk.tracking.as_deref() != Some(label.as_str()) {
+        return fallback(Some(label), format!("{base_name} was not read with this bitmap in place, so writes before the bitmap began could be missed"));
+    }
+    if let Tracker::Checkpoint { since: Ok((c, _)), .. } = t
+        && disk.tracking.as_deref() != Some(format!("checkpoint:{c}").as_str())
+    {
+        return fallback(Some(label), format!("{base_name} is not checkpoint {c}, so the bitmap may miss writes made since it"));
+    }
+    Ok(TrackingPlan { changed: Some(changed), tracking: Some(label), base: Some(point.id.0.to_hex()), fallback: None })
+}
+
 /// A point's time: now, cut to the whole second, and always at least one
 /// second after the item's previous point (deleted ones included) and any
 /// time already handed to a backup of the item still running. So the name
@@ -435,6 +593,7 @@ fn backup_disk(
     path: &Path,
     source: &dyn DiskSource,
     prev: Option<MapReader>,
+    changed: Option<Vec<Range<u64>>>,
     sink: &mut PackSink,
     opts: &Options,
     progress: &dyn Progress,
@@ -444,6 +603,9 @@ fn backup_disk(
     let bs = vault.block_size() as u64;
     let blocks = size.div_ceil(bs);
     let mut holes = HoleMap { ranges: source.data_ranges()?, next: 0 };
+    // Blocks outside `changed` are known unchanged: their previous id is kept
+    // without a read.
+    let mut changed = changed.map(|ranges| HoleMap { ranges, next: 0 });
     let mut st = DiskStats { name: name.to_owned(), size, ..Default::default() };
     let failed = AtomicBool::new(false);
 
@@ -471,17 +633,31 @@ fn backup_disk(
                 }
                 let n = run.min(blocks - first);
                 let mut has_data = Vec::with_capacity(n as usize);
+                let mut kept = Vec::new();
                 let mut prev_ids = Vec::with_capacity(n as usize);
                 for index in first..first + n {
                     let start = index * bs;
-                    has_data.push(holes.block_has_data(start, (start + bs).min(size)));
+                    let end = (start + bs).min(size);
+                    let data = holes.block_has_data(start, end);
+                    let prev_id = match &prev {
+                        Some(m) if index < m.blocks() => Some(m.block(index)?),
+                        _ => None,
+                    };
+                    let prev_damaged = prev_id.is_some_and(|id| damaged.contains(&id));
+                    if let Some(c) = &mut changed {
+                        // Unchanged by the tracker: taken from the base point
+                        // without reading, unless its chunk there is damaged
+                        // (then it is read, and stored again).
+                        let keep = data && !c.block_has_data(start, end) && !prev_damaged;
+                        kept.push(keep);
+                        has_data.push(data && !keep);
+                    } else {
+                        has_data.push(data);
+                    }
                     // A damaged previous chunk compares as "no previous
                     // block": the worker then asks the index, which counts
                     // it as absent, and the block is stored again.
-                    prev_ids.push(match &prev {
-                        Some(m) if index < m.blocks() => Some(m.block(index)?).filter(|id| !damaged.contains(id)).unwrap_or(ChunkId::ZERO),
-                        _ => ChunkId::ZERO,
-                    });
+                    prev_ids.push(prev_id.filter(|_| !prev_damaged).unwrap_or(ChunkId::ZERO));
                 }
                 let mut data = IoBuf::new(0);
                 let mut data_from = 0;
@@ -491,11 +667,21 @@ fn backup_disk(
                     data = free_rx.try_recv().unwrap_or_else(|_| IoBuf::new(0));
                     data.resize((end - start) as usize, 0);
                     source.will_read(start + PREFETCH_AHEAD, end - start);
-                    source.read_at(&mut data, start)?;
-                    read += end - start;
+                    // One read per stretch of blocks to read: holes and
+                    // blocks known unchanged between them are never read
+                    // (over NBD they would cost the network).
+                    let mut i = a;
+                    while i <= b {
+                        let j = (i..=b).find(|&j| !has_data[j]).unwrap_or(b + 1);
+                        let (s, e) = ((first + i as u64) * bs, ((first + j as u64) * bs).min(size));
+                        let at = (s - start) as usize;
+                        source.read_at(&mut data[at..at + (e - s) as usize], s)?;
+                        read += e - s;
+                        i = (j..=b).find(|&k| has_data[k]).unwrap_or(b + 1);
+                    }
                     data_from = a;
                 }
-                if job_tx.send(Job { first, data, data_from, has_data, prev: prev_ids }).is_err() {
+                if job_tx.send(Job { first, data, data_from, has_data, kept, prev: prev_ids }).is_err() {
                     break;
                 }
                 first += n;
@@ -581,6 +767,9 @@ fn backup_disk(
             root: root.to_hex(),
             source: path.display().to_string(),
             source_kind: source.kind().to_owned(),
+            tracking: None,
+            base: None,
+            fallback: None,
         };
         Ok((entry, st))
     })?;
@@ -611,7 +800,7 @@ fn worker(
             let _snapshot = index.conn().unchecked_transaction()?;
             for (i, &has_data) in job.has_data.iter().enumerate() {
                 if !has_data {
-                    ids.push(ChunkId::ZERO);
+                    ids.push(if job.kept.get(i) == Some(&true) { job.prev[i] } else { ChunkId::ZERO });
                     continue;
                 }
                 let from = (i - job.data_from) * bs;

@@ -42,6 +42,16 @@
 //! second signal makes the CLI exit at once, after [`emergency_thaw`]. A
 //! failing post-script does not undo the point; the job says `warning`.
 //!
+//! # libvirt items
+//!
+//! For an item protected with `--libvirt` (crate::libvirt) the disks and the
+//! domain XML are looked up first. A running domain's freeze is the guest
+//! agent's (`domfsfreeze`, counted like a `--freeze` mountpoint) and its
+//! point-in-time copy is libvirt's backup job (capture `libvirt-backup`),
+//! which is ended after the read whatever happened, before the item's
+//! stale checkpoints are dropped. A shut-off domain follows the plain
+//! sequence on its disk files.
+//!
 //! # Levels
 //!
 //! - `application`: a pre-script exited 0 and either printed
@@ -157,6 +167,7 @@ static FROZEN_FDS: [AtomicI32; 32] = [const { AtomicI32::new(-1) }; 32];
 /// Thaws every file system this process froze. For a signal handler that is
 /// about to `_exit`: normal paths thaw through [`Frozen`].
 pub fn emergency_thaw() {
+    crate::libvirt::emergency_cleanup();
     for slot in &FROZEN_FDS {
         let fd = slot.swap(-1, Ordering::SeqCst);
         if fd >= 0 {
@@ -597,6 +608,10 @@ struct Session {
     copies: Vec<TempCopy>,
     snapshots: Vec<(String, PathBuf)>,
     level: Option<Level>,
+    /// A libvirt guest frozen through its agent; thawed with `frozen`.
+    guest: Option<crate::libvirt::pull::GuestFreeze>,
+    /// A libvirt backup job: ended after the read, whatever happened.
+    pull: Option<crate::libvirt::pull::PullJob>,
 }
 
 /// Takes a recovery point of `item` following the sequence above.
@@ -608,6 +623,19 @@ pub fn backup_item(
     cancel: &AtomicBool,
     log: &mut JobLog,
 ) -> Result<ItemBackupReport> {
+    // A libvirt item's disks and XML come from its domain, as it is now.
+    let lv = def.libvirt.as_ref().map(crate::libvirt::Resolved::new).transpose()?;
+    let resolved;
+    let def = match &lv {
+        Some(l) => {
+            let mut d = def.clone();
+            d.disks = l.disks()?.into_iter().map(|(name, path)| crate::protect::DiskDef { name, path }).collect();
+            d.configs.push(l.config.clone());
+            resolved = d;
+            &resolved
+        }
+        None => def,
+    };
     let mut req = def.request(item);
     backup::validate(&req)?;
     let scripts = ScriptEnv {
@@ -618,8 +646,9 @@ pub fn backup_item(
     };
     remove_stale_copies(&req.disks);
     let mut s = Session::default();
-    let result = capture_and_store(vault, &mut req, &scripts, &mut s, progress, cancel, log);
-    // Cleanup, in order: thaw, post-script, release, remove copies.
+    let result = capture_and_store(vault, &mut req, &scripts, lv.as_ref(), &mut s, progress, cancel, log);
+    // Cleanup, in order: thaw, post-script, release, end the libvirt job
+    // and drop its stale checkpoints, remove copies.
     thaw(&mut s, log);
     let status = match &result {
         Ok(_) => "ok",
@@ -638,12 +667,28 @@ pub fn backup_item(
             Err(ScriptError::Interrupted) => unreachable!("no cancel given"),
         }
     }
+    if let Some(mut job) = s.pull.take() {
+        match job.end() {
+            Ok(()) => log.step("libvirt: backup job ended"),
+            Err(e) => log.warn(e.to_string()),
+        }
+    }
+    if let Some(l) = lv.as_ref().filter(|l| l.socket.is_some()) {
+        let latest = vault.catalog().points(Some(item), false).ok().and_then(|mut p| p.pop()).and_then(|p| crate::recovery_point::Manifest::parse(&p.manifest).ok());
+        crate::libvirt::pull::drop_stale_checkpoints(&l.r, item, latest.as_ref(), log);
+    }
     s.copies.clear();
     let (rep, level, capture) = result?;
     Ok(ItemBackupReport { backup: rep, consistency: level.as_str().to_owned(), capture, warnings: log.warnings.clone() })
 }
 
 fn thaw(s: &mut Session, log: &mut JobLog) {
+    if let Some(mut g) = s.guest.take() {
+        match g.thaw() {
+            Ok(()) => log.step("thawed the guest's file systems (guest agent)"),
+            Err(e) => log.warn(format!("thaw the guest's file systems: {e}")),
+        }
+    }
     if s.frozen.is_empty() {
         return;
     }
@@ -684,6 +729,7 @@ fn capture_and_store(
     vault: &Vault,
     req: &mut BackupRequest,
     scripts: &ScriptEnv,
+    lv: Option<&crate::libvirt::Resolved>,
     s: &mut Session,
     progress: &dyn Progress,
     cancel: &AtomicBool,
@@ -731,7 +777,25 @@ fn capture_and_store(
 
     // 2. freeze
     let disk_paths: Vec<PathBuf> = def.disks.iter().map(|d| d.path.clone()).collect();
+    let running = lv.filter(|l| l.socket.is_some());
     let mut all_frozen = !def.freeze.is_empty();
+    if let Some(l) = running {
+        if crate::libvirt::agent_answers(&l.r) {
+            all_frozen = true;
+            match crate::libvirt::pull::GuestFreeze::freeze(&l.r) {
+                Ok(g) => {
+                    s.guest = Some(g);
+                    log.step(format!("froze the file systems of {} (guest agent)", l.domain.name));
+                }
+                Err(e) => {
+                    all_frozen = false;
+                    log.warn(format!("could not freeze the guest's file systems: {e}; the point is not file-system consistent"));
+                }
+            }
+        } else {
+            log.step(format!("{}: no guest agent answered; the point is crash-consistent", l.domain.name));
+        }
+    }
     for m in &def.freeze {
         let r = check_freezable(m, vault.root(), &disk_paths).and_then(|_| s.frozen.freeze(m).map_err(|e| Error::io_path("FIFREEZE", m, e)));
         match r {
@@ -742,11 +806,15 @@ fn capture_and_store(
             }
         }
     }
-    if !all_frozen && !s.frozen.is_empty() {
+    if !all_frozen && (!s.frozen.is_empty() || s.guest.is_some()) {
         // Partly frozen helps nothing and blocks writers: thaw at once.
         thaw(s, log);
     }
-    let level = level(pre_ok, declared, all_frozen);
+    let mut level = level(pre_ok, declared, all_frozen);
+    if lv.is_some_and(|l| l.shut_down_cleanly()) {
+        log.step("the domain is shut off after a clean shutdown: its disks are at rest");
+        level = level.max(Level::FileSystem);
+    }
     s.level = Some(level);
     req.consistency = level.as_str().to_owned();
     check_cancel(cancel)?;
@@ -754,7 +822,17 @@ fn capture_and_store(
     // 3. point-in-time copies
     let mut methods = Vec::new();
     let mut live = Vec::new();
+    if let Some(l) = running {
+        let previous = vault.catalog().points(Some(&req.item), false)?.pop().map(|p| crate::recovery_point::Manifest::parse(&p.manifest)).transpose()?;
+        let job = crate::libvirt::pull::PullJob::begin(&l.r, &l.domain, &req.item, previous.as_ref(), l.socket.as_deref().expect("running"), log)?;
+        req.tracking = job.trackers();
+        s.pull = Some(job);
+        methods.push("libvirt-backup");
+    }
     for (name, path) in req.disks.clone() {
+        if running.is_some() {
+            break;
+        }
         if let Some((_, snap)) = s.snapshots.iter().find(|(n, _)| *n == name) {
             req.read_from.push((name.clone(), snap.clone()));
             methods.push("snapshot");
@@ -776,7 +854,7 @@ fn capture_and_store(
     }
     check_cancel(cancel)?;
 
-    let quiesced = pre_ok || !s.frozen.is_empty();
+    let quiesced = pre_ok || !s.frozen.is_empty() || s.guest.is_some();
     let hold = quiesced && !live.is_empty();
     let capture = if !live.is_empty() {
         if hold { "held-freeze" } else { "live" }.to_owned()
@@ -796,6 +874,17 @@ fn capture_and_store(
 
     // 5. read and store
     let rep = backup::backup(vault, req, progress, cancel)?;
+    for d in &rep.disks {
+        match (&d.tracking, &d.base, &d.fallback) {
+            (Some(t), Some(base), _) => log.step(format!("{}: {t}: read only the changed extents ({} bytes), the rest from point {}", d.name, d.bytes_read, &base[..8])),
+            (t, _, Some(why)) => {
+                let msg = format!("{}: {} not used ({why}); read the whole disk and compared by hash", d.name, t.as_deref().unwrap_or("changed-block tracking"));
+                // A first point has nothing to base on: expected, not a warning.
+                if d.base.is_none() && why.starts_with("no earlier point") { log.step(msg) } else { log.warn(msg) }
+            }
+            _ => {}
+        }
+    }
     log.step(format!("stored point {} ({} consistent, capture {capture})", &rep.id[..8], level.as_str()));
     if hold {
         thaw(s, log);

@@ -211,3 +211,21 @@ impl JobOutcome for crate::replicate::ReplicateReport {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }
+
+impl JobOutcome for crate::restore_in_place::InPlaceReport {
+    fn bytes(&self) -> (u64, u64) {
+        (self.bytes_written, 0)
+    }
+    fn detail(&self) -> Value {
+        json!({"point": self.point, "disk": self.disk, "target": self.target, "in_place": true, "blocks_written": self.blocks_written})
+    }
+}
+
+impl JobOutcome for crate::libvirt::define::DefineReport {
+    fn bytes(&self) -> (u64, u64) {
+        (self.disks.iter().map(|r| r.bytes_written).sum(), 0)
+    }
+    fn detail(&self) -> Value {
+        json!({"point": self.point, "libvirt_define": self.domain, "disks": self.disks.iter().map(|r| json!({"disk": r.disk, "target": r.target})).collect::<Vec<_>>()})
+    }
+}

@@ -13,6 +13,7 @@ pub mod vault;
 pub mod progress;
 pub mod backup;
 pub mod restore;
+pub mod restore_in_place;
 pub mod verify;
 pub mod gc;
 pub mod browse;
@@ -26,6 +27,7 @@ pub mod scheduler;
 pub mod guestfs;
 pub mod rebuild;
 pub mod replicate;
+pub mod libvirt;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, RecoveryPointId};

@@ -38,6 +38,13 @@ pub struct ItemDef {
     /// Seconds a script may run before it is killed (default 600).
     #[serde(default)]
     pub script_timeout_s: Option<u64>,
+    /// Changed-block trackers by disk name (crate::backup::Tracker).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracking: Vec<(String, backup::Tracker)>,
+    /// A libvirt domain whose disks and XML make up the item, looked up at
+    /// each backup (crate::libvirt); `disks` is then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt: Option<crate::libvirt::DomainRef>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -59,6 +66,7 @@ impl ItemDef {
             disks: self.disks.iter().map(|d| (d.name.clone(), d.path.clone())).collect(),
             configs: self.configs.clone(),
             consistency: "crash".into(),
+            tracking: self.tracking.clone(),
             ..Default::default()
         }
     }
@@ -72,7 +80,10 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 /// policy must exist, freeze mountpoints must pass the safety checks.
 pub fn protect(vault: &Vault, name: &str, mut def: ItemDef, policy: Option<&str>) -> Result<Item> {
     for d in &mut def.disks {
-        d.path = absolute(&d.path)?;
+        // An NBD URL is not a path.
+        if !d.path.to_str().is_some_and(crate::image::nbd::is_url) {
+            d.path = absolute(&d.path)?;
+        }
     }
     for c in &mut def.configs {
         *c = absolute(c)?;
@@ -82,7 +93,17 @@ pub fn protect(vault: &Vault, name: &str, mut def: ItemDef, policy: Option<&str>
     }
     def.freeze.sort();
     def.freeze.dedup();
-    backup::validate(&def.request(name))?;
+    match &def.libvirt {
+        Some(r) => {
+            // The domain must exist now; its disks are looked up at each backup.
+            let dom = crate::libvirt::domain(r)?;
+            backup::check_name("item", name)?;
+            if !def.disks.is_empty() {
+                return Err(Error::InvalidInput(format!("{name}: give --libvirt or --disk, not both (the disks of {} come from libvirt)", dom.name)));
+            }
+        }
+        None => backup::validate(&def.request(name))?,
+    }
     for c in &def.configs {
         if !c.is_file() {
             return Err(Error::NotFound(format!("config file {} does not exist", c.display())));

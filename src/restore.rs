@@ -75,7 +75,11 @@ pub struct RestoreTarget {
 pub fn targets_in_dir(point: &PointRow, disks: &[String], dir: &Path, format: TargetFormat) -> Result<Vec<RestoreTarget>> {
     let names: Vec<String> = if disks.is_empty() { Manifest::parse(&point.manifest)?.disks.into_iter().map(|d| d.name).collect() } else { disks.to_vec() };
     fs::create_dir_all(dir).map_err(|e| Error::io_path("cannot create", dir, e))?;
-    let ext = if format == TargetFormat::Raw { "raw" } else { "vhd" };
+    let ext = match format {
+        TargetFormat::Raw => "raw",
+        TargetFormat::Qcow2 => "qcow2",
+        TargetFormat::VhdFixed | TargetFormat::VhdDynamic => "vhd",
+    };
     Ok(names.into_iter().map(|disk| RestoreTarget { to: dir.join(format!("{disk}.{ext}")), disk }).collect())
 }
 
@@ -209,7 +213,7 @@ impl Checked {
         if is_device && format != TargetFormat::Raw {
             return Err(Error::InvalidInput(format!("{} is a block device: only --format raw can be written to it", to.display())));
         }
-        if format != TargetFormat::Raw && size > vhd::MAX_SIZE {
+        if matches!(format, TargetFormat::VhdFixed | TargetFormat::VhdDynamic) && size > vhd::MAX_SIZE {
             return Err(Error::InvalidInput(format!("disk {disk} is {size} bytes; VHD holds at most {} (use --format raw)", vhd::MAX_SIZE)));
         }
         if is_device {
@@ -288,6 +292,20 @@ impl Opened {
                 let (uid, ts) = vhd_identity(point, &c.disk);
                 let mut n = 0u64;
                 vhd::write_dynamic(out, size, &ranges, uid, ts, &mut |off, buf| {
+                    if stop() {
+                        return Err(Error::Interrupted);
+                    }
+                    reader.read_at(buf, off)?;
+                    n += buf.len() as u64;
+                    progress.advance(buf.len() as u64);
+                    Ok(())
+                })?;
+                n
+            }
+            TargetFormat::Qcow2 => {
+                let ranges = data_ranges(reader)?;
+                let mut n = 0u64;
+                crate::image::qcow2::write_image(tmp, size, &ranges, &mut |off, buf| {
                     if stop() {
                         return Err(Error::Interrupted);
                     }

@@ -47,4 +47,11 @@ mod integration {
 
     // full, read-only and half-made vaults (issue 19)
     mod trouble;
+
+    // hypervisor sources: qcow2, NBD, changed-block tracking (issue 21)
+    mod nbd;
+    mod qcow2;
+
+    // libvirt domains, VM restores (issue 21)
+    mod libvirt;
 }

@@ -6,6 +6,7 @@ mod mount;
 mod output;
 mod progress;
 mod protect;
+mod restore_vm;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -59,12 +60,24 @@ pub enum Command {
     /// Take a recovery point of all disks (and config files) of ITEM
     Backup {
         item: String,
-        /// A disk as NAME=PATH (raw image, VHD or block device); repeat for each disk (not for a protected item)
-        #[arg(long = "disk", value_name = "NAME=PATH", value_parser = disk_arg)]
+        /// A disk as NAME=PATH (raw image, VHD, qcow2 or block device) or NAME=URL (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH); repeat for each disk (not for a protected item)
+        #[arg(long = "disk", value_name = "NAME=PATH|URL", value_parser = disk_arg)]
         disks: Vec<String>,
         /// A configuration file to keep with the point (libvirt XML, ...); repeatable
         #[arg(long = "config", value_name = "FILE")]
         configs: Vec<PathBuf>,
+        /// Read only the extents the NBD disks' qemu:dirty-bitmap:NAME reports dirty; the rest comes from the previous point
+        #[arg(long, value_name = "NAME")]
+        dirty_bitmap: Option<String>,
+        /// Read only the byte ranges FILE lists for disk NAME (format in docs/cli.md); repeatable
+        #[arg(long = "changed-ranges", value_name = "NAME=FILE")]
+        changed_ranges: Vec<String>,
+        /// Every disk of this libvirt domain (cdrom and floppy skipped) and its XML, incremental by libvirt checkpoint while it runs
+        #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["disks", "configs", "dirty_bitmap", "changed_ranges"])]
+        libvirt: Option<String>,
+        /// libvirt connection URI for --libvirt [default: virsh's]
+        #[arg(long, value_name = "URI", requires = "libvirt")]
+        connect: Option<String>,
     },
     /// List recovery points
     Points {
@@ -96,6 +109,15 @@ pub enum Command {
         /// chunks are damaged, and list the missing byte ranges
         #[arg(long)]
         partial: bool,
+        /// Also define a new libvirt domain NEWNAME from the point's saved XML (new UUID and MACs, disks in --to-dir); not started
+        #[arg(long, value_name = "NEWNAME", requires = "to_dir")]
+        libvirt_define: Option<String>,
+        /// libvirt connection URI for --libvirt-define [default: virsh's]
+        #[arg(long, value_name = "URI", requires = "libvirt_define")]
+        connect: Option<String>,
+        /// Rewrite only the blocks of the existing raw or qcow2 image --to that differ from the point
+        #[arg(long, requires = "to", conflicts_with_all = ["to_dir", "force", "libvirt_define", "partial"])]
+        in_place: bool,
     },
     /// Check the vault (all points, or one); --read-data re-hashes every chunk
     Verify {
@@ -204,15 +226,26 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 format!("initialized vault {} (block size {block_size}, zstd level {zstd_level})", vault_dir.display())
             })?;
         }
-        Command::Backup { item, disks, configs } => {
-            protect::backup(&vault_dir, item, disks, configs, &out, &bars)?;
+        Command::Backup { item, disks, configs, dirty_bitmap, changed_ranges, libvirt, connect } => {
+            let changed = changed_ranges.iter().map(|c| parse_disk_arg(c).map_err(|_| Error::InvalidInput(format!("--changed-ranges {c:?}: expected NAME=FILE")))).collect::<Result<Vec<_>>>()?;
+            let domain = libvirt.map(|domain| kluis::libvirt::DomainRef { domain, connect });
+            protect::backup(&vault_dir, item, disks, configs, (dirty_bitmap, changed), domain, &out, &bars)?;
         }
         Command::Points { item, deleted } => {
             let vault = Vault::open(&vault_dir)?;
             output::points(&out, &vault, item.as_deref(), deleted)?;
         }
-        Command::Restore { point, disk, to, to_dir, format, force, partial } => {
+        Command::Restore { point, disk, to, to_dir, format, force, partial, libvirt_define, connect, in_place } => {
             let format: TargetFormat = format.parse()?;
+            if in_place {
+                restore_vm::in_place(&vault_dir, &point, &disk, &to, &out, &bars)?;
+                return Ok(Outcome::Ok);
+            }
+            if let Some(name) = libvirt_define {
+                let dir = to_dir.as_deref().expect("clap: --libvirt-define requires --to-dir");
+                restore_vm::define(&vault_dir, &point, &name, connect, dir, format, force, &out, &bars)?;
+                return Ok(Outcome::Ok);
+            }
             if to_dir.is_none() && (disk.is_empty() || disk.len() != to.len()) {
                 return Err(Error::InvalidInput(format!(
                     "give each --disk its --to ({} --disk, {} --to), or use --to-dir DIR",

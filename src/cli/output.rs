@@ -79,6 +79,13 @@ struct DiskOut {
     name: String,
     size: u64,
     source: String,
+    /// Changed-block tracking, as the manifest records it (absent when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracking: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<String>,
 }
 
 pub fn points(out: &Out, vault: &Vault, item: Option<&str>, deleted: bool) -> Result<()> {
@@ -105,7 +112,14 @@ pub fn points(out: &Out, vault: &Vault, item: Option<&str>, deleted: bool) -> Re
                 time: m.time.clone(),
                 id: p.id.to_hex(),
                 consistency: p.consistency.clone(),
-                disks: m.disks.iter().map(|d| DiskOut { name: d.name.clone(), size: d.size, source: d.source.clone() }).collect(),
+                disks: m.disks.iter().map(|d| DiskOut {
+                        name: d.name.clone(),
+                        size: d.size,
+                        source: d.source.clone(),
+                        tracking: d.tracking.clone(),
+                        base: d.base.clone(),
+                        fallback: d.fallback.clone(),
+                    }).collect(),
                 configs: m.configs.iter().map(|c| c.name.clone()).collect(),
                 logical_size: p.logical_size,
                 new_bytes: p.new_bytes,

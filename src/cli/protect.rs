@@ -65,9 +65,18 @@ pub enum Cmd {
 #[derive(Args, Debug)]
 pub struct ProtectArgs {
     item: String,
-    /// A disk as NAME=PATH (raw image, VHD or block device); repeat for each disk
-    #[arg(long = "disk", value_name = "NAME=PATH", required = true, value_parser = disk_arg)]
+    /// A disk as NAME=PATH (raw image, VHD, qcow2 or block device) or NAME=URL (an NBD export); repeat for each disk
+    #[arg(long = "disk", value_name = "NAME=PATH|URL", required_unless_present = "libvirt", conflicts_with = "libvirt", value_parser = disk_arg)]
     disks: Vec<String>,
+    /// Back up the NBD disks by their qemu:dirty-bitmap:NAME (see `kluis backup --dirty-bitmap`)
+    #[arg(long, value_name = "NAME", conflicts_with = "libvirt")]
+    dirty_bitmap: Option<String>,
+    /// A libvirt domain: its disks (cdrom and floppy skipped) and XML, looked up at each backup
+    #[arg(long, value_name = "DOMAIN")]
+    libvirt: Option<String>,
+    /// libvirt connection URI for --libvirt [default: virsh's]
+    #[arg(long, value_name = "URI", requires = "libvirt")]
+    connect: Option<String>,
     /// A configuration file to keep with every point; repeatable
     #[arg(long = "config", value_name = "FILE")]
     configs: Vec<PathBuf>,
@@ -205,8 +214,25 @@ pub fn run(cmd: Cmd, vault_dir: &Path, out: &Out, bars: &Bars) -> Result<()> {
 
 /// `kluis backup ITEM [--disk ...] [--config ...]`: a protected item backs up
 /// from its definition; an unprotected one needs its disks on the command line.
-pub fn backup(vault_dir: &Path, item: String, disks: Vec<String>, configs: Vec<PathBuf>, out: &Out, bars: &Bars) -> Result<()> {
-    let adhoc = if disks.is_empty() {
+/// `tracking`: `--dirty-bitmap` (for every NBD disk) and `--changed-ranges`
+/// (by disk), for this run only.
+#[allow(clippy::too_many_arguments)]
+pub fn backup(
+    vault_dir: &Path,
+    item: String,
+    disks: Vec<String>,
+    configs: Vec<PathBuf>,
+    tracking: (Option<String>, Vec<(String, PathBuf)>),
+    libvirt: Option<kluis::libvirt::DomainRef>,
+    out: &Out,
+    bars: &Bars,
+) -> Result<()> {
+    let adhoc = if let Some(r) = libvirt {
+        kluis::backup::check_name("item", &item)?;
+        // Fails here, with nothing stored, for a domain that does not exist.
+        kluis::libvirt::domain(&r)?;
+        Some(ItemDef { libvirt: Some(r), ..Default::default() })
+    } else if disks.is_empty() {
         None
     } else {
         let disks = disks.iter().map(|d| parse_disk_arg(d)).collect::<Result<Vec<_>>>()?;
@@ -219,7 +245,7 @@ pub fn backup(vault_dir: &Path, item: String, disks: Vec<String>, configs: Vec<P
     let def = match (protect::get(&vault, &item)?, adhoc) {
         (Some(_), Some(_)) => {
             return Err(Error::InvalidInput(format!(
-                "{item} is protected: its disks come from its definition; run `kluis backup {item}` without --disk, or change it with `kluis protect`"
+                "{item} is protected: its disks come from its definition; run `kluis backup {item}` without --disk or --libvirt, or change it with `kluis protect`"
             )));
         }
         (Some(i), None) if configs.is_empty() => i.def,
@@ -232,8 +258,31 @@ pub fn backup(vault_dir: &Path, item: String, disks: Vec<String>, configs: Vec<P
             )));
         }
     };
+    let mut def = def;
+    let (bitmap, changed) = tracking;
+    if let Some(b) = bitmap {
+        // This run's bitmap replaces the definition's.
+        def.tracking.retain(|(_, t)| !matches!(t, kluis::backup::Tracker::DirtyBitmap(_)));
+        track_nbd_disks(&mut def, &item, b)?;
+    }
+    for (name, file) in changed {
+        if def.tracking.iter().any(|(n, _)| *n == name) {
+            return Err(Error::InvalidInput(format!("disk {name}: give one tracker (--dirty-bitmap or --changed-ranges), once")));
+        }
+        def.tracking.push((name, kluis::backup::Tracker::ChangedRanges(file)));
+    }
     let rep = jobs::run(&vault, "backup", Some(&item), |log| consistency::backup_item(&vault, &item, &def, bars, &CANCEL, log))?;
     out.result(&rep, || backup_line(&rep))
+}
+
+/// `--dirty-bitmap B`: every NBD disk of `def` is tracked by bitmap B.
+fn track_nbd_disks(def: &mut ItemDef, item: &str, b: String) -> Result<()> {
+    let nbd: Vec<String> = def.disks.iter().filter(|d| d.path.to_str().is_some_and(kluis::image::nbd::is_url)).map(|d| d.name.clone()).collect();
+    if nbd.is_empty() {
+        return Err(Error::InvalidInput(format!("--dirty-bitmap {b}: {item} has no NBD disk (nbd://... or nbd+unix://...)")));
+    }
+    def.tracking.extend(nbd.into_iter().map(|n| (n, kluis::backup::Tracker::DirtyBitmap(b.clone()))));
+    Ok(())
 }
 
 fn backup_line(rep: &ItemBackupReport) -> String {
@@ -292,18 +341,26 @@ fn undelete(vault: &Vault, point: &str, out: &Out) -> Result<()> {
 
 fn protect_cmd(vault: &Vault, a: ProtectArgs, out: &Out) -> Result<()> {
     let disks = a.disks.iter().map(|d| parse_disk_arg(d)).collect::<Result<Vec<_>>>()?;
-    let def = ItemDef {
+    let mut def = ItemDef {
         disks: disks.into_iter().map(|(name, path)| DiskDef { name, path }).collect(),
         configs: a.configs,
         pre_script: a.pre_script,
         post_script: a.post_script,
         freeze: a.freeze,
         script_timeout_s: a.script_timeout,
+        tracking: Vec::new(),
+        libvirt: a.libvirt.map(|domain| kluis::libvirt::DomainRef { domain, connect: a.connect }),
     };
+    if let Some(b) = a.dirty_bitmap {
+        track_nbd_disks(&mut def, &a.item, b)?;
+    }
     let existed = protect::get(vault, &a.item)?.is_some();
     let item = protect::protect(vault, &a.item, def, Some(&a.policy))?;
     out.result(&item, || {
-        let disks: Vec<String> = item.def.disks.iter().map(|d| format!("{}={}", d.name, d.path.display())).collect();
+        let mut disks: Vec<String> = item.def.disks.iter().map(|d| format!("{}={}", d.name, d.path.display())).collect();
+        if let Some(r) = &item.def.libvirt {
+            disks.push(format!("libvirt domain {}{}", r.domain, r.connect.as_deref().map(|c| format!(" on {c}")).unwrap_or_default()));
+        }
         format!("{} {} with policy {}: {}", if existed { "updated" } else { "protected" }, item.name, a.policy, disks.join(" "))
     })
 }
@@ -362,7 +419,13 @@ fn items(vault: &Vault, out: &Out) -> Result<()> {
             protected: def.is_some(),
             policy: def.and_then(|d| d.policy.clone()),
             schedule: pol.as_ref().map(|p| p.schedule.clone()),
-            disks: def.map(|d| d.def.disks.iter().map(|d| d.name.clone()).collect()).unwrap_or_default(),
+            disks: def
+                .map(|d| match &d.def.libvirt {
+                    // Its disks are the domain's, looked up at each backup.
+                    Some(r) => vec![format!("libvirt:{}", r.domain)],
+                    None => d.def.disks.iter().map(|d| d.name.clone()).collect(),
+                })
+                .unwrap_or_default(),
             points: live.len(),
             deleted_points: points.len() - live.len(),
             last_point,

@@ -1,13 +1,17 @@
 //! Disk sources and targets. A backup reads any [`DiskSource`]: a raw image
-//! (sparse-aware), a fixed or dynamic VHD read natively, or a block device.
-//! [`open_source`], which every backup goes through, refuses formats there
-//! is no reader for yet (qcow2, VMDK, VHDX) by their magic, by name.
-//! Restores write raw (sparse) or VHD (fixed or dynamic) targets.
+//! (sparse-aware), a fixed or dynamic VHD read natively, a qcow2 image (with
+//! its backing chain), an NBD export, or a block device. [`open_source`],
+//! which every backup goes through, refuses formats there is no reader for
+//! yet (VMDK, VHDX) by their magic, by name.
+//! Restores write raw (sparse), VHD (fixed or dynamic) or qcow2 targets.
 //!
 //! Sources are `Sync` and read with positional I/O, so the backup pipeline can
 //! have several readers in flight without a shared file cursor.
 
+pub mod changed;
 mod direct;
+pub mod nbd;
+pub mod qcow2;
 pub mod raw;
 pub mod vhd;
 
@@ -37,6 +41,12 @@ pub trait DiskSource: Send + Sync {
     /// Whether to read around the page cache where the source can (see
     /// direct.rs); sources that cannot ignore it.
     fn set_direct(&self, _on: bool) {}
+    /// Extents written since the source's own change tracker was started
+    /// (an NBD export's `qemu:dirty-bitmap:NAME`), sorted and disjoint;
+    /// `None` when the source has no such tracker.
+    fn dirty_ranges(&self) -> Result<Option<Vec<Range<u64>>>> {
+        Ok(None)
+    }
 }
 
 /// Asks the kernel to start reading `offset..offset + len` of `file` (see
@@ -78,11 +88,17 @@ fn foreign_format(file: &File, path: &Path) -> Result<Option<&'static str>> {
     Ok(FOREIGN_FORMATS.iter().find(|(magic, _)| head[..got].starts_with(magic)).map(|&(_, name)| name))
 }
 
-/// Opens a disk source, telling the format from the content: a file whose
-/// last 512 bytes (or, for an odd-sized dynamic VHD, first 512) carry the
-/// `conectix` cookie is a VHD; a block device is read as one; anything else is raw.
-/// A qcow2, VMDK or VHDX image (file or device) is refused by name.
+/// Opens a disk source, telling the format from the content: an NBD URL
+/// (`nbd://`, `nbd+unix://`) is an export; a file starting with `QFI\xfb` is
+/// qcow2 (refused while a QEMU holds it); a file whose last 512 bytes (or,
+/// for an odd-sized dynamic VHD, first 512) carry the `conectix` cookie is
+/// a VHD; a block device is read as one; anything else is raw. A VMDK or
+/// VHDX image (file or device), or a qcow2 on a block device, is refused by
+/// name.
 pub fn open_source(path: &Path) -> Result<Box<dyn DiskSource>> {
+    if let Some(url) = path.to_str().filter(|s| nbd::is_url(s)) {
+        return Ok(Box::new(nbd::NbdSource::open(url, None)?));
+    }
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     // O_NONBLOCK until the type is known: opening a FIFO would otherwise
     // wait for a writer, forever.
@@ -102,11 +118,21 @@ pub fn open_source(path: &Path) -> Result<Box<dyn DiskSource>> {
     if (ft.is_file() || ft.is_block_device())
         && let Some(name) = foreign_format(&file, path)?
     {
-        let planned = if name == "qcow2" { " (qcow2 support is planned)" } else { "" };
-        return Err(Error::InvalidInput(format!(
-            "{} is a {name} image; kluis reads raw, VHD and block devices{planned}",
-            path.display()
-        )));
+        match (name, ft.is_file()) {
+            ("qcow2", true) => {} // read below
+            ("qcow2", false) => {
+                return Err(Error::InvalidInput(format!(
+                    "{} is a block device holding a qcow2 image; kluis reads qcow2 from files (or back it up through an NBD export of it)",
+                    path.display()
+                )));
+            }
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "{} is a {name} image; kluis reads raw, VHD and qcow2 images and block devices",
+                    path.display()
+                )));
+            }
+        }
     }
     if ft.is_block_device() {
         return Ok(Box::new(raw::RawSource::block_device(file, path)?));
@@ -116,6 +142,10 @@ pub fn open_source(path: &Path) -> Result<Box<dyn DiskSource>> {
             "{}: not a regular file or block device",
             path.display()
         )));
+    }
+    if qcow2::looks_like_qcow2(&file)? {
+        qcow2::refuse_if_in_use(&file, path)?;
+        return Ok(Box::new(qcow2::Qcow2Source::open(path, file)?));
     }
     if vhd::looks_like_vhd(&file, meta.len())? {
         return Ok(Box::new(vhd::VhdSource::open(file, path)?));
@@ -129,6 +159,7 @@ pub enum TargetFormat {
     Raw,
     VhdFixed,
     VhdDynamic,
+    Qcow2,
 }
 
 impl TargetFormat {
@@ -141,6 +172,7 @@ impl TargetFormat {
             TargetFormat::Raw => "raw",
             TargetFormat::VhdFixed => "vhd",
             TargetFormat::VhdDynamic => "vhd-dynamic",
+            TargetFormat::Qcow2 => "qcow2",
         }
     }
 }
@@ -152,8 +184,9 @@ impl std::str::FromStr for TargetFormat {
             "raw" => Ok(TargetFormat::Raw),
             "vhd" | "vhd-fixed" => Ok(TargetFormat::VhdFixed),
             "vhd-dynamic" => Ok(TargetFormat::VhdDynamic),
+            "qcow2" => Ok(TargetFormat::Qcow2),
             _ => Err(Error::InvalidInput(format!(
-                "unknown format {s:?} (expected raw, vhd or vhd-dynamic)"
+                "unknown format {s:?} (expected raw, vhd, vhd-dynamic or qcow2)"
             ))),
         }
     }

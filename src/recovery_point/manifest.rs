@@ -19,6 +19,20 @@ pub struct DiskEntry {
     /// Where it was read from and as what, for the operator's information.
     pub source: String,
     pub source_kind: String,
+    /// The changed-block tracker the disk was backed up with
+    /// (`dirty-bitmap:NAME` or `changed-ranges`), whether or not it could be
+    /// used; absent for a plain backup. A later tracked backup trusts a
+    /// dirty bitmap only if its base point names the same bitmap here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<String>,
+    /// Id of the point whose map gave every block the tracker did not
+    /// report as changed (those blocks were not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Why the tracker was not used: every block was read and compared by
+    /// hash instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 impl DiskEntry {
@@ -108,6 +122,9 @@ mod tests {
                 root: ChunkId::ZERO.to_hex(),
                 source: "/img/os.raw".into(),
                 source_kind: "raw".into(),
+                tracking: None,
+                base: None,
+                fallback: None,
             }],
             configs: vec![],
         };
@@ -117,5 +134,32 @@ mod tests {
             r#"{"version":1,"item":"web01","time":"2026-11-21T04:00:00.000Z","consistency":"crash","disks":[{"name":"os","size":1048576,"block_size":65536,"depth":1,"root":"0000000000000000000000000000000000000000000000000000000000000000","source":"/img/os.raw","source_kind":"raw"}],"configs":[]}"#
         );
         assert_eq!(Manifest::parse(&text).unwrap(), m);
+    }
+
+    /// Golden: a tracked disk adds its three fields after the others; a
+    /// manifest without them (every point before them) still parses.
+    #[test]
+    fn manifest_tracking_golden() {
+        let disk = DiskEntry {
+            name: "os".into(),
+            size: 1 << 20,
+            block_size: 65536,
+            depth: 1,
+            root: ChunkId::ZERO.to_hex(),
+            source: "nbd+unix:///os?socket=/run/os.sock".into(),
+            source_kind: "nbd".into(),
+            tracking: Some("dirty-bitmap:b0".into()),
+            base: Some("11".repeat(32)),
+            fallback: None,
+        };
+        let text = serde_json::to_string(&disk).unwrap();
+        assert_eq!(
+            text,
+            r#"{"name":"os","size":1048576,"block_size":65536,"depth":1,"root":"0000000000000000000000000000000000000000000000000000000000000000","source":"nbd+unix:///os?socket=/run/os.sock","source_kind":"nbd","tracking":"dirty-bitmap:b0","base":"1111111111111111111111111111111111111111111111111111111111111111"}"#
+        );
+        let fell = DiskEntry { base: None, fallback: Some("no earlier point of this disk".into()), ..disk };
+        assert!(serde_json::to_string(&fell).unwrap().ends_with(r#""tracking":"dirty-bitmap:b0","fallback":"no earlier point of this disk"}"#));
+        let old: DiskEntry = serde_json::from_str(r#"{"name":"os","size":1,"block_size":65536,"depth":1,"root":"00","source":"x","source_kind":"raw"}"#).unwrap();
+        assert_eq!((old.tracking, old.base, old.fallback), (None, None, None));
     }
 }
