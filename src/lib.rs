@@ -25,6 +25,7 @@ pub mod scheduler;
 pub mod guestfs;
 pub mod rebuild;
 pub mod replicate;
+pub mod storage;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, RecoveryPointId};
