@@ -38,4 +38,7 @@ mod integration {
 
     // hardening: symlinks, modes, signals, special files (issue 19)
     mod security;
+
+    // the storage seam on a directory, memory, S3 and Azure Blob (issue 20)
+    mod objstore;
 }

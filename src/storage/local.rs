@@ -6,7 +6,7 @@
 //! at the name, atomically) into place, and the directory is fsynced.
 //! Reads use pread, so ranged reads from several threads share nothing.
 
-use super::{Error, Key, ObjectMeta, Op, Result, Storage, check_prefix};
+use super::{Error, Key, ObjectMeta, Op, Result, Storage, check_prefix, source_error};
 use crate::newfile::{self, Modes};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -110,13 +110,7 @@ impl Storage for LocalDir {
     }
 
     fn put_file(&self, key: &Key, path: &Path) -> Result<()> {
-        let mut src = File::open(path).map_err(|e| {
-            let mut err = self.err(Op::Put, key, e);
-            if let Error::Permanent { detail, .. } = &mut err {
-                *detail = format!("source {}: {detail}", path.display());
-            }
-            err
-        })?;
+        let mut src = File::open(path).map_err(|e| source_error(self, key, path, e))?;
         // std::io::copy uses copy_file_range (a reflink or in-kernel copy
         // where the filesystem can).
         self.write_then(Op::Put, key, |f| io::copy(&mut src, f).map(drop), |tmp, target| std::fs::rename(tmp, target))

@@ -2,7 +2,7 @@
 //! nothing durable. Clones share one map, so a test can keep a handle
 //! while a wrapper ([`super::Faulty`], [`super::Retrying`]) owns another.
 
-use super::{Error, Key, ObjectMeta, Op, Result, Storage, check_prefix};
+use super::{Error, Key, ObjectMeta, Op, Result, Storage, check_prefix, source_error};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -39,12 +39,7 @@ impl Storage for Memory {
     }
 
     fn put_file(&self, key: &Key, path: &Path) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Permanent {
-            store: self.describe(),
-            op: Op::Put,
-            key: key.to_string(),
-            detail: format!("source {}: {e}", path.display()),
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| source_error(self, key, path, e))?;
         self.put(key, &bytes)
     }
 

@@ -273,6 +273,12 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `put_file`'s local source could not be read: permanent, and never
+/// "not found" (which would read as the object being missing).
+fn source_error(store: &dyn Storage, key: &Key, path: &Path, e: std::io::Error) -> Error {
+    Error::Permanent { store: store.describe(), op: Op::Put, key: key.to_string(), detail: format!("source {}: {e}", path.display()) }
+}
+
 /// A store of vault objects. Every method is synchronous and may be
 /// called from several threads at once. See the module docs for the
 /// contract each method keeps on every backend.

@@ -12,7 +12,7 @@
 //! from the HTTP status and the service's error code, never from request
 //! URLs (an Azure SAS token travels in the query string) or headers.
 
-use super::{Address, Error, Key, ObjectMeta, Op, Range, Result, Storage, check_prefix};
+use super::{Address, Error, Key, ObjectMeta, Op, Range, Result, Storage, check_prefix, source_error};
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
@@ -263,12 +263,7 @@ impl Storage for Remote {
     }
 
     fn put_file(&self, key: &Key, path: &Path) -> Result<()> {
-        let source_err = |e: std::io::Error| Error::Permanent {
-            store: self.address.clone(),
-            op: Op::Put,
-            key: key.to_string(),
-            detail: format!("source {}: {e}", path.display()),
-        };
+        let source_err = |e: std::io::Error| source_error(self, key, path, e);
         let mut file = std::fs::File::open(path).map_err(source_err)?;
         let size = file.metadata().map_err(source_err)?.len();
         if size <= PART as u64 {
