@@ -27,7 +27,14 @@
 //!   S3/Azure/GCS: a single PUT or a multipart upload, which becomes
 //!   visible only when completed and is acknowledged only once stored).
 //!   [`Storage::put_file`] streams a local file (large packs: a multipart
-//!   upload of bounded memory, never the whole file in memory).
+//!   upload of bounded memory, never the whole file in memory). Puts
+//!   replace: packs need no create-if-absent because their names are
+//!   unique (or content-addressed, so a replacement has the same bytes),
+//!   and S3 cannot make a multipart upload conditional everywhere.
+//! - **Logging.** object_store, reqwest and hyper log through `log` and
+//!   `tracing`; at debug level reqwest names request URLs, which for an
+//!   Azure SAS token would carry the token, so the binary must keep those
+//!   crates at `warn` whatever `-v` asks (main.rs, when the seam is wired).
 //! - **[`Storage::create`] makes an object only if the key is absent**, and
 //!   returns [`Error::AlreadyExists`] otherwise: of two writers racing for a
 //!   key exactly one succeeds. [`LocalDir`]: link(2) of a complete, fsynced
@@ -74,7 +81,8 @@
 //! # Retries
 //!
 //! object_store retries each HTTP request itself (configured in
-//! [`Remote`]: backoff from 100 ms, up to 10 tries within 3 minutes).
+//! [`Remote`]: backoff from 100 ms doubling to 5 s, up to 5 tries within
+//! 2 minutes).
 //! [`Retrying`] wraps any backend and retries whole operations on
 //! transient errors with exponential backoff and full jitter — that is
 //! what restarts a multipart upload whose part failed for good, and it is
