@@ -111,7 +111,17 @@ impl Remote {
     fn err(&self, op: Op, key: &str, e: object_store::Error) -> Error {
         let (store, key) = (self.address.clone(), key.to_string());
         match e {
-            object_store::Error::NotFound { .. } => Error::NotFound { store, op, key },
+            // A 404 means the object is absent only when the bucket or
+            // container is there: a missing one is a configuration error,
+            // and a put cannot miss its object.
+            object_store::Error::NotFound { .. } => {
+                let detail = describe_error(&e).1;
+                if matches!(op, Op::Put | Op::Create) || detail.contains("NoSuchBucket") || detail.contains("ContainerNotFound") {
+                    Error::Permanent { store, op, key, detail }
+                } else {
+                    Error::NotFound { store, op, key }
+                }
+            }
             object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } if op == Op::Create => Error::AlreadyExists { store, key },
             e => {
                 let (transient, detail) = describe_error(&e);

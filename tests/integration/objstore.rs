@@ -336,9 +336,10 @@ fn objstore_azurite() {
     for secret in [wrong_key, AZURITE_KEY] {
         assert!(!shown.contains(secret) && !debug.contains(secret), "{shown} {debug}");
     }
-    // A missing container: not found (the object's name in the message).
+    // A missing container is a configuration error, not a missing object.
     let e = azure_store(srv.port, "nocontainer", "", AZURITE_KEY).put(&k("x"), b"1").unwrap_err();
-    assert!(!e.is_transient() && e.to_string().contains(" x"), "{e}");
+    assert!(!e.is_transient() && !e.is_not_found(), "{e}");
+    assert_eq!(e.to_string(), "az://nocontainer: put x: HTTP 404 Not Found (ContainerNotFound)");
 }
 
 #[test]
@@ -355,9 +356,13 @@ fn objstore_moto_s3() {
     assert!(s3_store(srv.port, "vaults", "v2").list("").unwrap().is_empty());
 
     // Nothing refused by moto's auth (it checks none), so: a missing
-    // bucket, and a server that is gone (transient, after retries).
+    // bucket (a configuration error, not a missing object), and a server
+    // that is gone (transient, after retries).
     let e = s3_store(srv.port, "nobucket", "").put(&k("x"), b"1").unwrap_err();
-    assert!(!e.is_transient() && e.to_string().starts_with("s3://nobucket: put x: "), "{e}");
+    assert!(!e.is_transient() && !e.is_not_found(), "{e}");
+    assert_eq!(e.to_string(), "s3://nobucket: put x: HTTP 404 Not Found (NoSuchBucket)");
+    let e = s3_store(srv.port, "nobucket", "").read(&k("x")).unwrap_err();
+    assert!(!e.is_not_found() && e.to_string().ends_with("(NoSuchBucket)"), "a missing bucket is not a missing object: {e}");
     let port = srv.port;
     drop(srv);
     let gone = s3_store(port, "vaults", "v1");
