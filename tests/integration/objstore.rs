@@ -425,3 +425,51 @@ fn objstore_bench() {
     println!("objstore: {objects} objects of 128 MiB: put local {:.2} s, azurite {:.2} s, ratio remote/local {:.2} (info)", l.0, r.0, r.0 / l.0);
     println!("objstore: read back as 8 MiB ranges, 8 in flight: local {:.2} s, azurite {:.2} s, ratio remote/local {:.2} (info)", l.1, r.1, r.1 / l.1);
 }
+
+/// A loopback server that answers every request with 503 SlowDown (S3's
+/// throttling), for `secs` seconds; returns its port.
+fn always_throttling(secs: u64) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            let Ok((mut c, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let _ = c.set_nonblocking(false);
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut req = Vec::new();
+            let mut b = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&b[..n]),
+                }
+            }
+            let body = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>";
+            let _ = write!(
+                c,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// Throttling that outlasts every retry: a transient error, in one line
+/// with the status and the service's code, after the retries.
+#[test]
+fn objstore_throttled_s3_is_transient() {
+    let port = always_throttling(60);
+    let s = s3_store(port, "vaults", "v1");
+    let t = Instant::now();
+    let e = Retrying::new(&s, Backoff::quick(2)).read(&k("packs/ab/p1")).unwrap_err();
+    eprintln!("objstore_throttled_s3_is_transient: {e} (in {:?})", t.elapsed());
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(e.to_string(), "s3://vaults/v1: read packs/ab/p1: HTTP 503 Service Unavailable (SlowDown) (gave up after 2 attempts)");
+    assert!(!format!("{e:?}").contains(S3_SECRET));
+}
