@@ -135,3 +135,22 @@ impl<B: Storage> Retrying<B> {
         Ok(self.inner.read(key)? == bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_jittered_below_a_doubling_cap() {
+        let b = Backoff { attempts: 10, base: Duration::from_millis(100), max: Duration::from_secs(2) };
+        let mut seed = 42;
+        for attempt in 0..10 {
+            let cap = Duration::from_millis(100 << attempt).min(Duration::from_secs(2));
+            let waits: Vec<Duration> = (0..200).map(|_| b.wait(attempt, &mut seed)).collect();
+            assert!(waits.iter().all(|w| *w <= cap), "attempt {attempt}");
+            // Full jitter: spread over the whole range, not bunched at the cap.
+            let (lo, hi) = (waits.iter().filter(|w| **w < cap / 4).count(), waits.iter().filter(|w| **w > cap * 3 / 4).count());
+            assert!(lo > 20 && hi > 20, "attempt {attempt}: {lo} low, {hi} high");
+        }
+    }
+}
