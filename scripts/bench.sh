@@ -5,6 +5,7 @@
 #
 # Usage:  scripts/bench.sh                 # full run, "a few GiB" (3 GiB OS + 1 GiB data disk)
 #         BENCH_QUICK=1 scripts/bench.sh   # ~256 MiB smoke run
+#         BENCH_ONLY=objstore scripts/bench.sh   # object-storage baseline only (below)
 #
 # Needs root: the workload is built and churned through loop mounts, and cold
 # measurements drop the page cache. The script reports: it exits 0 even when
@@ -94,6 +95,20 @@ set -euo pipefail
 {
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER=(python3 "$ROOT/scripts/bench/workload.py")
+
+# BENCH_ONLY=objstore: the baseline for the object-storage vault (issue 20;
+# not part of the full run yet, as no command uses object storage): 1 GiB
+# (KLUIS_BENCH_OBJSTORE_MIB) of 128 MiB objects put from a file into a
+# local directory and into Azurite on the same disk, then read back as
+# concurrent 8 MiB ranges; times and remote/local ratios (info). Needs
+# Azurite as .ci/run installs it (tests/integration/objstore.rs). The test
+# profile is enough: the time goes in dependencies (object_store, tokio,
+# hyper), which Cargo.toml builds optimized in every profile.
+if [[ ${BENCH_ONLY:-} == objstore ]]; then
+    cd "$ROOT"
+    KLUIS_BENCH_DIR=${BENCH_DIR:-/var/tmp} cargo test --test integration objstore_bench -- --ignored --nocapture
+    exit
+fi
 START_TIME=$EPOCHREALTIME
 
 # ---------------------------------------------------------------- configuration

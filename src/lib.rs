@@ -28,6 +28,7 @@ pub mod guestfs;
 pub mod rebuild;
 pub mod replicate;
 pub mod libvirt;
+pub mod storage;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, RecoveryPointId};

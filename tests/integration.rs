@@ -54,4 +54,7 @@ mod integration {
 
     // libvirt domains, VM restores (issue 21)
     mod libvirt;
+
+    // the storage seam on a directory, memory, S3 and Azure Blob (issue 20)
+    mod objstore;
 }

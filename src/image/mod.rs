@@ -164,7 +164,7 @@ pub enum TargetFormat {
 
 impl TargetFormat {
     /// Every name `--format` accepts (`vhd-fixed` is an alias of `vhd`).
-    pub const NAMES: [&str; 4] = ["raw", "vhd", "vhd-fixed", "vhd-dynamic"];
+    pub const NAMES: [&str; 5] = ["raw", "vhd", "vhd-fixed", "vhd-dynamic", "qcow2"];
 
     /// The name `--format` takes.
     pub fn name(self) -> &'static str {

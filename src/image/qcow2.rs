@@ -52,7 +52,10 @@ pub fn looks_like_qcow2(file: &File) -> Result<bool> {
 /// backup that reads a point-in-time copy, the copy carries no lock, so the
 /// source itself is checked.
 pub fn check_not_in_use(path: &Path) -> Result<()> {
-    match File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: a FIFO given as a disk must not wait here for a writer
+    // (open_source refuses it with one line).
+    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
         Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) && looks_like_qcow2(&f)? => refuse_if_in_use(&f, path),
         _ => Ok(()),
     }
