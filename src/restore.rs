@@ -291,29 +291,13 @@ impl Opened {
                 let ranges = data_ranges(reader)?;
                 let (uid, ts) = vhd_identity(point, &c.disk);
                 let mut n = 0u64;
-                vhd::write_dynamic(out, size, &ranges, uid, ts, &mut |off, buf| {
-                    if stop() {
-                        return Err(Error::Interrupted);
-                    }
-                    reader.read_at(buf, off)?;
-                    n += buf.len() as u64;
-                    progress.advance(buf.len() as u64);
-                    Ok(())
-                })?;
+                vhd::write_dynamic(out, size, &ranges, uid, ts, &mut counted_fill(reader, &mut n, progress, stop))?;
                 n
             }
             TargetFormat::Qcow2 => {
                 let ranges = data_ranges(reader)?;
                 let mut n = 0u64;
-                crate::image::qcow2::write_image(tmp, size, &ranges, &mut |off, buf| {
-                    if stop() {
-                        return Err(Error::Interrupted);
-                    }
-                    reader.read_at(buf, off)?;
-                    n += buf.len() as u64;
-                    progress.advance(buf.len() as u64);
-                    Ok(())
-                })?;
+                crate::image::qcow2::write_image(tmp, size, &ranges, &mut counted_fill(reader, &mut n, progress, stop))?;
                 n
             }
         };
@@ -433,6 +417,26 @@ fn name_ranges(r: &[(u64, u64)]) -> String {
         s.push(format!("and {} more ranges", r.len() - 10));
     }
     s.join(", ")
+}
+
+/// What the container writers (dynamic VHD, qcow2) call for each stretch of
+/// data they lay out: it is read from the point into `buf`, counted in `n`
+/// and in `progress`, and stops the restore once `stop` says so.
+fn counted_fill<'a>(
+    reader: &'a DiskReader,
+    n: &'a mut u64,
+    progress: &'a dyn Progress,
+    stop: &'a (dyn Fn() -> bool + Sync),
+) -> impl FnMut(u64, &mut [u8]) -> Result<()> + 'a {
+    move |off, buf| {
+        if stop() {
+            return Err(Error::Interrupted);
+        }
+        reader.read_at(buf, off)?;
+        *n += buf.len() as u64;
+        progress.advance(buf.len() as u64);
+        Ok(())
+    }
 }
 
 /// Byte ranges of the disk's non-zero blocks, merged.

@@ -193,6 +193,12 @@ impl Write for Stream {
     }
 }
 
+/// A reply header (see [`Conn::reply`]).
+enum Reply {
+    Simple(u32),
+    Chunk { done: bool, typ: u16, len: usize },
+}
+
 struct Conn {
     s: Stream,
     cookie: u64,
@@ -243,6 +249,26 @@ impl Conn {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("option reply for {got} (asked {opt}), {len} bytes")));
         }
         Ok((typ, self.bytes(len as usize)?))
+    }
+
+    /// The header of the next reply to request `cookie`: a simple reply
+    /// (its error, 0 for none; any data follows), or one structured chunk
+    /// (its payload of `len` bytes follows).
+    fn reply(&mut self, cookie: u64) -> io::Result<Reply> {
+        let magic = self.u32()?;
+        if magic == SIMPLE_REPLY_MAGIC {
+            let err = self.u32()?;
+            check_cookie(cookie, self.u64()?)?;
+            return Ok(Reply::Simple(err));
+        }
+        if magic != STRUCTURED_REPLY_MAGIC {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad reply magic {magic:#x}")));
+        }
+        let flags = self.u16()?;
+        let typ = self.u16()?;
+        check_cookie(cookie, self.u64()?)?;
+        let len = self.u32()? as usize;
+        Ok(Reply::Chunk { done: flags & REPLY_FLAG_DONE != 0, typ, len })
     }
 
     fn request(&mut self, typ: u16, offset: u64, len: u32) -> io::Result<u64> {
@@ -329,22 +355,11 @@ impl NbdSource {
     fn read_piece(&self, c: &mut Conn, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let cookie = c.request(CMD_READ, offset, buf.len() as u32)?;
         loop {
-            let magic = c.u32()?;
-            if magic == SIMPLE_REPLY_MAGIC {
-                let err = c.u32()?;
-                check_cookie(cookie, c.u64()?)?;
-                if err != 0 {
-                    return Err(server_error(err, ""));
-                }
-                return c.s.read_exact(buf);
-            }
-            if magic != STRUCTURED_REPLY_MAGIC {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad reply magic {magic:#x}")));
-            }
-            let flags = c.u16()?;
-            let typ = c.u16()?;
-            check_cookie(cookie, c.u64()?)?;
-            let len = c.u32()? as usize;
+            let (done, typ, len) = match c.reply(cookie)? {
+                Reply::Simple(0) => return c.s.read_exact(buf),
+                Reply::Simple(err) => return Err(server_error(err, "")),
+                Reply::Chunk { done, typ, len } => (done, typ, len),
+            };
             match typ {
                 REPLY_OFFSET_DATA if len >= 8 => {
                     let at = c.u64()?;
@@ -364,7 +379,7 @@ impl NbdSource {
                     c.bytes(len)?;
                 }
             }
-            if flags & REPLY_FLAG_DONE != 0 {
+            if done {
                 return Ok(());
             }
         }
@@ -375,19 +390,10 @@ impl NbdSource {
         let cookie = c.request(CMD_BLOCK_STATUS, offset, len)?;
         let mut out = Vec::new();
         loop {
-            let magic = c.u32()?;
-            if magic == SIMPLE_REPLY_MAGIC {
-                let err = c.u32()?;
-                check_cookie(cookie, c.u64()?)?;
-                return Err(server_error(err, "block status"));
-            }
-            if magic != STRUCTURED_REPLY_MAGIC {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad reply magic {magic:#x}")));
-            }
-            let flags = c.u16()?;
-            let typ = c.u16()?;
-            check_cookie(cookie, c.u64()?)?;
-            let len = c.u32()? as usize;
+            let (done, typ, len) = match c.reply(cookie)? {
+                Reply::Simple(err) => return Err(server_error(err, "block status")),
+                Reply::Chunk { done, typ, len } => (done, typ, len),
+            };
             match typ {
                 REPLY_BLOCK_STATUS if len >= 4 && (len - 4).is_multiple_of(8) => {
                     let id = c.u32()?;
@@ -404,7 +410,7 @@ impl NbdSource {
                     c.bytes(len)?;
                 }
             }
-            if flags & REPLY_FLAG_DONE != 0 {
+            if done {
                 return Ok(out);
             }
         }
