@@ -350,6 +350,21 @@ pub fn write_at(path: &Path, off: u64, data: &[u8]) {
     f.sync_all().unwrap();
 }
 
+/// Two points of item web01 over a random disk `os.raw` of `size`, the
+/// second changing 100 bytes of block 0 only (the rest is shared with the
+/// first): the disk (as point 2 has it), its copy `os.1` as point 1 has it,
+/// and the two points.
+pub fn two_points_sharing_all_but_block_0(env: &Env, size: u64, rng: &mut fastrand::Rng) -> (PathBuf, PathBuf, Point, Point) {
+    let disk = env.path("os.raw");
+    random_file(&disk, size, rng);
+    let v1 = env.path("os.1");
+    fs::copy(&disk, &v1).unwrap();
+    let p1 = env.backup("web01", &[("os", disk.as_path())], &[]);
+    write_at(&disk, 10, &random_bytes(rng, 100));
+    let p2 = env.backup("web01", &[("os", disk.as_path())], &[]);
+    (disk, v1, p1, p2)
+}
+
 /// `count` random writes of 1..=max_len bytes at random places of the file
 /// (which keeps its size).
 pub fn random_writes(path: &Path, rng: &mut fastrand::Rng, count: usize, max_len: u64) {

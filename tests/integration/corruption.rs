@@ -43,15 +43,8 @@ fn check_lost_map(v: &Value, human: &str, point_id: &str, disk_size: u64) {
 fn flipped_byte_is_found_and_named_with_what_it_affects() {
     let mut rng = rng("flipped_byte");
     let env = Env::new();
-    let disk = env.path("os.raw");
     let size = 4 * MIB + 333;
-    random_file(&disk, size, &mut rng);
-    let v1 = env.path("os.1");
-    fs::copy(&disk, &v1).unwrap();
-    let p1 = env.backup("web01", &[("os", disk.as_path())], &[]);
-    // Point 2 changes the first block only: the rest is shared with point 1.
-    write_at(&disk, 10, &random_bytes(&mut rng, 100));
-    let p2 = env.backup("web01", &[("os", disk.as_path())], &[]);
+    let (_, v1, p1, p2) = two_points_sharing_all_but_block_0(&env, size, &mut rng);
     // Another item in the same vault, untouched by the damage.
     let other = env.path("db.raw");
     random_file(&other, MIB, &mut rng);

@@ -6,7 +6,7 @@
 //! distinct times and names.
 
 use std::fs::{self, OpenOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -43,25 +43,40 @@ fn block_ranges(blocks: &[u64], size: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// A random disk `os.raw` of `size` and a point of item web01 of it.
+fn web01_point(env: &Env, size: u64, rng: &mut fastrand::Rng) -> (PathBuf, Point) {
+    let disk = env.path("os.raw");
+    random_file(&disk, size, rng);
+    let p = env.backup("web01", &[("os", disk.as_path())], &[]);
+    (disk, p)
+}
+
+/// The vault's pack that holds chunk `id`.
+fn pack_holding(env: &Env, id: &str) -> PathBuf {
+    pack_files(&env.vault).into_iter().find(|p| frames(p).iter().any(|f| f.holds(id))).unwrap_or_else(|| panic!("no pack holds {id}"))
+}
+
+/// The pack that holds chunk `id`, and the offset in it of byte `plus` of
+/// the chunk's stored bytes.
+fn byte_of_chunk(env: &Env, id: &str, plus: u64) -> (PathBuf, u64) {
+    let pack = pack_holding(env, id);
+    let f = frames(&pack).into_iter().find(|f| f.holds(id)).unwrap();
+    let at = f.chunk_offset(id) + plus;
+    (pack, at)
+}
+
 #[test]
 fn damaged_points_survive_rebuild_and_gc_restore_partially_and_heal() {
     let mut rng = rng("damaged_points_survive");
     let mut env = Env::new();
     // A pack per frame, so that one pack holds data only.
     env.set_env("KLUIS_PACK_SIZE", "262144");
-    let disk = env.path("os.raw");
     let size = 8 * MIB + 333;
-    random_file(&disk, size, &mut rng);
-    let v1 = env.path("os.1");
-    fs::copy(&disk, &v1).unwrap();
-    let p1 = env.backup("web01", &[("os", disk.as_path())], &[]);
-    // Point 2 changes block 0 only: the rest is shared with point 1.
-    write_at(&disk, 10, &random_bytes(&mut rng, 100));
-    let p2 = env.backup("web01", &[("os", disk.as_path())], &[]);
+    let (disk, v1, p1, p2) = two_points_sharing_all_but_block_0(&env, size, &mut rng);
 
     // Truncate the pack that holds block 60 (and its neighbours).
     let ids = block_ids(&disk, BS);
-    let pack = pack_files(&env.vault).into_iter().find(|p| frames(p).iter().any(|f| f.holds(&ids[60]))).expect("pack of block 60");
+    let pack = pack_holding(&env, &ids[60]);
     let in_pack: Vec<(String, u32)> = frames(&pack).into_iter().flat_map(|f| f.chunks).collect();
     let lost: Vec<u64> = (0..ids.len() as u64).filter(|&b| in_pack.iter().any(|(c, _)| *c == ids[b as usize])).collect();
     assert!(lost.len() >= 16 && !lost.contains(&0), "blocks in the pack: {lost:?}");
@@ -256,17 +271,13 @@ fn rebuild_index_keeps_items_policies_settings_jobs_and_deletions() {
 fn damage_found_through_one_point_is_stored_again_by_the_next_backup() {
     let mut rng = rng("damage_through_one_point");
     let env = Env::new();
-    let disk = env.path("os.raw");
-    random_file(&disk, 2 * MIB, &mut rng);
-    let p1 = env.backup("web01", &[("os", disk.as_path())], &[]);
+    let (disk, p1) = web01_point(&env, 2 * MIB, &mut rng);
     write_at(&disk, 0, &random_bytes(&mut rng, 512));
     let p2 = env.backup("web01", &[("os", disk.as_path())], &[]);
     // Flip a byte of block 5's chunk, shared by both points (random data is
     // stored as is, so exactly that chunk is damaged).
     let ids = block_ids(&disk, BS);
-    let pack = pack_files(&env.vault).into_iter().find(|p| frames(p).iter().any(|f| f.holds(&ids[5]))).unwrap();
-    let f = frames(&pack).into_iter().find(|f| f.holds(&ids[5])).unwrap();
-    let at = f.chunk_offset(&ids[5]) + 100;
+    let (pack, at) = byte_of_chunk(&env, &ids[5], 100);
     let mut bytes = fs::read(&pack).unwrap();
     bytes[at as usize] ^= 0x55;
     fs::write(&pack, bytes).unwrap();
@@ -291,16 +302,13 @@ fn damage_found_through_one_point_is_stored_again_by_the_next_backup() {
 fn point_whose_manifest_pack_is_truncated_survives_rebuild_and_gc() {
     let mut rng = rng("manifest_pack_truncated");
     let env = Env::new();
-    let disk = env.path("os.raw");
-    let size = 3 * MIB + 100;
-    random_file(&disk, size, &mut rng);
-    let p = env.backup("web01", &[("os", disk.as_path())], &[]);
+    let (disk, p) = web01_point(&env, 3 * MIB + 100, &mut rng);
     let other = env.path("db.raw");
     random_file(&other, MIB, &mut rng);
     env.backup("db01", &[("os", other.as_path())], &[]);
     // web01's one pack: its data, map and manifest.
     let ids = block_ids(&disk, BS);
-    let pack = pack_files(&env.vault).into_iter().find(|pk| frames(pk).iter().any(|f| f.holds(&ids[0]))).unwrap();
+    let pack = pack_holding(&env, &ids[0]);
     assert!(frames(&pack).iter().any(|f| f.holds(&p.id)), "the manifest is not in the data's pack");
     let len = fs::metadata(&pack).unwrap().len();
     OpenOptions::new().write(true).open(&pack).unwrap().set_len(len / 2).unwrap();
@@ -336,9 +344,7 @@ fn gc_keeps_the_pack_of_recorded_damage() {
     let mut rng = rng("gc_keeps_damaged_pack");
     let env = Env::new();
     env.purge_deleted_at_gc();
-    let disk = env.path("os.raw");
-    random_file(&disk, 2 * MIB, &mut rng);
-    let p1 = env.backup("web01", &[("os", disk.as_path())], &[]);
+    let (disk, p1) = web01_point(&env, 2 * MIB, &mut rng);
     // Point 2 rewrites most of the disk: most of point 1's pack goes dead
     // once point 1 is deleted, all but block 30.
     let keep = fs::read(&disk).unwrap()[30 * BS as usize..31 * BS as usize].to_vec();
@@ -346,9 +352,7 @@ fn gc_keeps_the_pack_of_recorded_damage() {
     write_at(&disk, 30 * BS, &keep);
     let p2 = env.backup("web01", &[("os", disk.as_path())], &[]);
     let ids = block_ids(&disk, BS);
-    let pack = pack_files(&env.vault).into_iter().find(|p| frames(p).iter().any(|f| f.holds(&ids[30]))).unwrap();
-    let f = frames(&pack).into_iter().find(|f| f.holds(&ids[30])).unwrap();
-    let at = f.chunk_offset(&ids[30]) + 7;
+    let (pack, at) = byte_of_chunk(&env, &ids[30], 7);
     let good = fs::read(&pack).unwrap();
     let mut bad = good.clone();
     bad[at as usize] ^= 0x55;

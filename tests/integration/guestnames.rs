@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::common::*;
@@ -31,6 +31,68 @@ fn patch_lfn(img: &Path, from: &str, to: &str) {
     fs::write(img, b).unwrap();
 }
 
+/// A directory `src` holding `files` (path, contents), made in that order
+/// with their parent directories.
+fn tree(env: &Env, files: &[(&str, &[u8])]) -> PathBuf {
+    let src = env.path("src");
+    for (path, data) in files {
+        let path = src.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, data).unwrap();
+    }
+    src
+}
+
+/// An 8 MiB ext4 image `ext.img` holding the tree `src`.
+fn ext4_of(env: &Env, src: &Path) -> PathBuf {
+    let img = env.path("ext.img");
+    tool_ok("truncate", &["-s", "8M", img.to_str().unwrap()]);
+    tool_ok("mkfs.ext4", &["-q", "-F", "-d", src.to_str().unwrap(), img.to_str().unwrap()]);
+    img
+}
+
+/// The test's Env and a point of item vm whose disk d is an NTFS volume
+/// of `size` that `write` filled through an ntfs-3g mount (unmounted even
+/// when `write` panics); None, after `skip`, where mkntfs or ntfs-3g is
+/// missing or cannot mount.
+fn ntfs_point(t: &str, size: &str, write: impl FnOnce(&Path) + std::panic::UnwindSafe) -> Option<(Env, Point)> {
+    if !need(t, &["mkntfs", "ntfs-3g"]) {
+        return None;
+    }
+    let env = Env::new();
+    let img = env.path("ntfs.img");
+    tool_ok("truncate", &["-s", size, img.to_str().unwrap()]);
+    tool_ok("mkntfs", &["-F", "-Q", "-q", img.to_str().unwrap()]);
+    let mp = env.path("ntfs-mnt");
+    fs::create_dir_all(&mp).unwrap();
+    let out = tool("ntfs-3g", &[img.to_str().unwrap(), mp.to_str().unwrap()]).unwrap();
+    if !out.status.success() {
+        skip(t, &format!("ntfs-3g cannot mount: {}", text(&out.stderr)));
+        return None;
+    }
+    let written = std::panic::catch_unwind(|| write(&mp));
+    tool_ok("fusermount3", &["-u", mp.to_str().unwrap()]);
+    written.unwrap();
+    let p = env.backup("vm", &[("d", &img)], &[]);
+    Some((env, p))
+}
+
+/// `files cp` of `d:p0/big` of point `p` to `big` in the test directory,
+/// in seconds, as a sparse file of `len` bytes (no more than 1 MiB
+/// allocated); returns the copy.
+fn sparse_cp_of_big(t: &str, env: &Env, p: &Point, what: &str, len: u64) -> PathBuf {
+    let out = env.path("big");
+    let t0 = Instant::now();
+    env.ok(&["files", "cp", &p.sel(), "d:p0/big", out.to_str().unwrap()]);
+    let took = t0.elapsed();
+    eprintln!("{t}: files cp of {what} took {took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let m = fs::metadata(&out).unwrap();
+    assert_eq!(m.len(), len);
+    assert!(m.blocks() * 512 <= MIB, "{} bytes allocated", m.blocks() * 512);
+    out
+}
+
 /// A FAT disk (no table) whose long names were rewritten to
 /// `../../escape/` (a directory holding `inner`) and `a/b`, next to
 /// ordinary files. `files cp -r` from two levels below the test directory
@@ -44,11 +106,7 @@ fn crafted_fat_names_stay_inside_the_target() {
         return;
     }
     let env = Env::new();
-    let src = env.path("src");
-    fs::create_dir_all(src.join("dirAAAAAAAAAA")).unwrap();
-    fs::write(src.join("dirAAAAAAAAAA/inner"), b"inner").unwrap();
-    fs::write(src.join("slashAAAAAAAA"), b"slash").unwrap();
-    fs::write(src.join("good.txt"), b"good").unwrap();
+    let src = tree(&env, &[("dirAAAAAAAAAA/inner", b"inner"), ("slashAAAAAAAA", b"slash"), ("good.txt", b"good")]);
     let img = env.path("fat.img");
     tool_ok("truncate", &["-s", "4M", img.to_str().unwrap()]);
     tool_ok("mkfs.vfat", &["-F", "12", img.to_str().unwrap()]);
@@ -95,31 +153,16 @@ fn crafted_fat_names_stay_inside_the_target() {
 #[test]
 fn ntfs_names_differing_in_case() {
     let t = "ntfs_case";
-    if !need(t, &["mkntfs", "ntfs-3g"]) {
-        return;
-    }
-    let env = Env::new();
-    let img = env.path("ntfs.img");
-    tool_ok("truncate", &["-s", "8M", img.to_str().unwrap()]);
-    tool_ok("mkntfs", &["-F", "-Q", "-q", img.to_str().unwrap()]);
-    let mp = env.path("ntfs-mnt");
-    fs::create_dir_all(&mp).unwrap();
-    let out = tool("ntfs-3g", &[img.to_str().unwrap(), mp.to_str().unwrap()]).unwrap();
-    if !out.status.success() {
-        skip(t, &format!("ntfs-3g cannot mount: {}", text(&out.stderr)));
-        return;
-    }
-    let written = std::panic::catch_unwind(|| {
+    let Some((env, p)) = ntfs_point(t, "8M", |mp| {
         fs::write(mp.join("Foo"), b"upper case").unwrap();
         fs::write(mp.join("foo"), b"lower").unwrap();
         fs::create_dir(mp.join("Dir")).unwrap();
         fs::create_dir(mp.join("dir")).unwrap();
         fs::write(mp.join("Dir/x"), b"x").unwrap();
         fs::write(mp.join("dir/y"), b"y").unwrap();
-    });
-    tool_ok("fusermount3", &["-u", mp.to_str().unwrap()]);
-    written.unwrap();
-    let p = env.backup("vm", &[("d", &img)], &[]);
+    }) else {
+        return;
+    };
 
     let ls = env.json(&["files", "ls", &p.sel(), "d:p0/"]);
     let listed: Vec<(&str, u64)> = ls.as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap(), e["size"].as_u64().unwrap())).collect();
@@ -151,12 +194,7 @@ fn files_cp_does_not_follow_a_symlink_in_the_target() {
         return;
     }
     let env = Env::new();
-    let src = env.path("src");
-    fs::create_dir_all(src.join("x")).unwrap();
-    fs::write(src.join("x/passwd"), b"from the guest").unwrap();
-    let img = env.path("ext.img");
-    tool_ok("truncate", &["-s", "8M", img.to_str().unwrap()]);
-    tool_ok("mkfs.ext4", &["-q", "-F", "-d", src.to_str().unwrap(), img.to_str().unwrap()]);
+    let img = ext4_of(&env, &tree(&env, &[("x/passwd", b"from the guest")]));
     let p = env.backup("vm", &[("d", &img)], &[]);
     let (dest, outside) = (env.path("dest"), env.path("outside"));
     fs::create_dir_all(&dest).unwrap();
@@ -185,23 +223,10 @@ fn files_cp_of_an_inode_claiming_60_gib() {
         return;
     }
     let env = Env::new();
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("big"), b"the only data").unwrap();
-    let img = env.path("ext.img");
-    tool_ok("truncate", &["-s", "8M", img.to_str().unwrap()]);
-    tool_ok("mkfs.ext4", &["-q", "-F", "-d", src.to_str().unwrap(), img.to_str().unwrap()]);
+    let img = ext4_of(&env, &tree(&env, &[("big", b"the only data")]));
     tool_ok("debugfs", &["-w", "-R", "sif /big size 64424509440", img.to_str().unwrap()]);
     let p = env.backup("vm", &[("d", &img)], &[]);
-    let out = env.path("big");
-    let t0 = Instant::now();
-    env.ok(&["files", "cp", &p.sel(), "d:p0/big", out.to_str().unwrap()]);
-    let took = t0.elapsed();
-    eprintln!("{t}: files cp of a 60 GiB inode took {took:?}");
-    assert!(took < Duration::from_secs(10), "{took:?}");
-    let m = fs::metadata(&out).unwrap();
-    assert_eq!(m.len(), 60 << 30);
-    assert!(m.blocks() * 512 <= MIB, "{} bytes allocated", m.blocks() * 512);
+    let out = sparse_cp_of_big(t, &env, &p, "a 60 GiB inode", 60 << 30);
     let mut head = vec![0u8; 8192];
     std::os::unix::fs::FileExt::read_exact_at(&fs::File::open(&out).unwrap(), &mut head, 0).unwrap();
     assert_eq!(&head[..13], b"the only data");
@@ -214,37 +239,14 @@ fn files_cp_of_an_inode_claiming_60_gib() {
 #[test]
 fn files_cp_of_a_sparse_ntfs_file() {
     let t = "cp_sparse_ntfs";
-    if !need(t, &["mkntfs", "ntfs-3g"]) {
-        return;
-    }
-    let env = Env::new();
-    let img = env.path("ntfs.img");
-    tool_ok("truncate", &["-s", "16M", img.to_str().unwrap()]);
-    tool_ok("mkntfs", &["-F", "-Q", "-q", img.to_str().unwrap()]);
-    let mp = env.path("ntfs-mnt");
-    fs::create_dir_all(&mp).unwrap();
-    let out = tool("ntfs-3g", &[img.to_str().unwrap(), mp.to_str().unwrap()]).unwrap();
-    if !out.status.success() {
-        skip(t, &format!("ntfs-3g cannot mount: {}", text(&out.stderr)));
-        return;
-    }
-    let written = std::panic::catch_unwind(|| {
+    let Some((env, p)) = ntfs_point(t, "16M", |mp| {
         fs::write(mp.join("big"), b"head").unwrap();
         fs::OpenOptions::new().write(true).open(mp.join("big")).unwrap().set_len(4 << 30).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&fs::OpenOptions::new().write(true).open(mp.join("big")).unwrap(), b"tail", (3 << 30) + 7).unwrap();
-    });
-    tool_ok("fusermount3", &["-u", mp.to_str().unwrap()]);
-    written.unwrap();
-    let p = env.backup("vm", &[("d", &img)], &[]);
-    let out = env.path("big");
-    let t0 = Instant::now();
-    env.ok(&["files", "cp", &p.sel(), "d:p0/big", out.to_str().unwrap()]);
-    let took = t0.elapsed();
-    eprintln!("{t}: files cp of a 4 GiB sparse NTFS file took {took:?}");
-    assert!(took < Duration::from_secs(10), "{took:?}");
-    let m = fs::metadata(&out).unwrap();
-    assert_eq!(m.len(), 4 << 30);
-    assert!(m.blocks() * 512 <= MIB, "{} bytes allocated", m.blocks() * 512);
+    }) else {
+        return;
+    };
+    let out = sparse_cp_of_big(t, &env, &p, "a 4 GiB sparse NTFS file", 4 << 30);
     let f = fs::File::open(&out).unwrap();
     let mut b = [0u8; 8];
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0).unwrap();

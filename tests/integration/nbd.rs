@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -33,7 +33,7 @@ fn touched_bytes(writes: &[(u64, u64)]) -> u64 {
 }
 
 /// A qcow2 of random data with holes and an enabled persistent bitmap `b0`.
-fn disk_with_bitmap(env: &Env, rng: &mut fastrand::Rng) -> std::path::PathBuf {
+fn disk_with_bitmap(env: &Env, rng: &mut fastrand::Rng) -> PathBuf {
     let raw = env.path("src.raw");
     sparse_file(&raw, 64 * MIB, &[(0, 12 * MIB), (20 * MIB, 8 * MIB), (50 * MIB, 3 * MIB)], rng);
     let img = env.path("disk.qcow2");
@@ -69,14 +69,54 @@ fn qsd(img: &Path, sock: &Path, bitmap: &str) -> Qemu {
     Qemu::start("qemu-storage-daemon", &["--blockdev", &blockdev, "--blockdev", "driver=qcow2,file=f,node-name=q", "--nbd-server", &nbd, "--export", &export], sock)
 }
 
-/// Full then tracked backup through `serve`; the tracked one reads no more
-/// than the dirty blocks and restores to what qemu reads.
-fn tracked_backup_reads_only_dirty_extents(t: &str, serve: fn(&Path, &Path, &str) -> Qemu) {
+/// Whether the qemu tools and `prog` are installed (else `skip`).
+fn qemu_tools_and(t: &str, prog: &str) -> bool {
+    if !qemu_tools(t) {
+        return false;
+    }
+    if !have(prog) {
+        skip(t, &format!("{prog} is not installed"));
+        return false;
+    }
+    true
+}
+
+/// The test's Env, a qcow2 made by `disk_with_bitmap`, the path of a unix
+/// socket to serve it on, and the `--disk` argument naming that export.
+fn bitmap_disk_over_nbd(t: &str) -> (Env, PathBuf, PathBuf, String) {
     let mut rng = rng(t);
     let env = Env::new();
     let img = disk_with_bitmap(&env, &mut rng);
     let sock = env.path("nbd.sock");
     let disk = format!("os=nbd+unix:///os?socket={}", sock.display());
+    (env, img, sock, disk)
+}
+
+/// For a test of nbdkit (None after `skip` where it is not installed): the
+/// test's rng and Env, a sparse disk `disk.raw` of `size` with data at
+/// `extents`, and the path of a unix socket to serve it on.
+fn nbdkit_disk(t: &str, size: u64, extents: &[(u64, u64)]) -> Option<(fastrand::Rng, Env, PathBuf, PathBuf)> {
+    if !have("nbdkit") {
+        skip(t, "nbdkit is not installed");
+        return None;
+    }
+    let mut rng = rng(t);
+    let env = Env::new();
+    let raw = env.path("disk.raw");
+    sparse_file(&raw, size, extents, &mut rng);
+    let sock = env.path("nbdkit.sock");
+    Some((rng, env, raw, sock))
+}
+
+/// nbdkit serving the file `raw` on the unix socket `sock`.
+fn nbdkit_unix(raw: &Path, sock: &Path) -> Qemu {
+    Qemu::start("nbdkit", &["-f", "-U", sock.to_str().unwrap(), "file", &format!("file={}", raw.display())], sock)
+}
+
+/// Full then tracked backup through `serve`; the tracked one reads no more
+/// than the dirty blocks and restores to what qemu reads.
+fn tracked_backup_reads_only_dirty_extents(t: &str, serve: fn(&Path, &Path, &str) -> Qemu) {
+    let (env, img, sock, disk) = bitmap_disk_over_nbd(t);
     let args = ["backup", "vm", "--disk", &disk, "--dirty-bitmap", "b0"];
     {
         let _s = serve(&img, &sock, "b0");
@@ -106,11 +146,7 @@ fn tracked_backup_reads_only_dirty_extents(t: &str, serve: fn(&Path, &Path, &str
 #[test]
 fn dirty_bitmap_over_qemu_nbd_reads_only_dirty_extents() {
     let t = "dirty_bitmap_over_qemu_nbd";
-    if !qemu_tools(t) {
-        return;
-    }
-    if !have("qemu-nbd") {
-        skip(t, "qemu-nbd is not installed");
+    if !qemu_tools_and(t, "qemu-nbd") {
         return;
     }
     tracked_backup_reads_only_dirty_extents(t, |img, sock, b| qemu_nbd(img, sock, Some(b)));
@@ -119,11 +155,7 @@ fn dirty_bitmap_over_qemu_nbd_reads_only_dirty_extents() {
 #[test]
 fn dirty_bitmap_over_qemu_storage_daemon_reads_only_dirty_extents() {
     let t = "dirty_bitmap_over_qemu_storage_daemon";
-    if !qemu_tools(t) {
-        return;
-    }
-    if !have("qemu-storage-daemon") {
-        skip(t, "qemu-storage-daemon is not installed");
+    if !qemu_tools_and(t, "qemu-storage-daemon") {
         return;
     }
     tracked_backup_reads_only_dirty_extents(t, qsd);
@@ -132,18 +164,10 @@ fn dirty_bitmap_over_qemu_storage_daemon_reads_only_dirty_extents() {
 #[test]
 fn tracking_falls_back_to_compare_by_hash_and_says_why() {
     let t = "tracking_falls_back";
-    if !qemu_tools(t) {
+    if !qemu_tools_and(t, "qemu-nbd") {
         return;
     }
-    if !have("qemu-nbd") {
-        skip(t, "qemu-nbd is not installed");
-        return;
-    }
-    let mut rng = rng(t);
-    let env = Env::new();
-    let img = disk_with_bitmap(&env, &mut rng);
-    let sock = env.path("nbd.sock");
-    let disk = format!("os=nbd+unix:///os?socket={}", sock.display());
+    let (env, img, sock, disk) = bitmap_disk_over_nbd(t);
     {
         let _s = qemu_nbd(&img, &sock, Some("b0"));
         env.ok(&["backup", "vm", "--disk", &disk, "--dirty-bitmap", "b0"]);
@@ -179,18 +203,12 @@ fn tracking_falls_back_to_compare_by_hash_and_says_why() {
 #[test]
 fn nbdkit_exports_over_unix_and_tcp_back_up_exactly_without_reading_holes() {
     let t = "nbdkit_exports";
-    if !have("nbdkit") {
-        skip(t, "nbdkit is not installed");
+    let Some((mut rng, env, raw, sock)) = nbdkit_disk(t, 32 * MIB, &[(MIB, 3 * MIB), (17 * MIB, 2 * MIB + 4096)]) else {
         return;
-    }
-    let mut rng = rng(t);
-    let env = Env::new();
-    let raw = env.path("disk.raw");
-    sparse_file(&raw, 32 * MIB, &[(MIB, 3 * MIB), (17 * MIB, 2 * MIB + 4096)], &mut rng);
-    let sock = env.path("nbdkit.sock");
+    };
     let file = format!("file={}", raw.display());
     {
-        let _s = Qemu::start("nbdkit", &["-f", "-U", sock.to_str().unwrap(), "file", &file], &sock);
+        let _s = nbdkit_unix(&raw, &sock);
         let rep = env.json(&["backup", "vm", "--disk", &format!("os=nbd+unix:///?socket={}", sock.display())]);
         assert!(bytes_read(&rep, "os") <= 6 * MIB, "{rep}");
     }
@@ -206,17 +224,11 @@ fn nbdkit_exports_over_unix_and_tcp_back_up_exactly_without_reading_holes() {
 #[test]
 fn protect_keeps_an_nbd_url_as_given() {
     let t = "protect_keeps_an_nbd_url";
-    if !have("nbdkit") {
-        skip(t, "nbdkit is not installed");
+    let Some((_, env, raw, sock)) = nbdkit_disk(t, 8 * MIB, &[(0, MIB)]) else {
         return;
-    }
-    let mut rng = rng(t);
-    let env = Env::new();
-    let raw = env.path("disk.raw");
-    sparse_file(&raw, 8 * MIB, &[(0, MIB)], &mut rng);
-    let sock = env.path("nbdkit.sock");
+    };
     let url = format!("nbd+unix:///os?socket={}", sock.display());
-    let _s = Qemu::start("nbdkit", &["-f", "-U", sock.to_str().unwrap(), "file", &format!("file={}", raw.display())], &sock);
+    let _s = nbdkit_unix(&raw, &sock);
     env.ok(&["policy", "set", "daily", "--schedule", "daily 02:00", "--keep-daily", "7"]);
     let item = env.json(&["protect", "vm", "--disk", &format!("os={url}"), "--policy", "daily"]);
     assert_eq!(item["disks"][0]["path"].as_str(), Some(url.as_str()), "{item}");

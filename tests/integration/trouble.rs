@@ -50,22 +50,36 @@ fn reserve_len(vault: &Path) -> Option<u64> {
     fs::metadata(vault.join("reserve")).ok().map(|m| m.len())
 }
 
+/// A vault of its own on a tmpfs of `size` mounted at `mnt` in the test's
+/// directory, holding one point of item keep (a random disk `keep.raw`);
+/// None, after `skip`, where no tmpfs can be mounted. Returns the Env,
+/// `mnt`, the disk, the point and the mount's guard.
+fn vault_on_tmpfs(t: &str, size: &str, rng: &mut fastrand::Rng) -> Option<(Env, PathBuf, PathBuf, Point, Tmpfs)> {
+    let env = Env::empty();
+    let mnt = env.path("mnt");
+    let env = env.with_vault(mnt.join("vault"));
+    let tmpfs = match Tmpfs::mount(mnt.clone(), size) {
+        Ok(m) => m,
+        Err(e) => {
+            skip(t, &e);
+            return None;
+        }
+    };
+    env.ok(&["init"]);
+    let keep = env.path("keep.raw");
+    random_file(&keep, MIB + 4321, rng);
+    let p1 = env.backup("keep", &[("os", keep.as_path())], &[]);
+    Some((env, mnt, keep, p1, tmpfs))
+}
+
 #[test]
 fn gc_runs_on_a_filesystem_full_to_the_last_byte() {
     let t = "gc_on_a_full_filesystem";
     let mut rng = rng(t);
-    let env = Env::empty();
-    let mnt = env.path("mnt");
-    let env = env.with_vault(mnt.join("vault"));
-    // Declared after `env`, so it is unmounted before the tempdir is removed.
-    let _tmpfs = match Tmpfs::mount(mnt.clone(), "16m") {
-        Ok(m) => m,
-        Err(e) => return skip(t, &e),
+    // `_tmpfs` last, so it is unmounted before the tempdir is removed.
+    let Some((env, mnt, keep, p1, _tmpfs)) = vault_on_tmpfs(t, "16m", &mut rng) else {
+        return;
     };
-    env.ok(&["init"]);
-    let keep = env.path("keep.raw");
-    random_file(&keep, MIB + 4321, &mut rng);
-    let p1 = env.backup("keep", &[("os", keep.as_path())], &[]);
     let keep1 = env.path("keep.1");
     fs::copy(&keep, &keep1).unwrap();
     let gone = env.path("gone.raw");
@@ -118,8 +132,9 @@ fn gc_runs_on_a_filesystem_full_to_the_last_byte() {
     env.verify_clean(true);
 }
 
-/// A disk holding a bare ext4 filesystem (shown as p0) with a few files.
-fn guest_disk(env: &Env, rng: &mut fastrand::Rng) -> (PathBuf, Vec<u8>) {
+/// A disk holding a bare ext4 filesystem (shown as p0) with a few files,
+/// its `hello.txt`, and a point of item vm of it.
+fn guest_point(env: &Env, rng: &mut fastrand::Rng) -> (PathBuf, Vec<u8>, Point) {
     let src = env.path("guest-src");
     fs::create_dir_all(src.join("sub")).unwrap();
     let hello = text_bytes(20_000, rng.u64(..));
@@ -128,7 +143,8 @@ fn guest_disk(env: &Env, rng: &mut fastrand::Rng) -> (PathBuf, Vec<u8>) {
     let disk = env.path("guest.raw");
     tool_ok("truncate", &["-s", "8M", disk.to_str().unwrap()]);
     tool_ok("mkfs.ext4", &["-q", "-F", "-d", src.to_str().unwrap(), disk.to_str().unwrap()]);
-    (disk, hello)
+    let p = env.backup("vm", &[("os", disk.as_path())], &[]);
+    (disk, hello, p)
 }
 
 /// Everything a reader does, through `r` (whose vault can only be read):
@@ -199,8 +215,7 @@ fn a_vault_on_a_read_only_mount_can_be_read() {
     let can_mount = fuse_ok(t);
     let mut rng = rng(t);
     let env = Env::new();
-    let (disk, hello) = guest_disk(&env, &mut rng);
-    let p1 = env.backup("vm", &[("os", disk.as_path())], &[]);
+    let (disk, hello, p1) = guest_point(&env, &mut rng);
     let r = Env::empty().with_vault(env.path("ro"));
     // Declared after `env`, so it is unmounted before the tempdir is removed.
     let _bind = match ReadOnlyBind::mount(&env.vault, &r.vault) {
@@ -233,8 +248,7 @@ fn a_vault_without_write_permission_can_be_read() {
     let can_mount = fuse_ok(t);
     let mut rng = rng(t);
     let env = Env::new();
-    let (disk, hello) = guest_disk(&env, &mut rng);
-    let p1 = env.backup("vm", &[("os", disk.as_path())], &[]);
+    let (disk, hello, p1) = guest_point(&env, &mut rng);
     // Nobody may write the vault, its owner included; everyone may read it.
     tool_ok("chmod", &["-R", "a+rX,a-w", env.vault.to_str().unwrap()]);
     fs::set_permissions(env.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -323,18 +337,10 @@ fn a_replica_killed_in_its_first_run_reads_as_one_without_points() {
 fn no_space_at_a_packs_last_write_leaves_no_temporary_pack() {
     let t = "enospc_at_pack_finish";
     let mut rng = rng(t);
-    let env = Env::empty();
-    let mnt = env.path("mnt");
-    let env = env.with_vault(mnt.join("vault"));
-    // Declared after `env`, so it is unmounted before the tempdir is removed.
-    let _tmpfs = match Tmpfs::mount(mnt.clone(), "8m") {
-        Ok(m) => m,
-        Err(e) => return skip(t, &e),
+    // `_tmpfs` last, so it is unmounted before the tempdir is removed.
+    let Some((env, mnt, keep, p1, _tmpfs)) = vault_on_tmpfs(t, "8m", &mut rng) else {
+        return;
     };
-    env.ok(&["init"]);
-    let keep = env.path("keep.raw");
-    random_file(&keep, MIB + 4321, &mut rng);
-    let p1 = env.backup("keep", &[("os", keep.as_path())], &[]);
     let before = env.snapshot();
 
     // Room for less than the next pack, which stays in its writer's 1 MiB
