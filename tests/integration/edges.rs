@@ -150,7 +150,7 @@ fn usage_errors_exit_2() {
         (&["backup", "web01", "--disk", "=os.raw"], "NAME=PATH"),
         (&["backup", "web01", "--disk", "os="], "NAME=PATH"),
         (&["protect", "web01", "--disk", "os.raw", "--policy", "p"], "NAME=PATH"),
-        (&["restore", "web01@latest", "--disk", "os", "--to", "x.raw", "--format", "qcow2"], "qcow2"),
+        (&["restore", "web01@latest", "--disk", "os", "--to", "x.raw", "--format", "vmdk"], "vmdk"),
         (&["restore", "web01@latest", "--nosuch"], "--nosuch"),
     ];
     for (args, needle) in cases {
