@@ -25,8 +25,6 @@
 //! unreferenced chunks, which gc reclaims.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +34,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::catalog::{now_ms, Catalog, PointRow};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::image::{open_source, DiskSource, IoBuf};
 use crate::progress::Progress;
@@ -541,27 +539,12 @@ fn next_time(vault: &Vault, item: &str) -> Result<i64> {
 
 fn read_config(p: &Path) -> Result<(String, Vec<u8>)> {
     let name = config_name(p)?;
-    // O_NONBLOCK: opening a FIFO for reading would wait for a writer.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(p)
-        .map_err(|e| Error::io_path("cannot open config file", p, e))?;
-    let meta = f.metadata().ctx(|| format!("stat {}", p.display()))?;
-    if !meta.is_file() {
-        return Err(Error::InvalidInput(format!("config file {}: not a regular file", p.display())));
-    }
-    let too_big = || Error::InvalidInput(format!("config file {} is larger than the limit of {MAX_CONFIG_BYTES} bytes", p.display()));
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(too_big());
-    }
-    // The limit holds for the bytes read, not only the size stat gave: a
-    // file may grow while it is read.
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).ctx(|| format!("read {}", p.display()))?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(too_big());
-    }
+    use crate::newfile::Unread;
+    let bytes = crate::newfile::read_regular(p, MAX_CONFIG_BYTES).map_err(|e| match e {
+        Unread::NotRegular => Error::InvalidInput(format!("config file {}: not a regular file", p.display())),
+        Unread::TooBig => Error::InvalidInput(format!("config file {} is larger than the limit of {MAX_CONFIG_BYTES} bytes", p.display())),
+        Unread::Io(e) => Error::io_path("cannot read config file", p, e),
+    })?;
     Ok((name, bytes))
 }
 

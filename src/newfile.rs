@@ -15,6 +15,10 @@
 //! are then given to what kluis makes in it ([`Modes::of_vault`], as
 //! restic follows its config file's mode; docs/cli.md, "Who can read a
 //! vault").
+//!
+//! Files a user names for kluis to read (disks, config files, a vault's
+//! header) are opened with [`open_to_read`], which never waits: a FIFO at
+//! that name would otherwise block the open until some writer came.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -125,6 +129,46 @@ pub fn create_dir_all(path: &Path, mode: u32) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Opens `path` for reading without waiting: with O_NONBLOCK, so that a
+/// FIFO at the name does not block until a writer comes, then back to
+/// blocking reads (callers refuse what is not a regular file or device
+/// before they read).
+pub fn open_to_read(path: &Path) -> io::Result<File> {
+    use std::os::unix::io::AsRawFd;
+    let f = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, 0) };
+    Ok(f)
+}
+
+/// Why [`read_regular`] read nothing.
+#[derive(Debug)]
+pub enum Unread {
+    NotRegular,
+    TooBig,
+    Io(io::Error),
+}
+
+/// The bytes of regular file `path`, at most `limit` of them: the limit
+/// holds for the bytes read, not only for the size stat gave (a file may
+/// grow while it is read; `/dev/zero` has size 0).
+pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, Unread> {
+    use std::io::Read;
+    let f = open_to_read(path).map_err(Unread::Io)?;
+    let meta = f.metadata().map_err(Unread::Io)?;
+    if !meta.is_file() {
+        return Err(Unread::NotRegular);
+    }
+    if meta.len() > limit {
+        return Err(Unread::TooBig);
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(limit + 1).read_to_end(&mut bytes).map_err(Unread::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(Unread::TooBig);
+    }
+    Ok(bytes)
 }
 
 /// A fresh temporary name beside a file called `name`:

@@ -468,20 +468,14 @@ fn parse_time_ms(s: &str) -> Option<i64> {
 /// FIFO or a device at that name, from a mistyped `--vault`, would
 /// otherwise hang or fill memory).
 pub(crate) fn read_header_text(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    const LIMIT: u64 = 64 << 10;
-    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    use crate::newfile::Unread;
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    if !f.metadata()?.is_file() {
-        return Err(bad("not a regular file"));
-    }
-    let mut text = String::new();
-    f.take(LIMIT + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > LIMIT {
-        return Err(bad("larger than a vault header can be"));
-    }
-    Ok(text)
+    let bytes = crate::newfile::read_regular(path, 64 << 10).map_err(|e| match e {
+        Unread::NotRegular => bad("not a regular file"),
+        Unread::TooBig => bad("larger than a vault header can be"),
+        Unread::Io(e) => e,
+    })?;
+    String::from_utf8(bytes).map_err(|_| bad("not text"))
 }
 
 /// Writes `VAULT/kluis.vault` atomically: a temporary file, fsynced, renamed

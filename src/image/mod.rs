@@ -99,20 +99,10 @@ pub fn open_source(path: &Path) -> Result<Box<dyn DiskSource>> {
     if let Some(url) = path.to_str().filter(|s| nbd::is_url(s)) {
         return Ok(Box::new(nbd::NbdSource::open(url, None)?));
     }
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    // O_NONBLOCK until the type is known: opening a FIFO would otherwise
-    // wait for a writer, forever.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| Error::io_path("cannot open disk", path, e))?;
+    use std::os::unix::fs::FileTypeExt;
+    let file = crate::newfile::open_to_read(path).map_err(|e| Error::io_path("cannot open disk", path, e))?;
     let meta = file.metadata().ctx(|| format!("cannot stat {}", path.display()))?;
     let ft = meta.file_type();
-    if ft.is_file() || ft.is_block_device() {
-        use std::os::unix::io::AsRawFd;
-        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) };
-    }
     // Disks are read front to back: ask for the larger sequential readahead window.
     advise(&file, 0, 0, libc::POSIX_FADV_SEQUENTIAL);
     if (ft.is_file() || ft.is_block_device())

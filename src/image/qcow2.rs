@@ -52,10 +52,8 @@ pub fn looks_like_qcow2(file: &File) -> Result<bool> {
 /// backup that reads a point-in-time copy, the copy carries no lock, so the
 /// source itself is checked.
 pub fn check_not_in_use(path: &Path) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // O_NONBLOCK: a FIFO given as a disk must not wait here for a writer
-    // (open_source refuses it with one line).
-    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+    // Not waiting on a FIFO given as a disk (open_source refuses it with one line).
+    match crate::newfile::open_to_read(path) {
         Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) && looks_like_qcow2(&f)? => refuse_if_in_use(&f, path),
         _ => Ok(()),
     }
