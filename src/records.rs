@@ -23,9 +23,9 @@
 //! mirrors them into the replica with its packs. They are a step towards a
 //! self-contained vault whose index is only a cache.
 
-use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -65,21 +65,11 @@ pub fn put(root: &Path, kind: Kind, name: &str, bytes: &[u8]) -> Result<()> {
     let dir = to.parent().expect("a record has a directory");
     // Item definitions hold scripts and paths: for the vault's owner only.
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).ctx(|| format!("create {}", dir.display()))?;
+    // Exclusive, mode 0600, fsynced, renamed over the record (a leftover of
+    // a crashed write by a process of the same id is removed first).
     let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
-    // A leftover of a crashed write by a process of the same id.
-    let _ = fs::remove_file(&tmp);
-    let written = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &to)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io_path("cannot write record", &to, e));
-    }
-    Ok(())
+    crate::newfile::replace_with(&to, &tmp, bytes, crate::newfile::PRIVATE_FILE).map_err(|e| Error::io_path("cannot write record", &to, e))?;
+    crate::store::fsync_dir(dir)
 }
 
 /// Removes a record; one that does not exist is fine.

@@ -71,11 +71,11 @@ impl ReadLease {
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let dir = vault.join(LEASES_DIR);
-        fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+        crate::newfile::create_dir_all(&dir, crate::newfile::Modes::of_vault(vault).dir).ctx(|| format!("create {}", dir.display()))?;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let tmp = dir.join(format!(".new-{pid}-{n}"));
-        let file = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+        let file = crate::newfile::create_new(&tmp, crate::newfile::Modes::of_vault(vault).file).ctx(|| format!("create {}", tmp.display()))?;
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
             let _ = fs::remove_file(&tmp);
@@ -148,11 +148,11 @@ fn write_retired(vault: &Path, retired: &HashMap<String, u64>) -> Result<()> {
     let mut names: Vec<_> = retired.iter().collect();
     names.sort();
     let text: String = names.into_iter().map(|(n, t)| format!("{t} {n}\n")).collect();
-    // Not fsynced: a lost list only makes its packs wait for every lease
-    // live at the next sweep instead of the older ones.
+    // Written as every file in the vault is (src/newfile.rs); a lost list
+    // would only make its packs wait for every lease live at the next
+    // sweep instead of the older ones.
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, text).ctx(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, &path).ctx(|| format!("rename {}", path.display()))
+    crate::newfile::replace_with(&path, &tmp, text.as_bytes(), crate::newfile::Modes::of_vault(vault).file).ctx(|| format!("write {}", path.display()))
 }
 
 /// Unlinks the pack files `names`, which the index no longer lists (the
